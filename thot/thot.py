@@ -1,0 +1,176 @@
+"""``LocalProject`` (alias ``ThotProject``): what an analysis script talks to.
+
+Scripts written for the original Thot run unchanged: ``from thot.thot import LocalProject``,
+``LocalProject()``, ``find_asset(s)``, ``find_container(s)``, ``add_asset``. Under the runner
+or the daemon the active container comes from ``THOT_CONTAINER_ID``, and every question the
+script asks is written to the run record so the engine knows its inputs. Under the daemon
+(``THOTD_SOCKET`` and ``THOTD_PROJECT`` set) queries are answered from the daemon's
+in-memory index instead of walking the disk; the answers are the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from thotd.objects import ThotObject
+from thotd.record import Recorder, stat_of
+
+ENV_CONTAINER = "THOT_CONTAINER_ID"
+ENV_SCRIPT = "THOT_SCRIPT_ID"
+ENV_PROJECT_ROOT = "THOT_PROJECT_ROOT"
+ENV_DAEMON_SOCKET = "THOTD_QUERY_SOCKET"
+
+ASSET_FILE = "_asset.json"
+
+
+class ThotError(Exception):
+    """A misuse of the script API, with what to do about it."""
+
+
+def _plain_name(_id: str) -> str:
+    if (
+        not isinstance(_id, str)
+        or _id in ("", ".", "..")
+        or "/" in _id
+        or "\\" in _id
+        or "\0" in _id
+        or (os.altsep and os.altsep in _id)
+    ):
+        raise ValueError(
+            f"asset id {_id!r} must be one plain folder name (no '/', not '.' or '..', not empty)"
+        )
+    return _id
+
+
+class LocalProject:
+    """A Thot project seen from one container (the active one) and everything below it."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        env_root = os.environ.get(ENV_CONTAINER)
+        if root is None and not env_root:
+            raise ThotError(
+                "no active container: this script expects to be run by the Thot runner. "
+                "Run it with `thot run --root PATH`, or by hand with "
+                f"`{ENV_CONTAINER}=/path/to/container python {sys.argv[0] or 'script.py'}`, "
+                "or pass LocalProject(root='/path/to/container')."
+            )
+        self._dev = root is not None and not env_root
+        self.root = os.path.normpath(os.path.abspath(os.fspath(root if root is not None else env_root)))  # type: ignore[arg-type]
+        if not os.path.isfile(os.path.join(self.root, "_container.json")):
+            raise ThotError(f"{self.root} is not a Thot container (no _container.json)")
+        self._recorder = Recorder()
+        self._script = os.environ.get(ENV_SCRIPT) or os.path.abspath(sys.argv[0] or "<interactive>")
+        self._socket = os.environ.get(ENV_DAEMON_SOCKET)
+        self._index: Any = None
+        self._project_root = os.environ.get(ENV_PROJECT_ROOT)
+        self._recorder.library("daemon" if self._socket else "local")
+        os.chdir(self.root)  # relative paths in scripts rely on it, as in the original
+
+    # ------------------------------------------------------------------ querying
+
+    def _local_index(self) -> Any:
+        if self._index is None:
+            from thotd.index import Index, find_project_root
+
+            top = self._project_root or find_project_root(self.root)
+            self._index = Index.load(top, focus=self.root)
+            self._project_root = self._index.root
+            for err in self._index.errors():
+                print(f"thot: warning: {err}", file=sys.stderr)
+        return self._index
+
+    def _query(self, kind: str, search: Mapping[str, Any] | None) -> list[ThotObject]:
+        from thotd.search import compile_search, encode
+
+        encoded, opaque = encode(search)
+        test = compile_search(search)  # raises early on an unknown operator
+        if self._socket:
+            objects, fps = self._remote(kind, {} if opaque else encoded)
+            found = [o for o in objects if test(o)] if opaque else objects
+        else:
+            index = self._local_index()
+            found = index.find(kind, search, self.root)
+            fps = {o["_id"]: index.fingerprint(o["_id"]) for o in found}
+        self._recorder.query(
+            kind, encoded, opaque, [o["_id"] for o in found],
+            {
+                o["_id"]: {"fp": fps[o["_id"]], "file": o.get("file"), "stat": stat_of(o.get("file"))}
+                for o in found
+            },
+        )
+        return found
+
+    def _remote(self, kind: str, search: Any) -> tuple[list[ThotObject], dict[str, str]]:
+        from thotd.rpc import Client
+
+        client = Client(self._socket)
+        result = client.call("query", project=self._project_root, start=self.root, kind=kind, search=search)
+        objects = [ThotObject(o) for o in result["objects"]]
+        return objects, dict(zip([o["_id"] for o in objects], result["fingerprints"], strict=True))
+
+    def find_containers(self, search: Mapping[str, Any] | None = None) -> list[ThotObject]:
+        """Containers in the active container's subtree (itself included), depth first."""
+        return self._query("container", search)
+
+    def find_container(self, search: Mapping[str, Any] | None = None) -> ThotObject | None:
+        found = self.find_containers(search)
+        return found[0] if found else None
+
+    def find_assets(self, search: Mapping[str, Any] | None = None) -> list[ThotObject]:
+        """Assets anywhere in the active container's subtree, depth first."""
+        return self._query("asset", search)
+
+    def find_asset(self, search: Mapping[str, Any] | None = None) -> ThotObject | None:
+        found = self.find_assets(search)
+        return found[0] if found else None
+
+    # ------------------------------------------------------------------ producing
+
+    def add_asset(
+        self, properties: Mapping[str, Any], _id: str | None = None, overwrite: bool = True
+    ) -> str:
+        """Create (or replace) the asset folder ``<active container>/<_id>``; return the
+        absolute path where the script should write the asset's ``file``."""
+        from thotd.index import find_project_root, resolve_path
+        from thotd.model import ASSET_FILE as _AF
+        from thotd.model import ObjectFileError, parse
+
+        props = dict(properties)
+        if _id is None:
+            stem = str(props.get("name") or props.get("type") or "asset")
+            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "asset"
+            _id = f"{stem}-{uuid.uuid4().hex[:8]}"
+        folder = os.path.join(self.root, _plain_name(_id))
+        target = os.path.join(folder, ASSET_FILE)
+        if os.path.exists(target) and not overwrite:
+            raise FileExistsError(f"asset {folder} exists; pass overwrite=True to replace it")
+        if not props.get("file"):
+            raise ValueError("add_asset needs a 'file' property: the data file's path")
+        props["creator_type"] = "script"
+        props["creator"] = self._script
+        data = json.dumps(props, indent=4, default=str).encode()
+        try:
+            parse(_AF, data, target)
+        except ObjectFileError as exc:
+            raise ValueError(f"add_asset: invalid properties: {exc}") from None
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{ASSET_FILE}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)  # an interrupted script never leaves half an object file
+        top = self._project_root or find_project_root(self.root)
+        path = resolve_path(str(props["file"]), folder, top)
+        self._recorder.output(os.path.normpath(folder), path)
+        return path
+
+    def dev_mode(self) -> bool:
+        """True when the script is run by hand, not by a runner."""
+        return self._dev
+
+
+ThotProject = LocalProject

@@ -1,0 +1,332 @@
+"""The incremental engine: which runs exist, which are stale and why, and how a finished run
+becomes a record.
+
+A run is one (container, script) pair. Its record keeps the script's fingerprint, every
+query the script made (asked again later: a query is a dependency on the *question*), the
+fingerprints of the objects it got back, and the assets it produced, which are never its own
+inputs. Scripts that never used the library, or asked with a callable, get their container's
+whole subtree as input: coarse, but correct.
+
+Order needs no recorded edges: a script sees only its own subtree, so producers are always
+runs in that subtree (deeper first) or earlier runs of the same container (priority).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thotd.index import Index
+from thotd.record import RunRecord, read_record, stat_of
+from thotd.search import SearchError
+from thotd.state import RunRow, Store
+
+RunKey = tuple[str, str]  # (container id, absolute script path)
+INTERRUPTED = ("running", "killed")
+
+
+@dataclass
+class Planned:
+    """One autorun association of one container, in run order."""
+
+    key: RunKey
+    priority: float
+    order: int  # position in the full run order: children before parents, then priority
+    depth: int
+    schedule: str | None = None
+    blocked: str | None = None  # why it must wait (an invalid object in its subtree)
+
+    @property
+    def container(self) -> str:
+        return self.key[0]
+
+    @property
+    def script(self) -> str:
+        return self.key[1]
+
+
+def content_hash(path: str) -> str | None:
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+@dataclass
+class Hasher:
+    """Content hashes cached by ``(path, size, mtime_ns)``: a file is hashed only when its
+    size or mtime moved, so a big data set is read once, not on every check."""
+
+    cache: dict[tuple[str, int, int], str | None] = field(default_factory=dict)
+
+    def hash(self, path: str, stat: list[int] | None) -> str | None:
+        if stat is None:
+            return None
+        key = (path, stat[0], stat[1])
+        if key not in self.cache:
+            self.cache[key] = content_hash(path)
+        return self.cache[key]
+
+    def fingerprint(self, path: str | None) -> dict[str, Any] | None:
+        if not path:
+            return None
+        st = stat_of(path)
+        return {"stat": st, "hash": self.hash(path, st)}
+
+    def changed(self, path: str | None, old: dict[str, Any] | None) -> bool:
+        """Whether a file differs from its recorded fingerprint (a touch does not count)."""
+        if not path:
+            return False
+        now = stat_of(path)
+        if old is None:
+            return now is not None
+        if now is None or old.get("stat") is None:
+            return now != old.get("stat")
+        if list(now) == list(old["stat"]):
+            return False
+        return self.hash(path, now) != old.get("hash")
+
+
+class Engine:
+    """Staleness and records for one project's runs, against one index and one store."""
+
+    def __init__(self, index: Index, store: Store, log_root: Path | None = None) -> None:
+        self.index = index
+        self.store = store
+        self.project = index.root
+        self.hasher = Hasher()
+        self.log_root = log_root or store.path.parent / "runs"
+        self.rows: dict[RunKey, RunRow] = store.runs(self.project)
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, start: str | None = None, *, manual: bool = False) -> list[Planned]:
+        """Every autorun (or, with ``manual``, every) run below ``start``, in run order."""
+        out: list[Planned] = []
+        root_depth = self.index.root.count(os.sep)
+        for node in self.index.containers_postorder(start):
+            invalid = self.index.invalid_in(node.id)
+            blocked = f"waiting for a fix: {invalid[0]}" if invalid else None
+            for assoc in node.scripts:
+                if not assoc["autorun"] and not manual:
+                    continue
+                out.append(
+                    Planned(
+                        key=(node.id, assoc["script"]),
+                        priority=assoc["priority"],
+                        order=len(out),
+                        depth=node.id.count(os.sep) - root_depth,
+                        schedule=assoc.get("schedule"),
+                        blocked=blocked,
+                    )
+                )
+        return out
+
+    def rel(self, path: str) -> str:
+        try:
+            rel = os.path.relpath(path, self.index.root)
+        except ValueError:
+            return path
+        return path if rel.startswith("..") else ("." if rel == "." else rel)
+
+    # ------------------------------------------------------------------ staleness
+
+    def reasons(self, key: RunKey) -> list[str]:
+        """Why the run must execute, in words; empty when it is up to date."""
+        row = self.rows.get(key)
+        if row is None or row.record is None:
+            if row is not None and row.status in INTERRUPTED:
+                return ["interrupted before it finished"]
+            return ["never ran"]
+        if row.status in INTERRUPTED:
+            return ["interrupted before it finished"]
+        rec = row.record
+        container, script = key
+        out: list[str] = []
+        if self.hasher.changed(script, rec.get("script")):
+            out.append("script changed" if os.path.exists(script) else "script missing")
+        own = set(rec.get("outputs", {}))
+        for q in rec.get("queries", []):
+            out.extend(self._query_reasons(container, q, own))
+        for oid, info in rec.get("consumed", {}).items():
+            node = self.index.nodes.get(oid)
+            if node is None or not node.valid:
+                if not any(oid in q["ids"] for q in rec.get("queries", [])):
+                    out.append(f"input {self.rel(oid)} removed")
+                continue
+            if self.index.fingerprint(oid) != info.get("fp"):
+                out.append(f"input {self.rel(oid)} changed")
+            elif node.file and self.hasher.changed(node.file, info.get("data")):
+                out.append(f"input {self.rel(node.file)} changed")
+        return list(dict.fromkeys(out))
+
+    def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:
+        if kind == "*":
+            return [n.id for n in self.index.walk(container) if n.id != container]
+        try:
+            return [o["_id"] for o in self.index.find(kind, search, container)]
+        except SearchError:
+            return []
+
+    def _query_reasons(self, container: str, q: dict[str, Any], own: set[str]) -> list[str]:
+        if container not in self.index.nodes:
+            return []
+        now = [i for i in self._current_ids(container, q["kind"], q["search"]) if i not in own]
+        then = [i for i in q["ids"] if i not in own]
+        if now == then:
+            return []
+        shown = "anything" if q["kind"] == "*" else json.dumps(q["search"], sort_keys=True)
+        what = "object" if q["kind"] == "*" else q["kind"]
+        out = [f"new {what} {self.rel(i)} matches {shown}" for i in now if i not in then]
+        out += [f"{self.rel(i)} no longer matches {shown}" for i in then if i not in now]
+        return out or [f"the answer to {shown} changed order"]
+
+    def stale(self, plan: Iterable[Planned]) -> list[tuple[Planned, list[str]]]:
+        return [(p, r) for p in plan if (r := self.reasons(p.key))]
+
+    # ------------------------------------------------------------------ executing
+
+    def env_for(self, key: RunKey, record_path: str) -> dict[str, str]:
+        container, script = key
+        return {
+            "THOT_CONTAINER_ID": container,
+            "THOT_SCRIPT_ID": script,
+            "THOT_PROJECT_ROOT": self.index.root,
+            "THOT_RECORD": record_path,
+        }
+
+    def log_path(self, key: RunKey, started: float) -> Path:
+        digest = hashlib.blake2b(f"{self.project}\0{key[0]}\0{key[1]}".encode(), digest_size=6)
+        stem = Path(key[1]).stem
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(started))
+        ms = int((started % 1) * 1000)
+        return self.log_root / f"{stem}-{digest.hexdigest()}" / f"{stamp}.{ms:03d}.log"
+
+    def begin(self, key: RunKey, reasons: list[str]) -> tuple[Path, str]:
+        """Mark the run started; returns (log path, record path)."""
+        started = time.time()
+        log = self.log_path(key, started)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        record_path = str(log) + ".record"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record_path)
+        self.store.mark_running(self.project, key[0], key[1], str(log), reasons)
+        self.rows[key] = RunRow(self.project, key[0], key[1], "running", None, started, None,
+                                str(log), reasons, self.rows[key].record if key in self.rows else None)
+        return log, record_path
+
+    def complete(
+        self,
+        key: RunKey,
+        *,
+        status: str,
+        exit_code: int | None,
+        started: float,
+        finished: float,
+        log: str,
+        record_path: str,
+        reasons: list[str],
+        trigger: str = "",
+        refresh_index: bool = True,
+    ) -> set[str]:
+        """Turn a finished run into its record; returns the ids of the assets it produced.
+
+        ``refresh_index`` re-reads what the run wrote (the one-shot runner has no watcher).
+        """
+        rec = read_record(record_path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record_path)
+        container, _script = key
+        if refresh_index:
+            if rec.opaque:
+                self.index.update([], rescan=[container])
+            elif rec.outputs:
+                self.index.update([], rescan=list(rec.outputs))
+        record = None
+        if status != "killed":
+            record = self._build_record(key, rec)
+        self.store.finish_run(
+            self.project, container, key[1], status=status, exit_code=exit_code,
+            started=started, finished=finished, log=log, reasons=reasons, record=record,
+            trigger=trigger,
+        )
+        self.rows[key] = RunRow(self.project, container, key[1], status, exit_code, started,
+                                finished, log, reasons, record)
+        return set(rec.outputs)
+
+    def _build_record(self, key: RunKey, rec: RunRecord) -> dict[str, Any]:
+        container, script = key
+        outputs: dict[str, Any] = {}
+        for oid, file in rec.outputs.items():
+            node = self.index.nodes.get(oid)
+            outputs[oid] = {
+                "file": file,
+                "fp": self.index.fingerprint(oid) if node is not None and node.valid else None,
+                "data": self.hasher.fingerprint(file),
+            }
+        consumed: dict[str, Any] = {}
+        queries: list[dict[str, Any]] = []
+        if rec.opaque:
+            # The whole subtree as it stands after the run: its own writes are absorbed,
+            # so they never make it stale (no self-trigger loop).
+            ids = [n.id for n in self.index.walk(container) if n.id != container and n.id not in outputs]
+            queries.append({"kind": "*", "search": None, "ids": ids})
+            for oid in ids:
+                consumed[oid] = self._object_fp(oid, None)
+        else:
+            for q in rec.queries:
+                queries.append({"kind": q.kind, "search": q.search, "ids": q.ids})
+            for oid, info in rec.consumed.items():
+                consumed[oid] = self._object_fp(oid, info)
+        return {
+            "script": self.hasher.fingerprint(script),
+            "opaque": rec.opaque,
+            "queries": queries,
+            "consumed": consumed,
+            "outputs": outputs,
+        }
+
+    def _object_fp(self, oid: str, seen: dict[str, Any] | None) -> dict[str, Any]:
+        """The fingerprint of an input: what the script was given (its query-time view and
+        data stat) when known; a data file that moved during the run keeps the old stat and
+        no hash, so the run is stale at once and runs again, once."""
+        node = self.index.nodes.get(oid)
+        fp = seen.get("fp") if seen else (self.index.fingerprint(oid) if node and node.valid else None)
+        file = (seen or {}).get("file") or (node.file if node else None)
+        data = None
+        if file:
+            now = stat_of(file)
+            then = seen.get("stat") if seen else now
+            data = {"stat": then, "hash": self.hasher.hash(file, now) if then == now else None}
+        return {"fp": fp, "file": file, "data": data}
+
+    # ------------------------------------------------------------------ provenance
+
+    def producers(self) -> dict[str, RunKey]:
+        """Asset id -> the run whose record says it produced it."""
+        out: dict[str, RunKey] = {}
+        for key, row in self.rows.items():
+            for oid in (row.record or {}).get("outputs", {}):
+                out[oid] = key
+        return out
+
+    def edges(self) -> list[tuple[RunKey, str, RunKey]]:
+        """(producer run, asset, consumer run) along recorded inputs."""
+        made = self.producers()
+        out = []
+        for key, row in self.rows.items():
+            for oid in (row.record or {}).get("consumed", {}):
+                if oid in made and made[oid] != key:
+                    out.append((made[oid], oid, key))
+        return out

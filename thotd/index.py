@@ -1,0 +1,530 @@
+"""The in-memory project index: every object of a tree, loaded in one pass.
+
+Each object file is read once; effective metadata is computed top-down while walking, so no
+ancestor is re-read (the original re-read every ancestor for every object). The same loader
+serves a cold load, a one-folder refresh and a subtree rescan, which is what lets the daemon
+apply a batch of filesystem events without reloading the tree (:meth:`Index.update`).
+
+Invalid objects stay in the index as error entries (with the last good properties when there
+were some) so the rest of the tree still loads and the runs that would see them can be held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from thotd import model
+from thotd.model import (
+    ASSET_FILE,
+    CONTAINER_FILE,
+    NOTES_DIR,
+    OBJECT_FILES,
+    SCRIPTS_FILE,
+    ObjectError,
+    ObjectFileError,
+)
+from thotd.objects import ThotObject
+from thotd.search import compile_search
+
+ROOT_PREFIX = "root:"
+_VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
+
+
+class NotAProject(Exception):
+    """The folder given is not a Thot container."""
+
+
+def norm(path: str | os.PathLike[str]) -> str:
+    return os.path.normpath(os.path.abspath(os.fspath(path)))
+
+
+def resolve_path(value: str, base: str, root: str) -> str:
+    """Resolve a ``file``/``script`` value: ``root:/…`` (project root), absolute, or relative."""
+    if value.startswith(ROOT_PREFIX):
+        rest = value[len(ROOT_PREFIX):].lstrip("/\\")
+        return os.path.normpath(os.path.join(root, rest))
+    value = os.path.expanduser(value)
+    if os.path.isabs(value):
+        return os.path.normpath(value)
+    return os.path.normpath(os.path.join(base, value))
+
+
+@dataclass(slots=True)
+class Node:
+    """One object (container or asset) and what the index derived for it."""
+
+    id: str
+    kind: str  # "container" | "asset"
+    parent: str | None
+    props: dict[str, Any]  # validated own properties, extras kept, defaults applied
+    scripts: list[dict[str, Any]] = field(default_factory=list)  # containers: resolved, ordered
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)  # child object ids, by folder name
+    metadata: dict[str, Any] = field(default_factory=dict)  # effective (inherited) metadata
+    errors: list[ObjectError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    file: str | None = None  # assets: absolute data file
+    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)  # object files read
+    _view: ThotObject | None = None
+    _fp: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def invalidate(self) -> None:
+        self._view = None
+        self._fp = None
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _read_notes(folder: str) -> list[dict[str, Any]]:
+    notes: list[dict[str, Any]] = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return notes
+    for entry in entries:
+        if not entry.is_file() or entry.name.startswith("."):
+            continue
+        try:
+            content = _read(entry.path).decode("utf-8", errors="replace")
+            created = entry.stat().st_mtime
+        except OSError:
+            continue
+        notes.append(
+            {"title": os.path.splitext(entry.name)[0], "created": created, "content": content}
+        )
+    return notes
+
+
+class Index:
+    """All objects of one project, by id (the absolute, normalised folder path)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = norm(root)
+        self.nodes: dict[str, Node] = {}
+        self.by_file: dict[str, set[str]] = {}  # data file -> asset ids that point at it
+        self.hidden: str | None = None  # with a focus load: the ancestors are chain-only
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str], focus: str | None = None) -> Index:
+        """Load the project at ``root``; with ``focus``, only that container's subtree plus the
+        chain of its ancestors (what a script can see, and the metadata it inherits)."""
+        idx = cls(norm(root))
+        if not os.path.isfile(os.path.join(idx.root, CONTAINER_FILE)):
+            raise NotAProject(
+                f"{idx.root} is not a Thot project: it has no {CONTAINER_FILE} "
+                f"(create one, even '{{}}', to mark the root container)"
+            )
+        if focus is None or norm(focus) == idx.root:
+            idx._load_subtree(idx.root, None, {})
+            return idx
+        focus = norm(focus)
+        chain: list[str] = []
+        cur = focus
+        while cur != idx.root:
+            chain.append(cur)
+            parent = os.path.dirname(cur)
+            if parent == cur:
+                raise NotAProject(f"{focus} is not inside the project {idx.root}")
+            cur = parent
+        meta: dict[str, Any] = {}
+        parent_id: str | None = None
+        for folder in [idx.root, *reversed(chain[1:])]:
+            node = idx._read_object(folder, parent_id)
+            if node is None or node.kind != "container":
+                raise NotAProject(f"{folder} is not a Thot container (no {CONTAINER_FILE})")
+            node.metadata = {**meta, **node.props.get("metadata", {})}
+            meta = node.metadata
+            idx._add(node)
+            parent_id = folder
+        idx._load_subtree(focus, parent_id, meta)
+        if focus not in idx.nodes:
+            raise NotAProject(f"{focus} is not a Thot container (no {CONTAINER_FILE})")
+        for folder in [idx.root, *reversed(chain[1:])]:
+            idx.nodes[folder].entries = [c for c in chain if os.path.dirname(c) == folder]
+        idx.hidden = focus
+        return idx
+
+    def _read_object(self, folder: str, parent: str | None) -> Node | None:
+        """Read one folder's object files; None when the folder is not an object."""
+        cpath = os.path.join(folder, CONTAINER_FILE)
+        apath = os.path.join(folder, ASSET_FILE)
+        cstamp, astamp = _stat(cpath), _stat(apath)
+        if cstamp is None and astamp is None:
+            return None
+        kind = "container" if cstamp is not None else "asset"
+        node = Node(id=folder, kind=kind, parent=parent, props={})
+        errors: list[ObjectError] = []
+        if cstamp is not None and astamp is not None:
+            errors.append(
+                ObjectError(
+                    folder, None,
+                    f"holds both {CONTAINER_FILE} and {ASSET_FILE}; a folder is one or the "
+                    "other: delete one of them",
+                )
+            )
+        own = cpath if kind == "container" else apath
+        node.stamps[os.path.basename(own)] = cstamp if kind == "container" else astamp  # type: ignore[assignment]
+        try:
+            data = _read(own)
+            parsed = model.parse(os.path.basename(own), data, own)
+            node.props = parsed.model_dump(exclude={"schema_"}, by_alias=False)
+            extra = model.unknown_keys(os.path.basename(own), data)
+            node.warnings.extend(f"{own}: unknown field {k!r} (kept; a typo?)" for k in extra)
+        except ObjectFileError as exc:
+            errors.extend(exc.errors)
+        except OSError as exc:
+            errors.append(ObjectError(own, None, f"cannot read: {exc.strerror or exc}"))
+        if kind == "asset" and "file" in node.props:
+            node.file = resolve_path(node.props["file"], folder, self.root)
+        spath = os.path.join(folder, SCRIPTS_FILE)
+        sstamp = _stat(spath)
+        if sstamp is not None:
+            node.stamps[SCRIPTS_FILE] = sstamp
+            if kind == "asset":
+                node.warnings.append(f"{spath}: scripts belong to containers; ignored in an asset")
+            else:
+                try:
+                    data = _read(spath)
+                    assocs = model.parse(SCRIPTS_FILE, data, spath)
+                    node.scripts = self._resolve_scripts(assocs, folder)
+                except ObjectFileError as exc:
+                    errors.extend(exc.errors)
+                except OSError as exc:
+                    errors.append(ObjectError(spath, None, f"cannot read: {exc.strerror or exc}"))
+        notes_dir = os.path.join(folder, NOTES_DIR)
+        if os.path.isdir(notes_dir):
+            node.notes = _read_notes(notes_dir)
+        node.errors = errors
+        return node
+
+    def _resolve_scripts(self, assocs: list[Any], folder: str) -> list[dict[str, Any]]:
+        out = []
+        for order, assoc in enumerate(assocs):
+            item = assoc.model_dump()
+            item["script"] = resolve_path(assoc.script, folder, self.root)
+            item["order"] = order
+            out.append(item)
+        out.sort(key=lambda a: (a["priority"], a["order"]))
+        return out
+
+    def _load_subtree(self, folder: str, parent: str | None, meta: Mapping[str, Any]) -> list[str]:
+        """Load ``folder`` and everything below it; returns the ids added (preorder)."""
+        added: list[str] = []
+        stack: list[tuple[str, str | None, Mapping[str, Any]]] = [(folder, parent, meta)]
+        while stack:
+            path, par, inherited = stack.pop()
+            node = self._read_object(path, par)
+            if node is None:
+                continue
+            node.metadata = {**inherited, **node.props.get("metadata", {})}
+            self._add(node)
+            added.append(path)
+            if node.kind != "container":
+                continue
+            try:
+                subdirs = sorted(
+                    e.path
+                    for e in os.scandir(path)
+                    if e.name != NOTES_DIR and e.is_dir(follow_symlinks=False)
+                )
+            except OSError as exc:
+                node.errors.append(ObjectError(path, None, f"cannot list folder: {exc.strerror}"))
+                continue
+            for sub in reversed(subdirs):
+                stack.append((sub, path, node.metadata))
+        # Attach each object to its parent, keeping folder-name order.
+        for path in added:
+            par = self.nodes[path].parent
+            if par is not None and par in self.nodes:
+                entries = self.nodes[par].entries
+                if path not in entries:
+                    entries.append(path)
+                    entries.sort(key=os.path.basename)
+        return added
+
+    def _add(self, node: Node) -> None:
+        self.nodes[node.id] = node
+        if node.file is not None:
+            self.by_file.setdefault(node.file, set()).add(node.id)
+
+    def _drop(self, node_id: str) -> list[str]:
+        """Remove an object and its subtree; returns the removed ids."""
+        removed = [n.id for n in self.walk(node_id, include_invalid=True)]
+        for nid in removed:
+            node = self.nodes.pop(nid)
+            if node.file is not None:
+                ids = self.by_file.get(node.file)
+                if ids is not None:
+                    ids.discard(nid)
+                    if not ids:
+                        del self.by_file[node.file]
+        top = removed[0] if removed else node_id
+        parent = os.path.dirname(top)
+        if parent in self.nodes and top in self.nodes[parent].entries:
+            self.nodes[parent].entries.remove(top)
+            self.nodes[parent].invalidate()
+        return removed
+
+    # ------------------------------------------------------------------ incremental update
+
+    def update(self, paths: Iterable[str], rescan: Iterable[str] = ()) -> Changes:
+        """Apply changed filesystem paths (and subtrees to rescan) to the index.
+
+        Object files and ``_notes/`` re-read their object; a folder path re-syncs that folder
+        (created, deleted, moved); any other file is a possible asset data file.
+        """
+        changes = Changes()
+        todo: dict[str, bool] = {}  # folder -> full rescan
+        for raw in paths:
+            p = norm(raw)
+            name = os.path.basename(p)
+            parent = os.path.dirname(p)
+            if name in OBJECT_FILES or name == NOTES_DIR:
+                todo.setdefault(parent, False)
+            elif os.path.basename(parent) == NOTES_DIR:
+                todo.setdefault(os.path.dirname(parent), False)
+            elif p in self.nodes or os.path.isdir(p):
+                todo[p] = True
+            if p in self.by_file:
+                changes.data.update(self.by_file[p])
+        for raw in rescan:
+            todo[norm(raw)] = True
+        for folder in sorted(todo, key=lambda f: f.count(os.sep)):
+            if folder != self.root and not folder.startswith(self.root + os.sep):
+                continue
+            self._sync(folder, todo[folder], changes)
+        for nid in list(changes.data):
+            if nid not in self.nodes:
+                changes.data.discard(nid)
+        return changes
+
+    def _sync(self, folder: str, full: bool, changes: Changes) -> None:
+        parent = os.path.dirname(folder)
+        in_project = folder == self.root or (
+            parent in self.nodes and self.nodes[parent].kind == "container"
+        )
+        old = self.nodes.get(folder)
+        if not in_project or not os.path.isdir(folder):
+            if old is not None:
+                changes.removed.update(self._drop(folder))
+            return
+        fresh = self._read_object(folder, None if folder == self.root else parent)
+        if fresh is None:
+            if old is not None:
+                changes.removed.update(self._drop(folder))
+            return
+        if old is None or old.kind != fresh.kind or full:
+            before = {n.id: n for n in self.walk(folder, include_invalid=True)} if old else {}
+            old_fps = {nid: self.fingerprint(nid) for nid in before}
+            old_errors = {nid: n.errors for nid, n in before.items()}
+            if old is not None:
+                self._drop(folder)
+            inherited = self.nodes[parent].metadata if folder != self.root else {}
+            added = self._load_subtree(folder, fresh.parent, inherited)
+            if parent in self.nodes:
+                self.nodes[parent].invalidate()
+            for nid in added:
+                if nid not in before:
+                    changes.added.add(nid)
+                elif self.fingerprint(nid) != old_fps[nid] or self.nodes[nid].errors != old_errors[nid]:
+                    changes.modified.add(nid)
+            changes.removed.update(set(before) - set(added))
+            return
+        # Same kind: re-read only this folder's files; children keep their nodes.
+        fresh.entries = old.entries
+        if fresh.errors and old.valid:
+            # Keep the last good version's properties: dependents must not run on garbage,
+            # and queries keep answering as before until the file is fixed.
+            fresh.props, fresh.scripts, fresh.file = old.props, old.scripts, old.file
+        meta_changed = fresh.props.get("metadata") != old.props.get("metadata")
+        inherited = self.nodes[parent].metadata if folder != self.root else {}
+        fresh.metadata = {**inherited, **fresh.props.get("metadata", {})}
+        old_fp = self.fingerprint(folder)
+        if old.file is not None and old.file != fresh.file:
+            ids = self.by_file.get(old.file, set())
+            ids.discard(folder)
+            if not ids:
+                self.by_file.pop(old.file, None)
+        self._add(fresh)
+        if self.fingerprint(folder) != old_fp or fresh.errors != old.errors:
+            changes.modified.add(folder)
+        if meta_changed:
+            for node in self.walk(folder, include_invalid=True):
+                if node.id == folder:
+                    continue
+                par = self.nodes[node.parent] if node.parent else None
+                node.metadata = {**(par.metadata if par else {}), **node.props.get("metadata", {})}
+                node.invalidate()
+                changes.modified.add(node.id)
+
+    # ------------------------------------------------------------------ reading
+
+    def walk(self, start: str | None = None, *, include_invalid: bool = False) -> Iterator[Node]:
+        """Objects below ``start`` (default: the root) in preorder, siblings by folder name."""
+        start = norm(start) if start else self.root
+        if start not in self.nodes:
+            return
+        stack = [start]
+        while stack:
+            nid = stack.pop()
+            node = self.nodes.get(nid)
+            if node is None:
+                continue
+            if include_invalid or node.valid:
+                yield node
+            stack.extend(reversed(node.entries))
+
+    def view(self, node_id: str) -> ThotObject:
+        """The object as scripts see it: properties, effective metadata, ids of relatives."""
+        node = self.nodes[node_id]
+        if node._view is not None:
+            return node._view
+        data: dict[str, Any] = {k: v for k, v in node.props.items() if k not in _VIEW_RESERVED}
+        data["_id"] = node.id
+        data["name"] = node.props.get("name") or os.path.basename(node.id)
+        data["metadata"] = dict(node.metadata)
+        data["notes"] = [dict(n) for n in node.notes]
+        data["parent"] = node.parent
+        if node.kind == "container":
+            kids = [self.nodes[c] for c in node.entries if c in self.nodes]
+            data["children"] = [k.id for k in kids if k.kind == "container" and k.valid]
+            data["assets"] = [k.id for k in kids if k.kind == "asset" and k.valid]
+            data["scripts"] = [
+                {k: v for k, v in s.items() if k != "order"} for s in node.scripts
+            ]
+        else:
+            data["file"] = node.file
+        node._view = ThotObject(data)
+        return node._view
+
+    def fingerprint(self, node_id: str) -> str:
+        """A digest of what a script sees of the object, minus the lists of its children:
+        those are answered by queries, and a container listing its own new outputs must
+        not make the run that wrote them stale."""
+        node = self.nodes[node_id]
+        if node._fp is None:
+            view = {k: v for k, v in self.view(node_id).items() if k not in ("children", "assets")}
+            blob = json.dumps(view, sort_keys=True, default=str).encode()
+            node._fp = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        return node._fp
+
+    def find(self, kind: str, search: Mapping[str, Any] | None, start: str | None = None) -> list[ThotObject]:
+        """Valid objects of ``kind`` in ``start``'s subtree matching ``search``, in order."""
+        test = compile_search(search)
+        out = []
+        for node in self.walk(start):
+            if node.kind == kind:
+                obj = self.view(node.id)
+                if test(obj):
+                    out.append(obj)
+        return out
+
+    def find_containers(self, search: Mapping[str, Any] | None = None, start: str | None = None) -> list[ThotObject]:
+        return self.find("container", search, start)
+
+    def find_assets(self, search: Mapping[str, Any] | None = None, start: str | None = None) -> list[ThotObject]:
+        return self.find("asset", search, start)
+
+    def errors(self) -> list[ObjectError]:
+        return [e for n in self.walk(include_invalid=True) for e in n.errors]
+
+    def warnings(self) -> list[str]:
+        return [w for n in self.walk(include_invalid=True) for w in n.warnings]
+
+    def invalid_in(self, start: str) -> list[ObjectError]:
+        """Errors in ``start``'s subtree: a run there must wait until they are fixed."""
+        return [e for n in self.walk(start, include_invalid=True) for e in n.errors]
+
+    def containers_postorder(self, start: str | None = None) -> list[Node]:
+        """Containers children-first (depth first, siblings by folder name): the run order."""
+        order: list[Node] = []
+
+        def visit(nid: str) -> None:
+            node = self.nodes[nid]
+            for child in node.entries:
+                if child in self.nodes and self.nodes[child].kind == "container":
+                    visit(child)
+            order.append(node)
+
+        start = norm(start) if start else self.root
+        if start in self.nodes:
+            visit(start)
+        return order
+
+    def owner_container(self, path: str) -> str | None:
+        """The nearest container at or above ``path`` (a folder or file path)."""
+        cur = norm(path)
+        while True:
+            node = self.nodes.get(cur)
+            if node is not None and node.kind == "container":
+                return cur
+            if cur == self.root or len(cur) < len(self.root):
+                return None
+            parent = os.path.dirname(cur)
+            if parent == cur:
+                return None
+            cur = parent
+
+    def ancestors(self, node_id: str) -> list[str]:
+        """The object's ancestors, nearest first."""
+        out = []
+        cur = self.nodes[node_id].parent
+        while cur is not None and cur in self.nodes:
+            out.append(cur)
+            cur = self.nodes[cur].parent
+        return out
+
+
+@dataclass
+class Changes:
+    """What one :meth:`Index.update` changed, by object id."""
+
+    added: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    modified: set[str] = field(default_factory=set)
+    data: set[str] = field(default_factory=set)  # assets whose data file path was touched
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.modified or self.data)
+
+    def ids(self) -> set[str]:
+        return self.added | self.removed | self.modified | self.data
+
+
+def find_project_root(start: str | os.PathLike[str]) -> str:
+    """The top-most container above ``start`` (the folder whose parent is not a container)."""
+    cur = norm(start)
+    if not os.path.isfile(os.path.join(cur, CONTAINER_FILE)):
+        raise NotAProject(f"{cur} is not a Thot container (no {CONTAINER_FILE})")
+    while True:
+        parent = os.path.dirname(cur)
+        if parent == cur or not os.path.isfile(os.path.join(parent, CONTAINER_FILE)):
+            return cur
+        cur = parent
+
+
+def load_project(root: str | os.PathLike[str]) -> Index:
+    """Load a whole project (the bench and the CLIs' entry point)."""
+    return Index.load(root)

@@ -1,0 +1,231 @@
+"""Pydantic models of the three object files, and errors a person can act on.
+
+Object files are written by people and by older Thot versions, so every model keeps unknown
+fields (``extra="allow"``) and treats ``null`` as "use the default". Validators are built
+once at import; ``model_validate_json`` on the raw bytes is the fast path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+CONTAINER_FILE = "_container.json"
+ASSET_FILE = "_asset.json"
+SCRIPTS_FILE = "_scripts.json"
+NOTES_DIR = "_notes"
+OBJECT_FILES = (CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE)
+
+#: Top-level keys Thot itself writes or tolerates: not reported as likely typos.
+KNOWN_EXTRAS = frozenset(
+    {"$schema", "_id", "id", "created", "modified", "roles", "parent", "children", "assets",
+     "scripts", "notes", "_notes", "permissions"}
+)
+
+
+def _none_to(default: Any) -> Any:
+    """A ``mode="before"`` validator body: ``null`` in the file means the default."""
+
+    def fix(value: Any) -> Any:
+        return default() if value is None else value
+
+    return fix
+
+
+class _Common(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    schema_: str | None = Field(
+        default=None, alias="$schema", description="JSON Schema URL, for editors; ignored."
+    )
+    name: str | None = Field(default=None, description="Display name; default: folder name.")
+    type: str | None = Field(default=None, description="Class of the object, used in searches.")
+    description: str | None = Field(default=None, description="Free text.")
+    tags: list[str] = Field(default_factory=list, description="Labels used in searches.")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Key-value data; children inherit it, the nearer object winning.",
+    )
+
+    _tags_default = field_validator("tags", mode="before")(_none_to(list))
+    _metadata_default = field_validator("metadata", mode="before")(_none_to(dict))
+
+
+class ContainerFile(_Common):
+    """``_container.json``: marks a folder as a container."""
+
+
+class AssetFile(_Common):
+    """``_asset.json``: marks a folder as an asset; ``file`` points at the data."""
+
+    file: str = Field(
+        description="The data: relative to the asset folder, absolute, or 'root:/…'.",
+        min_length=1,
+    )
+    creator: str | None = Field(default=None, description="Who or what made it.")
+    creator_type: str = Field(default="user", description="'user', or 'script' for outputs.")
+
+    _creator_type_default = field_validator("creator_type", mode="before")(
+        _none_to(lambda: "user")
+    )
+
+
+class ScriptAssociation(BaseModel):
+    """One entry of ``_scripts.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    script: str = Field(
+        description="Script path: relative to the container, absolute, or 'root:/…'.",
+        min_length=1,
+    )
+    priority: float = Field(default=0, description="Lower runs first; ties keep file order.")
+    autorun: bool = Field(default=True, description="Run when the project is evaluated.")
+    schedule: str | None = Field(
+        default=None,
+        description="thotd extension: a crontab line ('*/15 * * * *') to also run it on a timetable.",
+    )
+
+    _priority_default = field_validator("priority", mode="before")(_none_to(lambda: 0))
+    _autorun_default = field_validator("autorun", mode="before")(_none_to(lambda: True))
+
+
+SCRIPTS_ADAPTER: TypeAdapter[list[ScriptAssociation]] = TypeAdapter(list[ScriptAssociation])
+
+MODELS: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
+    CONTAINER_FILE: ContainerFile,
+    ASSET_FILE: AssetFile,
+    SCRIPTS_FILE: SCRIPTS_ADAPTER,
+}
+
+
+@dataclass(frozen=True)
+class ObjectError:
+    """Why an object file could not be used: enough to find and fix it."""
+
+    path: str  # the object file
+    field: str | None  # JSON path such as ``scripts[1].priority``; None for the whole file
+    reason: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.line is not None:
+            where += f":{self.line}:{self.column}"
+        if self.field:
+            where += f": {self.field}"
+        return f"{where}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.path, "field": self.field, "reason": self.reason,
+            "line": self.line, "column": self.column,
+        }
+
+
+class ObjectFileError(Exception):
+    """Raised by :func:`parse` with every problem found in one file."""
+
+    def __init__(self, errors: list[ObjectError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse(filename: str, data: bytes, path: str = "") -> Any:
+    """Validate one object file's bytes; return the model (a list for ``_scripts.json``).
+
+    Raises :class:`ObjectFileError` naming the file, the JSON path of each bad field and
+    the reason; broken JSON gets its line and column.
+    """
+    shown = path or filename
+    try:
+        if filename == SCRIPTS_FILE:
+            return SCRIPTS_ADAPTER.validate_json(data)
+        model = MODELS[filename]
+        assert isinstance(model, type)
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        errors: list[ObjectError] = []
+        for err in exc.errors(include_url=False):
+            if err["type"] == "json_invalid":
+                errors.append(_json_error(shown, data))
+                break
+            errors.append(ObjectError(shown, _loc_to_path(tuple(err["loc"])), _reason(err)))
+        raise ObjectFileError(errors) from None
+
+
+def _reason(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "missing":
+        return "required field is missing"
+    if "input" in err and err["type"] not in ("model_type", "list_type", "dict_type"):
+        return f"{msg} (got {json.dumps(err['input'], default=str)[:80]})"
+    return msg
+
+
+def _json_error(path: str, data: bytes) -> ObjectError:
+    try:
+        json.loads(data)
+    except UnicodeDecodeError as exc:
+        return ObjectError(path, None, f"not UTF-8 text: {exc.reason} at byte {exc.start}")
+    except json.JSONDecodeError as exc:
+        return ObjectError(path, None, f"invalid JSON: {exc.msg}", exc.lineno, exc.colno)
+    return ObjectError(path, None, "invalid JSON")
+
+
+def unknown_keys(filename: str, data: bytes) -> list[str]:
+    """Top-level keys that no model field knows: likely typos (``tgas``), shown as warnings."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    fields: set[str]
+    if filename == SCRIPTS_FILE:
+        fields = set(ScriptAssociation.model_fields)
+    else:
+        model = MODELS[filename]
+        assert isinstance(model, type)
+        fields = set(model.model_fields) | {"$schema"}
+    out: list[str] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        for key in item:
+            if key not in fields and key not in KNOWN_EXTRAS:
+                out.append(f"[{i}].{key}" if filename == SCRIPTS_FILE else key)
+    return out
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schemas of the three object files, for editors."""
+    return {
+        "container.schema.json": ContainerFile.model_json_schema(by_alias=True),
+        "asset.schema.json": AssetFile.model_json_schema(by_alias=True),
+        "scripts.schema.json": SCRIPTS_ADAPTER.json_schema(by_alias=True),
+    }
+
+
+def write_schemas(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in json_schemas().items():
+        target = out_dir / name
+        target.write_text(json.dumps(schema, indent=2) + "\n")
+        written.append(target)
+    return written

@@ -1,0 +1,108 @@
+"""The run record: what a script asked for, what it got, what it made.
+
+Nobody declares a script's inputs in Thot, so the library writes them down while the script
+runs. The runner names a file in ``THOT_RECORD``; each event is one JSON line, appended and
+flushed at once, so a script that crashes still leaves every query it made. Stdlib only: the
+script side imports this on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_RECORD = "THOT_RECORD"
+
+
+def stat_of(path: str | None) -> list[int] | None:
+    """``[size, mtime_ns]`` of a data file, or None when it is missing."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+class Recorder:
+    """Appends events to the record file; does nothing when the runner gave none."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path if path is not None else os.environ.get(ENV_RECORD)
+
+    def _write(self, event: dict[str, Any]) -> None:
+        if not self.path:
+            return
+        line = json.dumps(event, default=str) + "\n"
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    def query(
+        self, kind: str, search: Any, opaque: bool, ids: list[str], objects: dict[str, Any]
+    ) -> None:
+        self._write(
+            {"event": "query", "kind": kind, "search": search, "opaque": opaque,
+             "ids": ids, "objects": objects}
+        )
+
+    def output(self, asset_id: str, file: str) -> None:
+        self._write({"event": "output", "id": asset_id, "file": file})
+
+    def library(self, mode: str) -> None:
+        self._write({"event": "library", "mode": mode, "pid": os.getpid()})
+
+
+@dataclass
+class Query:
+    kind: str
+    search: Any
+    opaque: bool
+    ids: list[str]
+
+
+@dataclass
+class RunRecord:
+    """A record read back by the engine after the run."""
+
+    used_library: bool = False
+    queries: list[Query] = field(default_factory=list)
+    consumed: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {fp, file, stat}
+    outputs: dict[str, str] = field(default_factory=dict)  # asset id -> data file
+
+    @property
+    def opaque(self) -> bool:
+        """True when a query cannot be asked again (a callable in it) or the script never
+        used the library: then anything in the container's subtree is an input."""
+        return not self.used_library or any(q.opaque for q in self.queries)
+
+
+def read_record(path: str) -> RunRecord:
+    rec = RunRecord()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+    except OSError:
+        return rec
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a crash: the run failed anyway
+        kind = ev.get("event")
+        if kind == "library":
+            rec.used_library = True
+        elif kind == "query":
+            rec.used_library = True
+            rec.queries.append(Query(ev["kind"], ev["search"], bool(ev["opaque"]), list(ev["ids"])))
+            for oid, info in ev.get("objects", {}).items():
+                rec.consumed.setdefault(oid, info)
+        elif kind == "output":
+            rec.used_library = True
+            rec.outputs[ev["id"]] = ev["file"]
+    # A run's own outputs are not its inputs, even when a query returned them.
+    for oid in rec.outputs:
+        rec.consumed.pop(oid, None)
+    return rec

@@ -1,0 +1,208 @@
+"""Search dicts: compile once, then match many objects.
+
+A search maps dotted keys (``metadata.batch``) to conditions; all must hold. A condition is
+a scalar (equality; for a list value, membership, as in MongoDB), a list (every element is
+in the object's list), a compiled regex (``search`` finds a match in a string), a callable
+(true for the value), a dict of ``$`` operators (all hold) or a dict without operators (the
+sub-document matches key by key). An unknown operator is an error at compile time, not a
+silent miss.
+
+Searches are also *recorded* by the engine (:func:`encode`) so a run's questions can be asked
+again later; a regex is stored as ``$regex``/``$options``, a callable makes the query opaque.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Matcher = Callable[[Any, bool], bool]  # (value, present) -> matched
+_MISSING = object()
+
+OPERATORS = frozenset(
+    {"$eq", "$ne", "$in", "$nin", "$exists", "$regex", "$options", "$gt", "$gte", "$lt", "$lte"}
+)
+_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+
+
+class SearchError(ValueError):
+    """A search dict that cannot be evaluated (unknown operator, bad operand)."""
+
+
+def lookup(obj: Any, dotted: str) -> Any:
+    """The value at a dotted path, or ``_MISSING``; integer parts index into lists."""
+    cur = obj
+    for part in dotted.split("."):
+        if isinstance(cur, Mapping):
+            if part not in cur:
+                return _MISSING
+            cur = cur[part]
+        elif isinstance(cur, list | tuple) and part.lstrip("-").isdigit():
+            idx = int(part)
+            if not -len(cur) <= idx < len(cur):
+                return _MISSING
+            cur = cur[idx]
+        else:
+            return _MISSING
+    return cur
+
+
+def _equals(query: Any, value: Any) -> bool:
+    if isinstance(value, list | tuple) and not isinstance(query, list | tuple):
+        return any(_scalar_eq(query, v) for v in value)
+    return _scalar_eq(query, value)
+
+
+def _scalar_eq(a: Any, b: Any) -> bool:
+    # bool is an int in Python; JSON keeps them apart, and so do we.
+    if isinstance(a, bool) != isinstance(b, bool):
+        return False
+    return bool(a == b)
+
+
+def _compare(op: str, operand: Any) -> Matcher:
+    def test(value: Any, present: bool) -> bool:
+        if not present or value is None or isinstance(value, bool) != isinstance(operand, bool):
+            return False
+        try:
+            if op == "$gt":
+                return bool(value > operand)
+            if op == "$gte":
+                return bool(value >= operand)
+            if op == "$lt":
+                return bool(value < operand)
+            return bool(value <= operand)
+        except TypeError:
+            return False
+
+    return test
+
+
+def _regex_matcher(pattern: re.Pattern[str]) -> Matcher:
+    return lambda value, present: isinstance(value, str) and pattern.search(value) is not None
+
+
+def _operators(spec: Mapping[str, Any]) -> Matcher:
+    tests: list[Matcher] = []
+    for op, operand in spec.items():
+        if op not in OPERATORS:
+            raise SearchError(f"unknown search operator {op!r}; known: {', '.join(sorted(OPERATORS))}")
+        if op == "$eq":
+            tests.append(lambda v, p, q=operand: _equals(q, v if p else None))
+        elif op == "$ne":
+            tests.append(lambda v, p, q=operand: not _equals(q, v if p else None))
+        elif op in ("$in", "$nin"):
+            if not isinstance(operand, list | tuple | set | frozenset):
+                raise SearchError(f"{op} needs a list, got {operand!r}")
+            choices = list(operand)
+
+            def is_in(v: Any, p: bool, choices: list[Any] = choices) -> bool:
+                return any(_equals(c, v if p else None) for c in choices)
+
+            tests.append(is_in if op == "$in" else (lambda v, p, f=is_in: not f(v, p)))
+        elif op == "$exists":
+            tests.append(lambda v, p, want=bool(operand): p == want)
+        elif op == "$regex":
+            flags = 0
+            for ch in str(spec.get("$options", "")):
+                if ch not in _FLAGS:
+                    raise SearchError(f"unknown $options flag {ch!r}; known: {''.join(_FLAGS)}")
+                flags |= _FLAGS[ch]
+            try:
+                pattern = operand if isinstance(operand, re.Pattern) else re.compile(operand, flags)
+            except (re.error, TypeError) as exc:
+                raise SearchError(f"bad $regex {operand!r}: {exc}") from None
+            tests.append(_regex_matcher(pattern))
+        elif op == "$options":
+            if "$regex" not in spec:
+                raise SearchError("$options is only meaningful beside $regex")
+        else:
+            tests.append(_compare(op, operand))
+    return lambda v, p: all(t(v, p) for t in tests)
+
+
+def _condition(cond: Any) -> Matcher:
+    if isinstance(cond, re.Pattern):
+        return _regex_matcher(cond)
+    if callable(cond):
+        return lambda v, p: bool(cond(v if p else None))
+    if isinstance(cond, Mapping):
+        if any(isinstance(k, str) and k.startswith("$") for k in cond):
+            return _operators(cond)
+        sub = compile_search(cond)
+        return lambda v, p: p and isinstance(v, Mapping) and sub(v)
+    if isinstance(cond, list | tuple):
+        wanted = list(cond)
+
+        def contains(v: Any, p: bool) -> bool:
+            if not p or not isinstance(v, list | tuple):
+                return False
+            return all(any(_scalar_eq(w, x) for x in v) for w in wanted)
+
+        return contains
+    return lambda v, p: _equals(cond, v if p else None)
+
+
+def compile_search(search: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], bool]:
+    """Turn a search dict into a predicate on objects; raises :class:`SearchError` early."""
+    if not search:
+        return lambda obj: True
+    if not isinstance(search, Mapping):
+        raise SearchError(f"a search must be a dict, got {type(search).__name__}")
+    parts: list[tuple[str, Matcher]] = []
+    for key, cond in search.items():
+        if not isinstance(key, str):
+            raise SearchError(f"search keys must be strings, got {key!r}")
+        if key.startswith("$"):
+            raise SearchError(f"unknown search operator {key!r} at the top level")
+        parts.append((key, _condition(cond)))
+
+    def match(obj: Mapping[str, Any]) -> bool:
+        for key, test in parts:
+            value = lookup(obj, key)
+            present = value is not _MISSING
+            if not test(value if present else None, present):
+                return False
+        return True
+
+    return match
+
+
+def matches(obj: Mapping[str, Any], search: Mapping[str, Any] | None) -> bool:
+    return compile_search(search)(obj)
+
+
+def encode(search: Any) -> tuple[Any, bool]:
+    """A JSON form of a search that :func:`compile_search` evaluates the same way.
+
+    Returns ``(json_value, opaque)``; opaque is true when the search holds a callable, whose
+    meaning cannot be stored (the engine then treats the run's whole subtree as its input).
+    """
+    opaque = False
+
+    def enc(value: Any) -> Any:
+        nonlocal opaque
+        if isinstance(value, re.Pattern):
+            opts = "".join(ch for ch, fl in _FLAGS.items() if value.flags & fl)
+            out: dict[str, Any] = {"$regex": value.pattern}
+            if opts:
+                out["$options"] = opts
+            return out
+        if isinstance(value, Mapping):
+            if "$regex" in value and isinstance(value["$regex"], re.Pattern):
+                merged = enc(value["$regex"])
+                rest = {k: enc(v) for k, v in value.items() if k != "$regex"}
+                return {**rest, **merged}
+            return {str(k): enc(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [enc(v) for v in value]
+        if callable(value):
+            opaque = True
+            return {"$opaque": getattr(value, "__qualname__", repr(value))}
+        if value is None or isinstance(value, str | int | float | bool):
+            return value
+        opaque = True
+        return {"$opaque": repr(value)}
+
+    return enc(search or {}), opaque

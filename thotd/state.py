@@ -1,0 +1,244 @@
+"""Run state in SQLite: projects, the last record of every run, and run history.
+
+Shared by ``thot run`` and the daemon. WAL mode and one transaction per write make it safe
+against a kill at any moment: a record is either all there or not at all. The schema carries
+a version (``PRAGMA user_version``); :data:`MIGRATIONS` brings an older file forward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE projects (
+        root TEXT PRIMARY KEY,
+        added REAL NOT NULL,
+        paused INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE runs (
+        project TEXT NOT NULL,
+        container TEXT NOT NULL,
+        script TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        started REAL,
+        finished REAL,
+        log TEXT,
+        reasons TEXT,
+        record TEXT,
+        PRIMARY KEY (project, container, script)
+    );
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        project TEXT NOT NULL,
+        container TEXT NOT NULL,
+        script TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        started REAL,
+        finished REAL,
+        log TEXT,
+        reasons TEXT,
+        trigger TEXT
+    );
+    CREATE INDEX history_by_run ON history (project, container, script, id);
+    """,
+]
+
+
+@dataclass
+class RunRow:
+    project: str
+    container: str
+    script: str
+    status: str  # ok | failed | timeout | killed | error | running
+    exit_code: int | None
+    started: float | None
+    finished: float | None
+    log: str | None
+    reasons: list[str]
+    record: dict[str, Any] | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.container, self.script)
+
+
+def default_path() -> Path:
+    from thotd import paths
+
+    return Path(paths.state_dir()) / "state.sqlite3"
+
+
+class Store:
+    """One SQLite file; open it once per process and keep it."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} was written by a newer thotd (schema {version}); upgrade thotd"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            with self.tx():
+                self.db.executescript(
+                    "BEGIN IMMEDIATE;" + MIGRATIONS[number] + f"PRAGMA user_version={number + 1};"
+                )
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` unless a script already began one)."""
+        began = not self.db.in_transaction
+        if began:
+            self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        else:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ projects
+
+    def add_project(self, root: str) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO projects (root, added) VALUES (?, ?)", (root, time.time())
+            )
+
+    def remove_project(self, root: str) -> bool:
+        with self.tx() as db:
+            cur = db.execute("DELETE FROM projects WHERE root = ?", (root,))
+            db.execute("DELETE FROM runs WHERE project = ?", (root,))
+        return cur.rowcount > 0
+
+    def set_paused(self, root: str, paused: bool) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE projects SET paused = ? WHERE root = ?", (int(paused), root))
+
+    def projects(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT root, added, paused FROM projects ORDER BY root").fetchall()
+        return [{"root": r[0], "added": r[1], "paused": bool(r[2])} for r in rows]
+
+    # ------------------------------------------------------------------ runs
+
+    def runs(self, project: str) -> dict[tuple[str, str], RunRow]:
+        rows = self.db.execute(
+            "SELECT project, container, script, status, exit_code, started, finished, log,"
+            " reasons, record FROM runs WHERE project = ?",
+            (project,),
+        ).fetchall()
+        out = {}
+        for r in rows:
+            row = RunRow(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                json.loads(r[8]) if r[8] else [], json.loads(r[9]) if r[9] else None,
+            )
+            out[row.key] = row
+        return out
+
+    def mark_running(
+        self, project: str, container: str, script: str, log: str, reasons: list[str]
+    ) -> None:
+        """Note that a run started, keeping its previous record: a kill now leaves it
+        'running', which the next start treats as interrupted and runs again."""
+        now = time.time()
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO runs (project, container, script, status, started, log, reasons)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?)"
+                " ON CONFLICT (project, container, script) DO UPDATE SET status='running',"
+                " started=excluded.started, finished=NULL, exit_code=NULL, log=excluded.log,"
+                " reasons=excluded.reasons",
+                (project, container, script, now, log, json.dumps(reasons)),
+            )
+
+    def finish_run(
+        self,
+        project: str,
+        container: str,
+        script: str,
+        *,
+        status: str,
+        exit_code: int | None,
+        started: float,
+        finished: float,
+        log: str | None,
+        reasons: list[str],
+        record: dict[str, Any] | None,
+        trigger: str = "",
+    ) -> None:
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO runs (project, container, script, status, exit_code, started,"
+                " finished, log, reasons, record) VALUES (?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (project, container, script) DO UPDATE SET status=excluded.status,"
+                " exit_code=excluded.exit_code, started=excluded.started,"
+                " finished=excluded.finished, log=excluded.log, reasons=excluded.reasons,"
+                " record=excluded.record",
+                (project, container, script, status, exit_code, started, finished, log,
+                 json.dumps(reasons), json.dumps(record) if record is not None else None),
+            )
+            db.execute(
+                "INSERT INTO history (project, container, script, status, exit_code, started,"
+                " finished, log, reasons, trigger) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (project, container, script, status, exit_code, started, finished, log,
+                 json.dumps(reasons), trigger),
+            )
+
+    def forget_runs(self, project: str, keys: list[tuple[str, str]]) -> None:
+        with self.tx() as db:
+            db.executemany(
+                "DELETE FROM runs WHERE project = ? AND container = ? AND script = ?",
+                [(project, c, s) for c, s in keys],
+            )
+
+    def history(self, project: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT id, project, container, script, status, exit_code, started, finished, log,"
+            " reasons, trigger FROM history"
+        )
+        args: tuple[Any, ...] = ()
+        if project is not None:
+            sql += " WHERE project = ?"
+            args = (project,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = self.db.execute(sql, (*args, limit)).fetchall()
+        keys = ("id", "project", "container", "script", "status", "exit_code", "started",
+                "finished", "log", "reasons", "trigger")
+        out = []
+        for r in rows:
+            item = dict(zip(keys, r, strict=True))
+            item["reasons"] = json.loads(item["reasons"] or "[]")
+            out.append(item)
+        return out
+
+    def history_entry(self, run_id: int) -> dict[str, Any] | None:
+        for item in self.history(None, limit=1_000_000):
+            if item["id"] == run_id:
+                return item
+        return None
