@@ -77,7 +77,7 @@ class RunRow:
 def default_path() -> Path:
     from thotd import paths
 
-    return Path(paths.state_dir()) / "state.sqlite3"
+    return paths.database_path()
 
 
 class Store:
@@ -217,28 +217,26 @@ class Store:
                 [(project, c, s) for c, s in keys],
             )
 
-    def history(self, project: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT id, project, container, script, status, exit_code, started, finished, log,"
-            " reasons, trigger FROM history"
-        )
-        args: tuple[Any, ...] = ()
-        if project is not None:
-            sql += " WHERE project = ?"
-            args = (project,)
-        sql += " ORDER BY id DESC LIMIT ?"
-        rows = self.db.execute(sql, (*args, limit)).fetchall()
-        keys = ("id", "project", "container", "script", "status", "exit_code", "started",
-                "finished", "log", "reasons", "trigger")
+    _HISTORY_COLUMNS = ("id", "project", "container", "script", "status", "exit_code",
+                        "started", "finished", "log", "reasons", "trigger")
+
+    def _history(self, where: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            f"SELECT {', '.join(self._HISTORY_COLUMNS)} FROM history {where}", args
+        ).fetchall()
         out = []
         for r in rows:
-            item = dict(zip(keys, r, strict=True))
+            item = dict(zip(self._HISTORY_COLUMNS, r, strict=True))
             item["reasons"] = json.loads(item["reasons"] or "[]")
             out.append(item)
         return out
 
+    def history(self, project: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Finished runs, newest first."""
+        if project is None:
+            return self._history("ORDER BY id DESC LIMIT ?", (limit,))
+        return self._history("WHERE project = ? ORDER BY id DESC LIMIT ?", (project, limit))
+
     def history_entry(self, run_id: int) -> dict[str, Any] | None:
-        for item in self.history(None, limit=1_000_000):
-            if item["id"] == run_id:
-                return item
-        return None
+        found = self._history("WHERE id = ?", (run_id,))
+        return found[0] if found else None

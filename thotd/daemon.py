@@ -1,0 +1,552 @@
+"""The daemon: one asyncio loop owns every project's index, engine and run queue.
+
+Data flows top to bottom: the watcher hands settled batches to :meth:`Daemon.on_batch`,
+the index applies them, the engine says which runs they made stale, the queue starts runs
+when their producers are done, and a finished run's outputs feed the same check, so the
+wave rolls up the tree. The control socket, APScheduler's jobs and signal handlers all run
+on the same loop, so no lock guards any of this state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from thotd import notify
+from thotd.config import Config
+from thotd.engine import Engine, Planned, RunKey
+from thotd.index import Index, NotAProject, norm
+from thotd.proc import RunSpec, run_async, script_env
+from thotd.state import Store
+from thotd.watch import Batch, Watcher
+
+log = structlog.get_logger("thotd")
+
+
+@dataclass
+class Running:
+    key: RunKey
+    task: asyncio.Task[Any]
+    cancel: asyncio.Event
+    started: float
+    reasons: list[str]
+    log: str
+
+
+@dataclass
+class Project:
+    """One registered project: its index and engine (None while it cannot load)."""
+
+    root: str
+    engine: Engine | None = None
+    error: str | None = None
+    paused: bool = False
+    queue: dict[RunKey, tuple[list[str], str]] = field(default_factory=dict)  # key -> (reasons, trigger)
+    running: dict[RunKey, Running] = field(default_factory=dict)
+    plan: dict[RunKey, Planned] = field(default_factory=dict)
+    reruns: dict[RunKey, int] = field(default_factory=dict)  # consecutive self-caused reruns
+    attempts: dict[RunKey, int] = field(default_factory=dict)  # failures, for retry backoff
+    script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
+
+    @property
+    def index(self) -> Index | None:
+        return self.engine.index if self.engine else None
+
+    def replan(self) -> None:
+        assert self.engine is not None
+        self.plan = {p.key: p for p in self.engine.plan(manual=True)}
+
+
+class Daemon:
+    def __init__(self, config: Config, *, store_path: Path, socket_path: Path,
+                 config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store_path = store_path
+        self.socket_path = socket_path
+        self.projects: dict[str, Project] = {}
+        self.extra_roots: dict[str, str] = {}  # watched script folder -> project root
+        self.stopping = False
+        self.started = time.time()
+        self.events: deque[dict[str, Any]] = deque(maxlen=500)
+        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._stop = asyncio.Event()
+        self._kick = asyncio.Event()
+        self._applying = 0
+        self.loop: asyncio.AbstractEventLoop
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        from thotd.control import ControlServer, acquire_lock
+        from thotd.paths import lock_path
+
+        faulthandler.enable()
+        self.loop = asyncio.get_running_loop()
+        self.lock_fd = acquire_lock(lock_path())
+        self.store = Store(self.store_path)
+        self.watcher = Watcher(self.loop, self.on_batch, settle_s=self.config.daemon.settle_ms / 1000,
+                               stable_checks=self.config.daemon.stable_checks)
+        self.scheduler = AsyncIOScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 600}
+        )
+        roots = {p["root"] for p in self.store.projects()} | {str(p) for p in self.config.projects}
+        for root in sorted(roots):
+            paused = any(p["root"] == root and p["paused"] for p in self.store.projects())
+            await self.open_project(root, paused=paused)
+        self.server = ControlServer()
+        from thotd.methods import register_methods
+
+        register_methods(self.server, self)
+        await self.server.start(self.socket_path)
+        self._schedule_jobs()
+        self.scheduler.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_stop)
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        dispatcher = asyncio.create_task(self._dispatch_loop())
+        health = asyncio.create_task(self._health_loop())
+        notify.ready(self.status_line())
+        log.info("thotd ready", socket=str(self.socket_path), projects=len(self.projects))
+        await self._stop.wait()
+        notify.stopping()
+        log.info("stopping: no new runs; waiting for running scripts",
+                 grace_s=self.config.daemon.shutdown_grace_s)
+        dispatcher.cancel()
+        health.cancel()
+        await self._drain_running(self.config.daemon.shutdown_grace_s)
+        self.scheduler.shutdown(wait=False)
+        self.watcher.close()
+        await self.server.close()
+        self.store.close()
+        log.info("stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        self._stop.set()
+
+    async def _drain_running(self, grace: float) -> None:
+        tasks = [r.task for p in self.projects.values() for r in p.running.values()]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        if pending:
+            for p in self.projects.values():
+                for r in p.running.values():
+                    r.cancel.set()  # TERM the process group, then KILL after its grace
+            await asyncio.wait(pending, timeout=grace + 10)
+
+    async def reload(self) -> dict[str, Any]:
+        """SIGHUP / ``thotctl reload``: swap in a new config only if it is fully valid."""
+        from thotd.config import ConfigError, load_config
+        from thotd.logs import configure_logging
+
+        notify.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused: keeping the old configuration", error=str(exc))
+            notify.ready(self.status_line())
+            return {"reloaded": False, "error": str(exc)}
+        self.config = new
+        from thotd.paths import log_file
+
+        configure_logging(new.log.level, log_file() if new.log.file else None)
+        for root in map(str, new.projects):
+            if norm(root) not in self.projects:
+                await self.open_project(root)
+        self._schedule_jobs()
+        notify.ready(self.status_line())
+        log.info("configuration reloaded")
+        return {"reloaded": True}
+
+    # ------------------------------------------------------------------ projects
+
+    async def open_project(self, root: str, *, paused: bool = False) -> Project:
+        root = norm(root)
+        proj = self.projects.get(root) or Project(root=root, paused=paused)
+        self.projects[root] = proj
+        try:
+            index = await asyncio.to_thread(Index.load, root)
+        except (NotAProject, OSError) as exc:
+            proj.error, proj.engine = str(exc), None
+            log.error("project cannot load", project=root, error=str(exc))
+            return proj
+        proj.error = None
+        proj.engine = Engine(index, self.store)
+        proj.replan()
+        try:
+            self.watcher.add(root)
+        except OSError as exc:
+            proj.error = f"cannot watch: {exc}"
+        self._watch_scripts(proj)
+        self.store.add_project(root)
+        self.emit("project", project=root, state="loaded", objects=len(index.nodes))
+        self.check_runs(proj, list(proj.plan.values()), trigger="catch-up after start")
+        return proj
+
+    def _watch_scripts(self, proj: Project) -> None:
+        """Scripts usually live beside the project (``root:/../analysis``): watch those
+        folders too, so editing a script reruns its runs without waiting for a rescan."""
+        dirs = {os.path.dirname(k[1]) for k in proj.plan} - {proj.root}
+        dirs = {d for d in dirs if not d.startswith(proj.root + os.sep) and os.path.isdir(d)}
+        for d in dirs - proj.script_dirs:
+            if d in self.extra_roots or d in self.projects:
+                continue
+            try:
+                self.watcher.add(d)
+                self.extra_roots[d] = proj.root
+            except OSError as exc:
+                log.warning("cannot watch script folder", folder=d, error=str(exc))
+        proj.script_dirs |= dirs
+
+    async def remove_project(self, root: str) -> bool:
+        root = norm(root)
+        proj = self.projects.pop(root, None)
+        if proj is None:
+            return self.store.remove_project(root)
+        proj.queue.clear()
+        for r in proj.running.values():
+            r.cancel.set()
+        self.watcher.remove(root)
+        for d in proj.script_dirs:
+            if self.extra_roots.get(d) == root:
+                self.watcher.remove(d)
+                del self.extra_roots[d]
+        self.store.remove_project(root)
+        self.emit("project", project=root, state="removed")
+        return True
+
+    # ------------------------------------------------------------------ events
+
+    def on_batch(self, root: str, batch: Batch) -> None:
+        """A settled batch of filesystem events for one watched folder (loop thread)."""
+        if root in self.extra_roots:
+            proj = self.projects.get(self.extra_roots[root])
+            if proj is not None and proj.engine is not None:
+                touched = set(batch.paths)
+                keys = [p for k, p in proj.plan.items() if k[1] in touched or not touched]
+                self.check_runs(proj, keys, trigger="script changed")
+            return
+        proj = self.projects.get(root)
+        if proj is None:
+            return
+        if proj.engine is None or not os.path.isdir(root):
+            if not os.path.isdir(root):
+                proj.error = f"project folder {root} is gone (deleted or moved); it is kept registered"
+                log.error("project folder missing", project=root)
+                return
+            asyncio.ensure_future(self.open_project(root, paused=proj.paused))
+            return
+        self._applying += 1
+        try:
+            index = proj.engine.index
+            changes = index.update(batch.paths, batch.rescan)
+            if not changes:
+                # Data files and scripts outside the index can still be inputs.
+                affected = {index.owner_container(p) for p in batch.paths} - {None}
+            else:
+                affected = {index.owner_container(i) or i for i in changes.ids()}
+                affected |= {index.owner_container(os.path.dirname(i)) for i in changes.removed} - {None}
+            self.emit("batch", project=root, paths=len(batch.paths), rescan=len(batch.rescan),
+                      added=len(changes.added), removed=len(changes.removed),
+                      modified=len(changes.modified))
+            proj.replan()
+            self._watch_scripts(proj)
+            keys = self._candidates(proj, affected, subtree_of=changes.modified | changes.added)
+            self.check_runs(proj, keys, trigger="files changed")
+        finally:
+            self._applying -= 1
+
+    def _candidates(self, proj: Project, containers: set[Any], subtree_of: set[str] = frozenset()) -> list[Planned]:  # type: ignore[assignment]
+        """Runs that can see a change: those of the changed containers and their
+        ancestors, and, for a changed container (metadata flows down), its whole subtree."""
+        assert proj.index is not None
+        index = proj.index
+        wanted: set[str] = set()
+        for c in containers:
+            if c is None:
+                continue
+            cur: str | None = c
+            while cur is not None and cur not in wanted:
+                wanted.add(cur)
+                node = index.nodes.get(cur)
+                cur = node.parent if node else None
+        below = [c for c in subtree_of if c in index.nodes and index.nodes[c].kind == "container"]
+        for c in below:
+            wanted.update(n.id for n in index.walk(c, include_invalid=True) if n.kind == "container")
+        return [p for k, p in proj.plan.items() if k[0] in wanted]
+
+    def check_runs(self, proj: Project, planned: list[Planned], trigger: str) -> None:
+        """Queue the stale ones among ``planned``; a change cannot make anything else stale."""
+        if proj.engine is None:
+            return
+        for p in planned:
+            if p.key not in proj.plan:
+                continue
+            p = proj.plan[p.key]
+            assoc_auto = self._autorun(proj, p.key)
+            if not assoc_auto or p.key in proj.running:
+                continue
+            reasons = proj.engine.reasons(p.key)
+            if reasons:
+                proj.queue[p.key] = (reasons, trigger)
+            else:
+                proj.queue.pop(p.key, None)
+        self._kick.set()
+
+    def _autorun(self, proj: Project, key: RunKey) -> bool:
+        assert proj.index is not None
+        node = proj.index.nodes.get(key[0])
+        return bool(node and any(s["script"] == key[1] and s["autorun"] for s in node.scripts))
+
+    def enqueue(self, proj: Project, key: RunKey, reasons: list[str], trigger: str) -> None:
+        """Queue a run whatever its staleness (``rerun``, schedules, retries)."""
+        if key in proj.plan:
+            proj.queue[key] = (reasons, trigger)
+            self._kick.set()
+
+    # ------------------------------------------------------------------ the pool
+
+    def _in_flight(self) -> int:
+        return sum(len(p.running) for p in self.projects.values())
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                self.dispatch()
+            except Exception:  # one bad project must not stop the others
+                log.exception("dispatch failed")
+
+    def dispatch(self) -> None:
+        """Start queued runs whose producers are all done, up to the pool's size."""
+        limit = max(1, self.config.pool.workers)
+        for proj in self.projects.values():
+            if proj.paused or proj.engine is None or not proj.queue or self.stopping:
+                continue
+            busy = set(proj.running) | set(proj.queue)
+            for key in sorted(proj.queue, key=lambda k: proj.plan[k].order if k in proj.plan else -1):
+                if self._in_flight() >= limit:
+                    return
+                p = proj.plan.get(key)
+                if p is None or not self._autorun_or_forced(proj, key):
+                    proj.queue.pop(key, None)  # the association is gone: obsolete
+                    continue
+                if p.blocked or not self._ready(proj, p, busy):
+                    continue
+                reasons, trigger = proj.queue.pop(key)
+                if trigger in ("files changed", "catch-up after start", "script changed"):
+                    reasons = proj.engine.reasons(key)
+                    if not reasons:
+                        continue  # obsolete: the change was undone before it ran
+                self._start(proj, p, reasons, trigger)
+
+    def _autorun_or_forced(self, proj: Project, key: RunKey) -> bool:
+        trigger = proj.queue[key][1]
+        return trigger in ("rerun", "schedule", "retry") or self._autorun(proj, key)
+
+    def _ready(self, proj: Project, p: Planned, busy: set[RunKey]) -> bool:
+        """No queued or running run below its container, nor earlier in its container."""
+        prefix = p.container + os.sep
+        for other in busy:
+            if other == p.key:
+                continue
+            if other[0].startswith(prefix):
+                return False
+            if other[0] == p.container:
+                q = proj.plan.get(other)
+                if q is not None and q.order < p.order:
+                    return False
+        return True
+
+    def _start(self, proj: Project, p: Planned, reasons: list[str], trigger: str) -> None:
+        assert proj.engine is not None
+        engine = proj.engine
+        log_path, record = engine.begin(p.key, reasons)
+        env = engine.env_for(p.key, record)
+        env["THOTD_QUERY_SOCKET"] = str(self.socket_path)
+        spec = RunSpec(
+            script=Path(p.script), cwd=Path(p.container), env=script_env(os.environ, env),
+            log_path=log_path, timeout_s=self.config.pool.timeout_s,
+            log_cap_bytes=self.config.pool.log_cap_bytes,
+            grace_s=min(5.0, self.config.daemon.shutdown_grace_s),
+        )
+        cancel = asyncio.Event()
+        task = asyncio.create_task(self._run(proj, p, spec, cancel, reasons, trigger, str(log_path), record))
+        proj.running[p.key] = Running(p.key, task, cancel, time.time(), reasons, str(log_path))
+        self.emit("run", project=proj.root, container=p.container, script=p.script,
+                  state="started", reasons=reasons)
+        notify.status(self.status_line())
+
+    async def _run(self, proj: Project, p: Planned, spec: RunSpec, cancel: asyncio.Event,
+                   reasons: list[str], trigger: str, log_path: str, record: str) -> None:
+        with structlog.contextvars.bound_contextvars(project=proj.root, run=f"{p.container}::{p.script}"):
+            log.info("run started", reasons=reasons)
+            res = await run_async(spec, cancel)
+            proj.running.pop(p.key, None)
+            if proj.engine is None or self.projects.get(proj.root) is not proj:
+                return
+            outputs = proj.engine.complete(
+                p.key, status=res.status, exit_code=res.exit_code, started=res.started,
+                finished=res.finished, log=log_path, record_path=record, reasons=reasons,
+                trigger=trigger,
+            )
+            log.info("run finished", status=res.status, exit_code=res.exit_code,
+                     duration_s=round(res.duration_s, 3), outputs=len(outputs))
+            self.emit("run", project=proj.root, container=p.container, script=p.script,
+                      state=res.status, exit_code=res.exit_code, duration_s=res.duration_s)
+            if res.status in ("failed", "timeout", "error"):
+                self._maybe_retry(proj, p.key)
+            else:
+                proj.attempts.pop(p.key, None)
+            if self.stopping or res.status == "killed":
+                return
+            proj.replan()
+            # Consumers of its outputs, and itself if an input moved while it ran (once).
+            index = proj.engine.index
+            owners = {index.owner_container(o) for o in outputs} | {p.container}
+            again = proj.engine.reasons(p.key)
+            if again and res.status == "ok":
+                n = proj.reruns.get(p.key, 0)
+                if n < 1:
+                    proj.reruns[p.key] = n + 1
+                    proj.queue[p.key] = (again, "inputs changed while it ran")
+                else:
+                    log.warning("run is stale again right after running: a cycle; not rerun",
+                                reasons=again)
+                    proj.reruns.pop(p.key, None)
+            else:
+                proj.reruns.pop(p.key, None)
+            keys = [q for q in self._candidates(proj, owners) if q.key != p.key]
+            self.check_runs(proj, keys, trigger="files changed")
+            notify.status(self.status_line())
+
+    def _maybe_retry(self, proj: Project, key: RunKey) -> None:
+        retry = self.config.retry
+        n = proj.attempts.get(key, 0) + 1
+        proj.attempts[key] = n
+        if n > retry.attempts:
+            return
+        delay = retry.delay(n)
+        from datetime import datetime, timedelta
+
+        self.scheduler.add_job(
+            self._retry, "date", run_date=datetime.now() + timedelta(seconds=delay),
+            args=[proj.root, key], id=f"retry:{proj.root}:{key[0]}:{key[1]}", replace_existing=True,
+        )
+        log.info("retry scheduled", attempt=n, delay_s=delay)
+
+    async def _retry(self, root: str, key: RunKey) -> None:
+        proj = self.projects.get(root)
+        if proj is not None and key not in proj.running:
+            self.enqueue(proj, key, ["retry after failure"], "retry")
+
+    # ------------------------------------------------------------------ timed work
+
+    def _schedule_jobs(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        self.scheduler.add_job(
+            self.reconcile, "interval", minutes=self.config.daemon.reconcile_minutes,
+            id="reconcile", replace_existing=True, max_instances=1,
+        )
+        wanted: set[str] = set()
+        for proj in self.projects.values():
+            for key, p in proj.plan.items():
+                if not p.schedule:
+                    continue
+                job_id = f"cron:{proj.root}:{key[0]}:{key[1]}"
+                try:
+                    trigger = CronTrigger.from_crontab(p.schedule)
+                except ValueError as exc:
+                    log.error("bad schedule", container=key[0], script=key[1],
+                              schedule=p.schedule, error=str(exc))
+                    continue
+                wanted.add(job_id)
+                self.scheduler.add_job(self._scheduled, trigger, args=[proj.root, key],
+                                       id=job_id, replace_existing=True)
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("cron:") and job.id not in wanted:
+                job.remove()
+
+    async def _scheduled(self, root: str, key: RunKey) -> None:
+        proj = self.projects.get(root)
+        if proj is not None and not proj.paused:
+            self.enqueue(proj, key, ["scheduled"], "schedule")
+
+    async def reconcile(self, root: str | None = None) -> dict[str, int]:
+        """Re-read projects from disk and check every run: catches what the watcher missed."""
+        out: dict[str, int] = {}
+        for proj in list(self.projects.values()):
+            if root is not None and proj.root != norm(root):
+                continue
+            if proj.engine is None:
+                await self.open_project(proj.root, paused=proj.paused)
+                continue
+            try:
+                fresh = await asyncio.to_thread(Index.load, proj.root)
+            except (NotAProject, OSError) as exc:
+                proj.error = str(exc)
+                continue
+            proj.error = None
+            proj.engine.index = fresh
+            proj.replan()
+            before = len(proj.queue)
+            self.check_runs(proj, list(proj.plan.values()), trigger="files changed")
+            out[proj.root] = len(proj.queue) - before
+        self._schedule_jobs()
+        return out
+
+    async def _health_loop(self) -> None:
+        """Ping systemd's watchdog only while the loop turns and the observer lives."""
+        interval = notify.watchdog_interval() or 5.0
+        while True:
+            await asyncio.sleep(interval)
+            if self.watcher.healthy():
+                notify.watchdog_ping()
+            else:
+                log.error("watch observer died; not pinging the watchdog")
+            notify.status(self.status_line())
+
+    # ------------------------------------------------------------------ status
+
+    def quiet(self) -> bool:
+        if not self.watcher.quiet() or self._applying:
+            return False
+        for proj in self.projects.values():
+            if proj.running:
+                return False
+            if proj.queue and not proj.paused:
+                runnable = [k for k in proj.queue if k in proj.plan and not proj.plan[k].blocked]
+                if runnable:
+                    return False
+        return True
+
+    def status_line(self) -> str:
+        running = self._in_flight()
+        queued = sum(len(p.queue) for p in self.projects.values())
+        broken = sum(1 for p in self.projects.values() if p.error)
+        text = f"{len(self.projects)} projects, {running} running, {queued} queued"
+        return text + (f", {broken} degraded" if broken else "")
+
+    def emit(self, kind: str, **data: Any) -> None:
+        event = {"event": kind, "time": time.time(), **data}
+        self.events.append(event)
+        for q in list(self.subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)

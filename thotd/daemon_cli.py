@@ -1,0 +1,198 @@
+"""``thotd``: start and stop the service, install its systemd unit, try it on the example.
+
+``thotd start`` detaches by default and returns once the control socket answers, so a
+script can call ``thotctl`` right after it; ``--foreground`` is for systemd and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="thotd", description="The Thot project watcher service.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    start = sub.add_parser("start", help="start the daemon (detached unless --foreground)")
+    start.add_argument("--foreground", action="store_true", help="stay attached (systemd, tests)")
+    start.add_argument("--config", help="config file (default: $THOTD_CONFIG or the user config dir)")
+    start.add_argument("--socket", help="control socket (default: $THOTD_SOCKET or the runtime dir)")
+    start.add_argument("--state", help="state database (default: the user state dir)")
+    start.add_argument("--timeout", type=float, default=30, help="seconds to wait for readiness")
+    start.add_argument("project", nargs="*", help="projects to register at start")
+    stop = sub.add_parser("stop", help="stop the daemon, letting running scripts finish")
+    stop.add_argument("--socket")
+    stop.add_argument("--timeout", type=float, default=60)
+    inst = sub.add_parser("install-service", help="write the systemd user unit")
+    inst.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    demo = sub.add_parser("demo", help="copy the bundled example project and watch it")
+    demo.add_argument("dir", nargs="?", default="thot-example", help="where to copy it")
+    demo.add_argument("--socket")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int({"start": cmd_start, "stop": cmd_stop, "install-service": cmd_install,
+                "demo": cmd_demo}[args.cmd](args))
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    if args.socket:
+        os.environ["THOTD_SOCKET"] = str(Path(args.socket).absolute())
+    if args.config:
+        os.environ["THOTD_CONFIG"] = str(Path(args.config).absolute())
+    if args.foreground:
+        return run_foreground(args)
+    return start_detached(args)
+
+
+def run_foreground(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from thotd import paths
+    from thotd.config import EXIT_CONFIG, ConfigError, load_config
+    from thotd.control import AlreadyRunning
+    from thotd.logs import configure_logging
+
+    try:
+        config = load_config(Path(args.config) if args.config else None)
+        sock = paths.socket_path(args.socket)
+    except (ConfigError, ValueError) as exc:
+        print(f"thotd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(config.log.level, paths.log_file() if config.log.file else None)
+    if args.project:
+        config = config.model_copy(update={"projects": [*config.projects, *map(Path, args.project)]})
+    from thotd.daemon import Daemon
+
+    store = Path(args.state) if args.state else paths.database_path()
+    daemon = Daemon(config, store_path=store, socket_path=sock,
+                    config_path=Path(args.config) if args.config else None)
+    try:
+        return asyncio.run(daemon.run())
+    except AlreadyRunning as exc:
+        print(f"thotd: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def start_detached(args: argparse.Namespace) -> int:
+    from thotd import paths
+    from thotd.rpc import Client, DaemonNotRunning
+
+    sock = paths.socket_path(args.socket)
+    with Client(sock, timeout=2) as probe:
+        try:
+            hello = probe.call("hello")
+            print(f"thotd already running (pid {hello.get('pid')}), socket {sock}")
+            return EXIT_OK
+        except (DaemonNotRunning, OSError):
+            pass
+    cmd = [sys.executable, "-m", "thotd.daemon_cli", "start", "--foreground"]
+    for flag in ("config", "state"):
+        if getattr(args, flag):
+            cmd += [f"--{flag}", str(Path(getattr(args, flag)).absolute())]
+    cmd += [str(Path(p).absolute()) for p in args.project]
+    out_path = paths.log_dir() / "thotd.out"
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, env=os.environ.copy())
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"thotd: failed to start (exit {proc.returncode}); see {out_path}:", file=sys.stderr)
+            print(_tail(out_path), file=sys.stderr)
+            return EXIT_FAIL
+        try:
+            with Client(sock, timeout=2) as c:
+                c.call("hello")
+            print(f"thotd started (pid {proc.pid}), socket {sock}")
+            return EXIT_OK
+        except (DaemonNotRunning, OSError):
+            time.sleep(0.05)
+    print(f"thotd: not ready after {args.timeout:g}s; see {out_path}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from thotd import paths
+    from thotd.rpc import Client, DaemonNotRunning
+
+    sock = paths.socket_path(args.socket)
+    try:
+        with Client(sock, timeout=5) as c:
+            pid = c.call("stop")["pid"]
+    except DaemonNotRunning as exc:
+        print(f"thotd: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("thotd stopped")
+            return EXIT_OK
+        time.sleep(0.05)
+    print(f"thotd: pid {pid} still running after {args.timeout:g}s", file=sys.stderr)
+    return EXIT_FAIL
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from thotd.service import render_unit, unit_install_path
+
+    text = render_unit()
+    if args.print:
+        print(text)
+        return EXIT_OK
+    target = unit_install_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, target)
+    print(f"wrote {target}\nnow run:\n  systemctl --user daemon-reload\n"
+          "  systemctl --user enable --now thotd\n  loginctl enable-linger \"$USER\"")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Copy the example, start the daemon on it, and say what to try."""
+    example = Path(__file__).parent / "example"
+    dest = Path(args.dir).absolute()
+    if not dest.exists():
+        shutil.copytree(example, dest)
+        print(f"copied the example project to {dest}")
+    project = dest / "project"
+    start = argparse.Namespace(foreground=False, config=None, socket=args.socket, state=None,
+                               timeout=30, project=[str(project)])
+    if args.socket:
+        os.environ["THOTD_SOCKET"] = str(Path(args.socket).absolute())
+    rc = start_detached(start)
+    if rc != EXIT_OK:
+        return rc
+    from thotd.ctl import main as ctl
+
+    ctl(["add", str(project)])
+    ctl(["wait", "--timeout", "120"])
+    ctl(["status"])
+    print(f"\nTry: cp -r {project}/batch-a/sample-1 {project}/batch-a/sample-3 && thotctl wait "
+          f"&& cat {project}/summary/summary.csv\nStop with: thotd stop")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""The control socket's methods: what ``thotctl`` and daemon-run scripts may ask.
+
+Each handler reads or changes :class:`~thotd.daemon.Daemon` state on the loop thread and
+returns plain JSON. Results only ever gain fields (clients ignore what they do not know).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from thotd.index import norm
+from thotd.rpc import INVALID_PARAMS, RpcError
+
+if TYPE_CHECKING:
+    from thotd.control import Connection, ControlServer
+    from thotd.daemon import Daemon, Project
+
+TAIL_LINES = 15
+
+
+def _tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
+    if not path:
+        return []
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 8192))
+            data = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return data.splitlines()[-lines:]
+
+
+def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    if name not in params or params[name] is None:
+        if default is ...:
+            raise RpcError(INVALID_PARAMS, f"missing parameter {name!r}")
+        return default
+    value = params[name]
+    if not isinstance(value, kind):
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be {kind.__name__}")
+    return value
+
+
+def _project_for(daemon: Daemon, path: str) -> Project:
+    target = norm(path)
+    best = None
+    for root, proj in daemon.projects.items():
+        if (target == root or target.startswith(root + os.sep)) and (
+            best is None or len(root) > len(best.root)
+        ):
+            best = proj
+    if best is None:
+        raise RpcError(INVALID_PARAMS, f"{target} is in no registered project; add it with `thotctl add`")
+    return best
+
+
+def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "root": proj.root, "paused": proj.paused, "error": proj.error,
+        "watch": daemon.watcher.status().get(proj.root),
+        "queued": [], "running": [], "blocked": [], "invalid": [], "failures": [],
+        "objects": 0, "runs": len(proj.plan),
+    }
+    if proj.engine is None:
+        return out
+    index = proj.engine.index
+    out["objects"] = len(index.nodes)
+    out["invalid"] = [e.to_json() for e in index.errors()]
+    out["warnings"] = len(index.warnings())
+    out["queued"] = [
+        {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
+        for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
+    ]
+    out["running"] = [
+        {"container": k[0], "script": k[1], "since": r.started, "log": r.log, "reasons": r.reasons}
+        for k, r in proj.running.items()
+    ]
+    out["blocked"] = [
+        {"container": k[0], "script": k[1], "reason": p.blocked}
+        for k, p in proj.plan.items() if p.blocked
+    ]
+    counts: dict[str, int] = {}
+    for key, row in proj.engine.rows.items():
+        if key not in proj.plan:
+            continue
+        counts[row.status] = counts.get(row.status, 0) + 1
+        if detail and row.status in ("failed", "timeout", "error"):
+            out["failures"].append({
+                "container": key[0], "script": key[1], "status": row.status,
+                "exit_code": row.exit_code, "finished": row.finished, "log": row.log,
+                "tail": _tail(row.log),
+            })
+    out["counts"] = counts
+    return out
+
+
+def register_methods(server: ControlServer, daemon: Daemon) -> None:
+    def method(name: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
+        def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            server.register(name, fn)
+            return fn
+        return wrap
+
+    @method("status")
+    async def status(params: dict[str, Any], conn: Connection) -> Any:
+        return {
+            "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
+            "socket": str(daemon.socket_path), "state": str(daemon.store_path),
+            "workers": daemon.config.pool.workers, "quiet": daemon.quiet(),
+            "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
+            "projects": [project_status(daemon, p) for p in daemon.projects.values()],
+        }
+
+    @method("add")
+    async def add(params: dict[str, Any], conn: Connection) -> Any:
+        path = norm(_param(params, "path", str))
+        if not os.path.isfile(os.path.join(path, "_container.json")):
+            raise RpcError(INVALID_PARAMS, f"{path} is not a Thot project: it has no _container.json")
+        proj = await daemon.open_project(path)
+        if proj.error:
+            raise RpcError(INVALID_PARAMS, proj.error)
+        return project_status(daemon, proj, detail=False)
+
+    @method("remove")
+    async def remove(params: dict[str, Any], conn: Connection) -> Any:
+        path = norm(_param(params, "path", str))
+        if not await daemon.remove_project(path):
+            raise RpcError(INVALID_PARAMS, f"{path} is not registered")
+        return {"removed": path}
+
+    async def _pause(params: dict[str, Any], paused: bool) -> Any:
+        path = _param(params, "path", str, None)
+        targets = [_project_for(daemon, path)] if path else list(daemon.projects.values())
+        for proj in targets:
+            proj.paused = paused
+            daemon.store.set_paused(proj.root, paused)
+        daemon._kick.set()
+        return {"paused" if paused else "resumed": [p.root for p in targets]}
+
+    @method("pause")
+    async def pause(params: dict[str, Any], conn: Connection) -> Any:
+        return await _pause(params, True)
+
+    @method("resume")
+    async def resume(params: dict[str, Any], conn: Connection) -> Any:
+        return await _pause(params, False)
+
+    @method("runs")
+    async def runs(params: dict[str, Any], conn: Connection) -> Any:
+        path = _param(params, "project", str, None)
+        limit = _param(params, "limit", int, 50)
+        root = _project_for(daemon, path).root if path else None
+        return {"runs": daemon.store.history(root, limit=limit)}
+
+    @method("log")
+    async def log_(params: dict[str, Any], conn: Connection) -> Any:
+        run_id = _param(params, "id", int)
+        entry = daemon.store.history_entry(run_id)
+        if entry is None:
+            raise RpcError(INVALID_PARAMS, f"no run {run_id}; see `thotctl runs`")
+        running = any(
+            r.log == entry["log"] for p in daemon.projects.values() for r in p.running.values()
+        )
+        return {**entry, "running": running}
+
+    @method("why")
+    async def why(params: dict[str, Any], conn: Connection) -> Any:
+        from thotd.cli import why_info
+
+        path = _param(params, "path", str)
+        proj = _project_for(daemon, path)
+        if proj.engine is None:
+            raise RpcError(INVALID_PARAMS, proj.error or "project not loaded")
+        return why_info(proj.engine, path)
+
+    @method("plan")
+    async def plan(params: dict[str, Any], conn: Connection) -> Any:
+        path = _param(params, "path", str, None)
+        targets = [_project_for(daemon, path)] if path else list(daemon.projects.values())
+        out = []
+        for proj in targets:
+            if proj.engine is None:
+                continue
+            for p in proj.engine.plan():
+                reasons = [p.blocked] if p.blocked else proj.engine.reasons(p.key)
+                if reasons:
+                    out.append({"project": proj.root, "container": p.container, "script": p.script,
+                                "blocked": bool(p.blocked), "queued": p.key in proj.queue,
+                                "running": p.key in proj.running, "reasons": reasons})
+        return {"plan": out}
+
+    @method("graph")
+    async def graph(params: dict[str, Any], conn: Connection) -> Any:
+        from thotd.cli import graph_data, render_graph
+
+        proj = _project_for(daemon, _param(params, "path", str))
+        if proj.engine is None:
+            raise RpcError(INVALID_PARAMS, proj.error or "project not loaded")
+        fmt = _param(params, "format", str, "json")
+        data = graph_data(proj.engine)
+        return {"graph": data, "text": render_graph(proj.engine, data, fmt)}
+
+    @method("rerun")
+    async def rerun(params: dict[str, Any], conn: Connection) -> Any:
+        path = _param(params, "path", str, None)
+        targets = [_project_for(daemon, path)] if path else list(daemon.projects.values())
+        queued = []
+        for proj in targets:
+            start = norm(path) if path else proj.root
+            for key, p in proj.plan.items():
+                inside = key[0] == start or key[0].startswith(start + os.sep) or key[1] == start
+                if inside and (p.key in proj.plan) and not p.blocked:
+                    daemon.enqueue(proj, key, ["rerun requested"], "rerun")
+                    queued.append({"container": key[0], "script": key[1]})
+        return {"queued": queued}
+
+    @method("wait")
+    async def wait(params: dict[str, Any], conn: Connection) -> Any:
+        timeout = float(_param(params, "timeout", (int, float), 60))  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            if daemon.quiet():
+                # Quiet twice in a row, a tick apart: a run that just ended has had its
+                # consumers checked, and a watcher batch in flight has been applied.
+                if quiet_since is not None:
+                    return {"quiet": True}
+                quiet_since = time.monotonic()
+            else:
+                quiet_since = None
+            await asyncio.sleep(0.02)
+        return {"quiet": False}
+
+    @method("reload")
+    async def reload(params: dict[str, Any], conn: Connection) -> Any:
+        return await daemon.reload()
+
+    @method("reconcile")
+    async def reconcile(params: dict[str, Any], conn: Connection) -> Any:
+        return {"queued": await daemon.reconcile(_param(params, "path", str, None))}
+
+    @method("stop")
+    async def stop(params: dict[str, Any], conn: Connection) -> Any:
+        asyncio.get_running_loop().call_soon(daemon.request_stop)
+        return {"stopping": True, "pid": os.getpid()}
+
+    @method("query")
+    async def query(params: dict[str, Any], conn: Connection) -> Any:
+        """A daemon-run script's find_*: answered from the index, same as a local walk."""
+        from thotd.search import SearchError
+
+        root = norm(_param(params, "project", str))
+        start = norm(_param(params, "start", str))
+        kind = _param(params, "kind", str)
+        if kind not in ("container", "asset"):
+            raise RpcError(INVALID_PARAMS, "kind must be 'container' or 'asset'")
+        proj = daemon.projects.get(root) or _project_for(daemon, start)
+        if proj.engine is None or start not in proj.engine.index.nodes:
+            raise RpcError(INVALID_PARAMS, f"{start} is not a container of a loaded project")
+        index = proj.engine.index
+        try:
+            found = index.find(kind, params.get("search") or {}, start)
+        except SearchError as exc:
+            raise RpcError(INVALID_PARAMS, str(exc)) from None
+        return {"objects": found, "fingerprints": [index.fingerprint(o["_id"]) for o in found]}
+
+    @method("subscribe")
+    async def subscribe(params: dict[str, Any], conn: Connection) -> Any:
+        """Stream daemon events (runs, batches) until the client leaves."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        daemon.subscribers.add(queue)
+        try:
+            while not conn.closed.is_set():
+                getter = asyncio.ensure_future(queue.get())
+                closer = asyncio.ensure_future(conn.closed.wait())
+                done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+                for fut in (getter, closer):
+                    if fut not in done:
+                        fut.cancel()
+                if getter in done:
+                    await conn.send_notification("event", getter.result())
+        except ConnectionError:
+            pass
+        finally:
+            daemon.subscribers.discard(queue)
+        return {"subscribed": False}
