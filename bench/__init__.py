@@ -1,0 +1,1 @@
+"""Benchmarks and project generators for thotd (not part of the installed package)."""
