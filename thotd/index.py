@@ -11,6 +11,7 @@ were some) so the rest of the tree still loads and the runs that would see them 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -69,7 +70,6 @@ class Node:
     errors: list[ObjectError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     file: str | None = None  # assets: absolute data file
-    stamps: dict[str, tuple[int, int]] = field(default_factory=dict)  # object files read
     _view: ThotObject | None = None
     _fp: str | None = None
 
@@ -82,12 +82,20 @@ class Node:
         self._fp = None
 
 
-def _stat(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns)
+def _props(parsed: Any) -> dict[str, Any]:
+    """A parsed object file as a plain dict. The field values are already plain JSON values,
+    so a shallow merge of fields and extras does what ``model_dump`` does, much faster."""
+    props = {**parsed.__dict__, **(parsed.__pydantic_extra__ or {})}
+    props.pop("schema_", None)
+    return props
+
+
+def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Effective metadata. Without metadata of its own an object shares its parent's dict
+    (never mutated in place), which keeps a 20,000-object index small."""
+    if not own:
+        return inherited  # type: ignore[return-value]
+    return {**inherited, **own}
 
 
 def _read(path: str) -> bytes:
@@ -151,10 +159,10 @@ class Index:
         meta: dict[str, Any] = {}
         parent_id: str | None = None
         for folder in [idx.root, *reversed(chain[1:])]:
-            node = idx._read_object(folder, parent_id)
+            node, _subdirs = idx._read_object(folder, parent_id)
             if node is None or node.kind != "container":
                 raise NotAProject(f"{folder} is not a Thot container (no {CONTAINER_FILE})")
-            node.metadata = {**meta, **node.props.get("metadata", {})}
+            node.metadata = _inherit(meta, node.props.get("metadata"))
             meta = node.metadata
             idx._add(node)
             parent_id = folder
@@ -166,17 +174,31 @@ class Index:
         idx.hidden = focus
         return idx
 
-    def _read_object(self, folder: str, parent: str | None) -> Node | None:
-        """Read one folder's object files; None when the folder is not an object."""
-        cpath = os.path.join(folder, CONTAINER_FILE)
-        apath = os.path.join(folder, ASSET_FILE)
-        cstamp, astamp = _stat(cpath), _stat(apath)
-        if cstamp is None and astamp is None:
-            return None
-        kind = "container" if cstamp is not None else "asset"
+    def _read_object(self, folder: str, parent: str | None) -> tuple[Node | None, list[str]]:
+        """Read one folder's object files with a single listing of the folder.
+
+        Returns the object (None when the folder is not one) and its sub-folders, which the
+        walk needs anyway: no ``stat`` per candidate file, each file parsed once.
+        """
+        names: set[str] = set()
+        dirs: list[str] = []
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    name = entry.name
+                    names.add(name)
+                    if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
+                        dirs.append(name)
+        except OSError:
+            return None, []
+        base = folder + os.sep if folder != os.sep else folder
+        has_c, has_a = CONTAINER_FILE in names, ASSET_FILE in names
+        if not has_c and not has_a:
+            return None, []
+        kind = "container" if has_c else "asset"
         node = Node(id=folder, kind=kind, parent=parent, props={})
         errors: list[ObjectError] = []
-        if cstamp is not None and astamp is not None:
+        if has_c and has_a:
             errors.append(
                 ObjectError(
                     folder, None,
@@ -184,40 +206,33 @@ class Index:
                     "other: delete one of them",
                 )
             )
-        own = cpath if kind == "container" else apath
-        node.stamps[os.path.basename(own)] = cstamp if kind == "container" else astamp  # type: ignore[assignment]
+        own_name = CONTAINER_FILE if has_c else ASSET_FILE
+        own = base + own_name
         try:
-            data = _read(own)
-            parsed = model.parse(os.path.basename(own), data, own)
-            node.props = parsed.model_dump(exclude={"schema_"}, by_alias=False)
-            extra = model.unknown_keys(os.path.basename(own), data)
-            node.warnings.extend(f"{own}: unknown field {k!r} (kept; a typo?)" for k in extra)
+            parsed = model.parse(own_name, _read(own), own)
+            node.props = _props(parsed)
         except ObjectFileError as exc:
             errors.extend(exc.errors)
         except OSError as exc:
             errors.append(ObjectError(own, None, f"cannot read: {exc.strerror or exc}"))
         if kind == "asset" and "file" in node.props:
             node.file = resolve_path(node.props["file"], folder, self.root)
-        spath = os.path.join(folder, SCRIPTS_FILE)
-        sstamp = _stat(spath)
-        if sstamp is not None:
-            node.stamps[SCRIPTS_FILE] = sstamp
+        if SCRIPTS_FILE in names:
+            spath = base + SCRIPTS_FILE
             if kind == "asset":
                 node.warnings.append(f"{spath}: scripts belong to containers; ignored in an asset")
             else:
                 try:
-                    data = _read(spath)
-                    assocs = model.parse(SCRIPTS_FILE, data, spath)
+                    assocs = model.parse(SCRIPTS_FILE, _read(spath), spath)
                     node.scripts = self._resolve_scripts(assocs, folder)
                 except ObjectFileError as exc:
                     errors.extend(exc.errors)
                 except OSError as exc:
                     errors.append(ObjectError(spath, None, f"cannot read: {exc.strerror or exc}"))
-        notes_dir = os.path.join(folder, NOTES_DIR)
-        if os.path.isdir(notes_dir):
-            node.notes = _read_notes(notes_dir)
+        if NOTES_DIR in names:
+            node.notes = _read_notes(base + NOTES_DIR)
         node.errors = errors
-        return node
+        return node, ([base + d for d in sorted(dirs)] if kind == "container" else [])
 
     def _resolve_scripts(self, assocs: list[Any], folder: str) -> list[dict[str, Any]]:
         out = []
@@ -235,33 +250,27 @@ class Index:
         stack: list[tuple[str, str | None, Mapping[str, Any]]] = [(folder, parent, meta)]
         while stack:
             path, par, inherited = stack.pop()
-            node = self._read_object(path, par)
+            node, subdirs = self._read_object(path, par)
             if node is None:
                 continue
-            node.metadata = {**inherited, **node.props.get("metadata", {})}
+            node.metadata = _inherit(inherited, node.props.get("metadata"))
             self._add(node)
             added.append(path)
-            if node.kind != "container":
-                continue
-            try:
-                subdirs = sorted(
-                    e.path
-                    for e in os.scandir(path)
-                    if e.name != NOTES_DIR and e.is_dir(follow_symlinks=False)
-                )
-            except OSError as exc:
-                node.errors.append(ObjectError(path, None, f"cannot list folder: {exc.strerror}"))
-                continue
             for sub in reversed(subdirs):
                 stack.append((sub, path, node.metadata))
-        # Attach each object to its parent, keeping folder-name order.
+        # Attach each object to its parent. The walk is preorder over sorted folders, so
+        # siblings arrive in order; only the top one may join an existing list of entries.
         for path in added:
             par = self.nodes[path].parent
-            if par is not None and par in self.nodes:
-                entries = self.nodes[par].entries
+            if par is None or par not in self.nodes:
+                continue
+            entries = self.nodes[par].entries
+            if path == folder:
                 if path not in entries:
-                    entries.append(path)
-                    entries.sort(key=os.path.basename)
+                    names = [os.path.basename(e) for e in entries]
+                    entries.insert(bisect.bisect(names, os.path.basename(path)), path)
+            else:
+                entries.append(path)
         return added
 
     def _add(self, node: Node) -> None:
@@ -330,7 +339,7 @@ class Index:
             if old is not None:
                 changes.removed.update(self._drop(folder))
             return
-        fresh = self._read_object(folder, None if folder == self.root else parent)
+        fresh, _subdirs = self._read_object(folder, None if folder == self.root else parent)
         if fresh is None:
             if old is not None:
                 changes.removed.update(self._drop(folder))
@@ -360,7 +369,7 @@ class Index:
             fresh.props, fresh.scripts, fresh.file = old.props, old.scripts, old.file
         meta_changed = fresh.props.get("metadata") != old.props.get("metadata")
         inherited = self.nodes[parent].metadata if folder != self.root else {}
-        fresh.metadata = {**inherited, **fresh.props.get("metadata", {})}
+        fresh.metadata = _inherit(inherited, fresh.props.get("metadata"))
         old_fp = self.fingerprint(folder)
         if old.file is not None and old.file != fresh.file:
             ids = self.by_file.get(old.file, set())
@@ -375,7 +384,7 @@ class Index:
                 if node.id == folder:
                     continue
                 par = self.nodes[node.parent] if node.parent else None
-                node.metadata = {**(par.metadata if par else {}), **node.props.get("metadata", {})}
+                node.metadata = _inherit(par.metadata if par else {}, node.props.get("metadata"))
                 node.invalidate()
                 changes.modified.add(node.id)
 
@@ -451,7 +460,22 @@ class Index:
         return [e for n in self.walk(include_invalid=True) for e in n.errors]
 
     def warnings(self) -> list[str]:
-        return [w for n in self.walk(include_invalid=True) for w in n.warnings]
+        """Likely typos (unknown fields) and misplaced files. Computed on demand by parsing
+        the files again: only ``thot validate`` asks, and the load stays lean."""
+        out: list[str] = []
+        for node in self.walk(include_invalid=True):
+            out.extend(node.warnings)
+            files = [CONTAINER_FILE if node.kind == "container" else ASSET_FILE]
+            if node.kind == "container" and node.scripts:
+                files.append(SCRIPTS_FILE)
+            for name in files:
+                path = os.path.join(node.id, name)
+                try:
+                    parsed = model.parse(name, _read(path), path)
+                except (ObjectFileError, OSError):
+                    continue
+                out.extend(f"{path}: unknown field {k!r} (kept; a typo?)" for k in model.extra_keys(parsed))
+        return out
 
     def invalid_in(self, start: str) -> list[ObjectError]:
         """Errors in ``start``'s subtree: a run there must wait until they are fixed."""

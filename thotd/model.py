@@ -212,6 +212,16 @@ def unknown_keys(filename: str, data: bytes) -> list[str]:
     return out
 
 
+def extra_keys(parsed: Any) -> list[str]:
+    """Unknown top-level keys of an already parsed file (no second parse on the hot path)."""
+    if isinstance(parsed, list):
+        return [
+            f"[{i}].{k}" for i, item in enumerate(parsed)
+            for k in (item.model_extra or {}) if k not in KNOWN_EXTRAS
+        ]
+    return [k for k in (parsed.model_extra or {}) if k not in KNOWN_EXTRAS]
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schemas of the three object files, for editors."""
     return {
