@@ -204,6 +204,8 @@ class Engine:
             "THOT_SCRIPT_ID": script,
             "THOT_PROJECT_ROOT": self.index.root,
             "THOT_RECORD": record_path,
+            # Output reaches the log as it is printed, and is not lost when a timeout kills it.
+            "PYTHONUNBUFFERED": "1",
         }
 
     def log_path(self, key: RunKey, started: float) -> Path:

@@ -1,0 +1,664 @@
+"""Launch one script run: the process plumbing shared by the runner and the daemon.
+
+The runner calls :func:`run_sync` from worker threads; the daemon awaits :func:`run_async`
+on its event loop.  Both follow the same rules (CONVENTIONS.md, "Running scripts"):
+
+* **A session of its own per run** (``start_new_session=True``), so the run's processes
+  form one process group that can be signalled as a whole, and a terminal's Ctrl-C or the
+  daemon's own signals never reach scripts by accident.  No ``preexec_fn``: the caller has
+  threads, and running Python code between ``fork`` and ``exec`` can deadlock there.
+* **Output straight into the per-run log file**, opened by the parent and handed down as
+  stdout/stderr.  No pipes: a pipe must be drained, and a grandchild that inherited it
+  would keep the drain (and the run) waiting long after the script has exited.
+* **Limits through an exec trampoline** (:mod:`thotd._trampoline`): ``RLIMIT_CORE=0`` and
+  the optional limits are set in the child before the script starts, then it ``exec``\\s
+  the script (same pid, so the process group and the exit status are the script's).
+  Measured cost: 9-14 ms per run, all of it ``python -I -S`` start-up (2-vCPU VM:
+  ``/bin/true`` 0.6 ms direct, 8.9 ms through it; a trivial ``.sh`` run 1.8 ms bare vs
+  17.8 ms through ``run_sync``).  That is noise beside a Python script's own 40-50 ms
+  start-up and the seconds an analysis takes.  ``resource.prlimit(pid, ...)`` from the
+  parent right after spawn would save it, but races with the script (which may already
+  run, crash and dump core before the parent gets there) and cannot reset the signal
+  dispositions the daemon's children inherit; see :mod:`thotd._trampoline`.
+* **The log is capped by the parent, not by ``RLIMIT_FSIZE``.**  ``RLIMIT_FSIZE`` limits
+  *every* file the process writes, not just stdout: an analysis writing a 200 MB result
+  would fail with EFBIG because of a 10 MB log cap.  Instead the parent checks the log's
+  size every ``_POLL_S`` while the run lasts and cuts it back to the cap; the log is opened
+  ``O_APPEND``, so later writes land at the (cut) end and the first ``log_cap_bytes`` bytes
+  are never touched.  The script keeps running unaware (a chatty but correct analysis
+  still succeeds); the disk use is bounded by the cap plus what the script writes in one
+  poll interval; after the run the log is cut to exactly the cap and a note is appended.
+  ``RunSpec.max_file_bytes`` offers the hard ``RLIMIT_FSIZE`` guard as an opt-in, with
+  ``SIGXFSZ`` ignored so an oversized write fails with EFBIG (an error the script can
+  report) rather than a silent death by signal.
+* **Timeout / cancel**: ``SIGTERM`` (and ``SIGCONT``, for stopped members) to the process
+  group, ``grace_s`` to exit, then ``SIGKILL`` to the group.
+* **The run ends when the main process exits.**  Anything it left behind in its group
+  (``sleep 100 &``) is terminated the same way: leftovers would keep writing into the
+  watched tree after the run has been recorded as finished, triggering consumers on
+  half-written files, and would outlive the run with nobody accounting for them.  A child that called ``setsid``
+  itself has left the group and escapes this (only a cgroup could catch it).
+* **Never an exception out of ``run_*``** for anything that went wrong with the script:
+  spawn failures are a :class:`ProcResult` with status ``"error"`` and the reason.  Only
+  cancellation of the caller itself (``KeyboardInterrupt``, ``asyncio.CancelledError``)
+  propagates, after the process group has been stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "STRIPPED_ENV",
+    "ProcResult",
+    "RunSpec",
+    "ScriptError",
+    "interpreter_for",
+    "run_async",
+    "run_sync",
+    "script_env",
+]
+
+#: Variables systemd hands to the daemon that belong to the daemon alone.  A script that
+#: inherited ``NOTIFY_SOCKET`` could send ``READY=1``/``WATCHDOG=1`` on the daemon's behalf
+#: (hiding a hung daemon from the watchdog); ``LISTEN_*`` would make socket-activatable
+#: programs started by the script try to adopt fds that are not theirs.
+STRIPPED_ENV: frozenset[str] = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    }
+)
+
+_TRAMPOLINE = Path(__file__).with_name("_trampoline.py")
+
+#: How often a running script's log size is checked (and the wait re-armed).  Bounds the
+#: log overshoot to what a script can write in this time; a few stat calls per second per
+#: run cost nothing.
+_POLL_S = 0.05
+
+#: After ``SIGKILL`` to leftovers, how long to wait for them to vanish before giving up
+#: (a process in uninterruptible sleep, e.g. on a hung NFS mount, dies only later).
+_KILL_WAIT_S = 1.0
+
+_INTERPRETERS: dict[str, str] = {".r": "Rscript", ".sh": "bash"}
+
+
+class ScriptError(Exception):
+    """The script cannot be run at all (missing, not executable, interpreter missing).
+
+    Raised by :func:`interpreter_for`; ``run_*`` turn it into an ``"error"`` result.
+    """
+
+
+@dataclass
+class RunSpec:
+    """Everything needed to launch one run.
+
+    ``env`` is the complete environment (build it with :func:`script_env`).  ``script`` and
+    ``cwd`` may be relative; they are resolved against the caller's working directory, not
+    against each other.  ``timeout_s=None`` means no wall-clock limit.  ``log_cap_bytes``
+    caps the whole log file, header included.
+
+    The last three fields are optional resource limits set by the trampoline; ``None``
+    inherits the daemon's.  ``max_file_bytes`` is ``RLIMIT_FSIZE`` and applies to *every*
+    file the script writes -- a disk guard, not a log cap (see the module docstring).
+    """
+
+    script: Path
+    cwd: Path
+    env: dict[str, str]
+    log_path: Path
+    timeout_s: float | None
+    log_cap_bytes: int
+    grace_s: float = 5.0
+    max_open_files: int | None = None
+    cpu_limit_s: int | None = None
+    max_file_bytes: int | None = None
+
+
+@dataclass
+class ProcResult:
+    """Outcome of one run.
+
+    ``status`` is ``"ok"`` (exit 0), ``"failed"`` (non-zero exit or death by a signal the
+    run did not send), ``"timeout"``, ``"killed"`` (cancelled) or ``"error"`` (could not be
+    started).  ``exit_code`` is ``None`` when the process died by ``signal`` or never ran.
+    ``started``/``finished`` are wall-clock (``time.time()``) for display; ``duration_s``
+    comes from the monotonic clock so a clock step cannot make it negative.  ``finished`` is
+    when the main process exited; cleaning up leftovers comes after and is not counted.
+    ``log_truncated`` tells that output beyond ``log_cap_bytes`` was discarded.
+    """
+
+    exit_code: int | None
+    status: str
+    started: float
+    finished: float
+    duration_s: float
+    signal: int | None
+    message: str
+    log_truncated: bool = False
+
+
+def interpreter_for(script: Path) -> list[str]:
+    """Return the command prefix that runs ``script``; the script path goes after it.
+
+    ``.py`` uses the running interpreter (``sys.executable``): the environment where thotd
+    and the ``thot`` script API are installed, not whatever ``python`` is first on PATH.
+    ``.R``/``.r`` use ``Rscript`` and ``.sh`` uses ``bash`` (not ``sh``: scripts written
+    on a desktop tend to contain bashisms even without a shebang).  Anything else is run
+    directly (empty prefix) if executable, so shebangs and compiled programs work.
+
+    Raises :class:`ScriptError` with a message meant for the user when the script is
+    missing, not runnable, or needs an interpreter that is not installed.  Interpreters
+    are looked up on the daemon's PATH; the actual exec uses the run's PATH, and a
+    mismatch there surfaces as an ``"error"`` result from ``run_*``.
+    """
+    path = Path(script)
+    if not path.exists():
+        raise ScriptError(f"script {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ScriptError(f"script {str(path)!r} is not a regular file")
+    suffix = path.suffix.lower()
+    if suffix == ".py":
+        if not sys.executable:
+            raise ScriptError(
+                f"cannot run {str(path)!r}: the Python interpreter running thotd is unknown "
+                "(sys.executable is empty)"
+            )
+        return [sys.executable]
+    program = _INTERPRETERS.get(suffix)
+    if program is not None:
+        if shutil.which(program) is None:
+            raise ScriptError(
+                f"cannot run {str(path)!r}: {program!r} is not installed or not on PATH "
+                f"(needed for {path.suffix} scripts)"
+            )
+        return [program]
+    if os.access(path, os.X_OK):
+        return []
+    raise ScriptError(
+        f"script {str(path)!r} is not executable; chmod +x it or use a .py/.R/.sh extension"
+    )
+
+
+def script_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """Return the environment for a script: ``base`` minus daemon-only variables, plus ``extra``.
+
+    ``extra`` (the ``THOT_*`` variables of the script API) is applied last and wins.
+    """
+    env = {k: v for k, v in base.items() if k not in STRIPPED_ENV}
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------------------
+# shared plumbing
+# --------------------------------------------------------------------------------------
+
+
+def _signal_name(signum: int) -> str:
+    """``SIGSEGV`` for 11, or ``signal 42`` for numbers without a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    """Send ``signum`` to the group, ignoring a group that is already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether the process group still has a member that is not a zombie.
+
+    ``killpg(pgid, 0)`` also succeeds for zombies, and orphaned zombies disappear only when
+    init (or the nearest subreaper) gets around to reaping them -- up to seconds on some
+    systems.  Waiting for that would delay every run that left a ``sleep &`` behind, so on
+    Linux /proc is consulted to ignore zombies.  If /proc shows no member at all (no
+    procfs, another pid namespace), ``killpg``'s answer is trusted.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a member we may not signal (e.g. setuid); it exists
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    found_member = False
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid pgrp ..."; comm may contain spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) < 3 or int(fields[2]) != pgid:
+            continue
+        found_member = True
+        if fields[0] not in (b"Z", b"X"):
+            return True
+    return not found_member
+
+
+def _log_header(spec: RunSpec, when: float) -> bytes:
+    """The first line of every log: what ran, where, and when (local time with offset)."""
+    iso = datetime.datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
+    script, cwd = Path(spec.script).absolute(), Path(spec.cwd).absolute()
+    return f"# thotd run: {script} in {cwd} at {iso}\n".encode(errors="replace")
+
+
+def _trampoline_argv(spec: RunSpec, command: list[str], status_fd: int) -> list[str]:
+    """Build ``python -I -S _trampoline.py OPTIONS -- command`` for this spec."""
+    opts = [f"status={status_fd}", "core=0"]
+    if spec.max_open_files is not None:
+        opts.append(f"nofile={int(spec.max_open_files)}")
+    if spec.cpu_limit_s is not None:
+        opts.append(f"cpu={int(spec.cpu_limit_s)}")
+    if spec.max_file_bytes is not None:
+        opts.append(f"fsize={int(spec.max_file_bytes)}")
+    # Undo CPython's locale coercion in the trampoline (see _trampoline's docstring).
+    if "LC_CTYPE" in spec.env:
+        opts.append(f"setenv=LC_CTYPE={spec.env['LC_CTYPE']}")
+    else:
+        opts.append("unset=LC_CTYPE")
+    return [sys.executable, "-I", "-S", str(_TRAMPOLINE), *opts, "--", *command]
+
+
+class _Run:
+    """One run's state, and the decisions shared by the sync and async wait loops.
+
+    The loops only differ in *how* they wait; :meth:`step` says what to do next and for
+    how long to wait, so TERM/grace/KILL and the log cap behave identically in both.
+    """
+
+    def __init__(self, spec: RunSpec) -> None:
+        self.spec = spec
+        self.log_fd = -1
+        self.status_r = -1
+        self.status_w = -1
+        self.pgid = 0
+        self.started = 0.0
+        self.t0 = 0.0
+        self.finished = 0.0
+        self.t_end = 0.0
+        self.deadline: float | None = None
+        self.reason: str | None = None  # "timeout" | "killed" once we started stopping it
+        self.main_done = False
+        self.term_at: float | None = None  # when SIGTERM went to the group
+        self.kill_at: float | None = None  # when SIGKILL is due
+        self.kill_sent_at: float | None = None
+        self.cleanup_term_sent = False
+        self.truncated = False
+
+    # -- before the spawn ---------------------------------------------------------------
+
+    def prepare(self) -> tuple[list[str], dict[str, str]] | ProcResult:
+        """Open the log, write its header, resolve the command; or return an error result."""
+        spec = self.spec
+        self.started = time.time()
+        self.t0 = time.monotonic()
+        try:
+            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_fd = os.open(
+                spec.log_path,
+                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                0o666,
+            )
+            os.write(self.log_fd, _log_header(spec, self.started))
+        except OSError as exc:
+            self.close()
+            return self.error(f"cannot open log {str(spec.log_path)!r}: {exc.strerror or exc}")
+        try:
+            prefix = interpreter_for(spec.script)
+        except ScriptError as exc:
+            return self.error(str(exc))
+        if not Path(spec.cwd).is_dir():
+            return self.error(f"working directory {str(spec.cwd)!r} does not exist")
+        if not _TRAMPOLINE.is_file():
+            return self.error(f"thotd is installed incompletely: {str(_TRAMPOLINE)!r} is missing")
+        command = [*prefix, str(Path(spec.script).absolute())]
+        self.status_r, self.status_w = os.pipe()
+        env = script_env(spec.env, {})  # defence in depth: the caller should have done it
+        return _trampoline_argv(spec, command, self.status_w), env
+
+    def spawned(self, pid: int) -> None:
+        """Record the new process; its pid is also its process group id (new session)."""
+        self.pgid = pid
+        os.close(self.status_w)
+        self.status_w = -1
+        if self.spec.timeout_s is not None:
+            self.deadline = self.t0 + self.spec.timeout_s
+
+    # -- while it runs -------------------------------------------------------------------
+
+    def enforce_cap(self) -> None:
+        """Cut the log back to the cap if the script wrote past it (see module docstring)."""
+        try:
+            if os.fstat(self.log_fd).st_size > self.spec.log_cap_bytes:
+                os.ftruncate(self.log_fd, self.spec.log_cap_bytes)
+                self.truncated = True
+        except OSError:
+            pass  # the log is best effort; never let it break the run
+
+    def step(self, main_done: bool, cancelled: bool) -> float | None:
+        """Advance the run's state; return how long to wait next, or ``None`` when done.
+
+        Phases: running -> (timeout/cancel: TERM, grace, KILL) -> main exited -> leftovers
+        in the group get TERM, grace, KILL -> done.  After SIGKILL the main process is
+        waited for without limit (its exit status is the run's result; only a process in
+        uninterruptible sleep takes long to die), leftovers for ``_KILL_WAIT_S`` at most.
+        """
+        now = time.monotonic()
+        self.enforce_cap()
+        if main_done and not self.main_done:
+            self.main_done = True
+            self.finished = time.time()
+            self.t_end = now
+        if not self.main_done:
+            if self.reason is None:
+                if cancelled:
+                    self._begin_stop("killed", now)
+                elif self.deadline is not None and now >= self.deadline:
+                    self._begin_stop("timeout", now)
+                else:
+                    wait = _POLL_S
+                    if self.deadline is not None:
+                        wait = min(wait, self.deadline - now)
+                    return max(wait, 0.0)
+            assert self.kill_at is not None
+            if self.kill_sent_at is None and now >= self.kill_at:
+                _signal_group(self.pgid, signal.SIGKILL)
+                self.kill_sent_at = now
+            if self.kill_sent_at is not None:
+                return _POLL_S  # SIGKILLed: only waiting for the kernel now
+            return max(min(_POLL_S, self.kill_at - now), 0.0)
+        # The main process has exited: deal with whatever it left in its group.
+        if not _group_alive(self.pgid):
+            return None
+        if not self.cleanup_term_sent:
+            self.cleanup_term_sent = True
+            if self.term_at is None:  # nobody got a TERM yet: start their grace now
+                _signal_group(self.pgid, signal.SIGTERM)
+                _signal_group(self.pgid, signal.SIGCONT)
+                self.kill_at = now + self.spec.grace_s
+        assert self.kill_at is not None
+        if self.kill_sent_at is None and now >= self.kill_at:
+            _signal_group(self.pgid, signal.SIGKILL)
+            self.kill_sent_at = now
+        if self.kill_sent_at is not None:
+            if now - self.kill_sent_at >= _KILL_WAIT_S:
+                return None  # unkillable for now (D state); do not hold the run hostage
+            return _POLL_S
+        return max(min(_POLL_S, self.kill_at - now), 0.0)
+
+    def _begin_stop(self, reason: str, now: float) -> None:
+        """SIGTERM (+SIGCONT) the group and arm the SIGKILL after the grace period."""
+        self.reason = reason
+        self.term_at = now
+        self.kill_at = now + self.spec.grace_s
+        _signal_group(self.pgid, signal.SIGTERM)
+        _signal_group(self.pgid, signal.SIGCONT)
+
+    # -- after it ended ------------------------------------------------------------------
+
+    def _exec_failure(self) -> str | None:
+        """The trampoline's report that the script could not be exec'd, if any.
+
+        Read only after the main process exited: by then every write end is closed (the
+        trampoline's on exec or exit), so this never blocks.
+        """
+        if self.status_r < 0:
+            return None
+        try:
+            os.set_blocking(self.status_r, False)
+            data = os.read(self.status_r, 4096)
+        except OSError:
+            return None
+        return data.decode(errors="replace") or None
+
+    def finish(self, returncode: int) -> ProcResult:
+        """Turn the exit status into a result; append the truncation note; close fds."""
+        if not self.main_done:  # defensive: callers step() until done
+            self.finished, self.t_end = time.time(), time.monotonic()
+        exec_error = self._exec_failure()
+        signum = -returncode if returncode < 0 else None
+        exit_code = returncode if returncode >= 0 else None
+        if exec_error is not None:
+            status, message, exit_code = "error", exec_error, None
+        elif self.reason == "timeout":
+            status, message = "timeout", f"timed out after {self.spec.timeout_s:g} s"
+        elif self.reason == "killed":
+            status, message = "killed", "cancelled"
+        elif signum is not None:
+            status, message = "failed", f"killed by {_signal_name(signum)}"
+        elif returncode == 0:
+            status, message = "ok", "exit code 0"
+        else:
+            status, message = "failed", f"exit code {returncode}"
+        if self.reason is not None and signum is not None:
+            message += f" ({_signal_name(signum)})"
+        self.enforce_cap()
+        if self.truncated:
+            cap = self.spec.log_cap_bytes
+            message += f"; log truncated at {cap} bytes"
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.log_fd, cap)
+                os.write(
+                    self.log_fd,
+                    f"\n# thotd: log truncated at {cap} bytes (log cap); "
+                    "further output was discarded\n".encode(),
+                )
+        self.close()
+        return ProcResult(
+            exit_code=exit_code,
+            status=status,
+            started=self.started,
+            finished=self.finished,
+            duration_s=max(self.t_end - self.t0, 0.0),
+            signal=signum,
+            message=message,
+            log_truncated=self.truncated,
+        )
+
+    def error(self, reason: str) -> ProcResult:
+        """A run that could not start: note it in the log (if open) and close everything."""
+        if self.log_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.log_fd, f"# thotd: error: {reason}\n".encode(errors="replace"))
+        self.close()
+        now = time.time()
+        return ProcResult(
+            exit_code=None,
+            status="error",
+            started=self.started or now,
+            finished=now,
+            duration_s=0.0,
+            signal=None,
+            message=reason,
+        )
+
+    def close(self) -> None:
+        """Close every fd this run opened; safe to call twice."""
+        for attr in ("log_fd", "status_r", "status_w"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, attr, -1)
+
+
+# --------------------------------------------------------------------------------------
+# sync
+# --------------------------------------------------------------------------------------
+
+
+def _pidfd_open(pid: int) -> int | None:
+    """A pidfd for our (not yet reaped) child, or ``None`` where unsupported.
+
+    It becomes readable the moment the process exits, so the sync loop wakes at once
+    instead of at ``Popen.wait``'s next backoff tick (which cost ~20 ms per run).  The pid
+    cannot be reused before we reap it, so there is no race.  Linux >= 5.3.
+    """
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError:
+        return None
+
+
+def run_sync(spec: RunSpec, cancel: threading.Event | None = None) -> ProcResult:
+    """Run ``spec`` to completion in the calling thread and return its result.
+
+    ``cancel`` lets another thread stop the run (status ``"killed"``); the runner needs it
+    because a terminal's Ctrl-C does not reach scripts in their own session.  If the
+    calling thread itself is interrupted (``KeyboardInterrupt``), the group gets
+    SIGTERM, ``grace_s``, SIGKILL, and the exception propagates.
+    """
+    run = _Run(spec)
+    prepared = run.prepare()
+    if isinstance(prepared, ProcResult):
+        return prepared
+    argv, env = prepared
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=run.log_fd,
+            stderr=subprocess.STDOUT,
+            cwd=spec.cwd,
+            env=env,
+            start_new_session=True,
+            pass_fds=(run.status_w,),
+        )
+    except OSError as exc:
+        return run.error(f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    except (ValueError, subprocess.SubprocessError) as exc:
+        return run.error(f"cannot start the script: {exc}")
+    run.spawned(proc.pid)
+    pidfd = _pidfd_open(proc.pid)
+    try:
+        while True:
+            done = proc.poll() is not None
+            wait = run.step(done, cancel is not None and cancel.is_set())
+            if wait is None:
+                break
+            if done:
+                time.sleep(wait)
+            elif pidfd is not None:
+                select.select([pidfd], [], [], wait)
+            else:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=wait)
+    except BaseException:
+        try:
+            _signal_group(run.pgid, signal.SIGTERM)
+            _signal_group(run.pgid, signal.SIGCONT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=spec.grace_s)
+        finally:
+            _signal_group(run.pgid, signal.SIGKILL)
+            run.close()
+        raise
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    assert proc.returncode is not None
+    return run.finish(proc.returncode)
+
+
+# --------------------------------------------------------------------------------------
+# async
+# --------------------------------------------------------------------------------------
+
+
+async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcResult:
+    """Run ``spec`` on the running event loop and return its result.
+
+    Uses ``asyncio.create_subprocess_exec``; the loop's child watcher reports the exit (in
+    3.11 the default ``ThreadedChildWatcher`` parks one blocking ``waitpid`` thread per
+    child; a daemon wanting none can install ``PidfdChildWatcher``).  Setting ``cancel``
+    stops the run with status ``"killed"``.  If the awaiting task itself is cancelled, the
+    group is stopped the same way (a second cancellation during the grace period skips
+    straight to SIGKILL) and ``CancelledError`` propagates.
+    """
+    run = _Run(spec)
+    prepared = run.prepare()
+    if isinstance(prepared, ProcResult):
+        return prepared
+    argv, env = prepared
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=run.log_fd,
+            stderr=subprocess.STDOUT,
+            cwd=spec.cwd,
+            env=env,
+            start_new_session=True,
+            pass_fds=(run.status_w,),
+        )
+    except OSError as exc:
+        return run.error(f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+    except (ValueError, subprocess.SubprocessError) as exc:
+        return run.error(f"cannot start the script: {exc}")
+    run.spawned(proc.pid)
+    waiter = asyncio.create_task(proc.wait())
+    cancel_waiter = asyncio.create_task(cancel.wait()) if cancel is not None else None
+    try:
+        while True:
+            wait = run.step(waiter.done(), cancel is not None and cancel.is_set())
+            if wait is None:
+                break
+            if waiter.done():
+                await asyncio.sleep(wait)
+            else:
+                pending: set[asyncio.Future[Any]] = {waiter}
+                if cancel_waiter is not None and not cancel_waiter.done():
+                    pending.add(cancel_waiter)
+                await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        try:
+            _signal_group(run.pgid, signal.SIGTERM)
+            _signal_group(run.pgid, signal.SIGCONT)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), spec.grace_s)
+        finally:
+            _signal_group(run.pgid, signal.SIGKILL)
+            run.close()
+        raise
+    finally:
+        if cancel_waiter is not None:
+            cancel_waiter.cancel()
+        if not waiter.done():  # only when we are being cancelled; the watcher still reaps
+            waiter.cancel()
+    assert proc.returncode is not None
+    return run.finish(proc.returncode)
