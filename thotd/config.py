@@ -1,0 +1,238 @@
+"""The daemon's configuration: a TOML file validated by pydantic.
+
+Every key has a default, so no file at all is a valid configuration. The models are strict
+and forbid unknown keys: a config file is written by a person, and a typo such as
+``wrokers = 4`` or ``settle_ms = "100"`` must fail loudly at load (or reload) time instead
+of silently running with the default. Errors name the file, the dotted key path and the
+reason; TOML syntax errors carry the line and column.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from thotd import paths
+
+#: Exit status for "bad configuration" (sysexits ``EX_CONFIG``); the unit lists it in
+#: ``RestartPreventExitStatus=`` so systemd does not restart-loop on a broken file.
+EXIT_CONFIG = 78
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message is meant for the user as is."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class _Section(BaseModel):
+    """Strict, closed, immutable: reload swaps a whole new object in or keeps the old one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DaemonSection(_Section):
+    """``[daemon]``: event handling and lifecycle."""
+
+    settle_ms: int = Field(
+        100, ge=0, description="Quiet period closing a batch of file events, in milliseconds."
+    )
+    stable_checks: int = Field(
+        2,
+        ge=1,
+        description="Consecutive looks at which a file's size and mtime must be unchanged "
+        "before it is read (a half-copied file must not be analysed).",
+    )
+    reconcile_minutes: float = Field(
+        10.0,
+        gt=0,
+        description="Period of the full rescan that catches events the watcher missed.",
+    )
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="On stop, how long running scripts get after SIGTERM before SIGKILL.",
+    )
+
+
+class PoolSection(_Section):
+    """``[pool]``: the worker pool that runs scripts."""
+
+    workers: int = Field(
+        0,
+        ge=0,
+        description="Scripts run at once; 0 means the number of CPUs.",
+        validate_default=True,
+    )
+    timeout_s: float = Field(3600.0, gt=0, description="Per-run time limit, in seconds.")
+    log_cap_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Cap on each run's stdout/stderr log, in bytes."
+    )
+
+    @field_validator("workers")
+    @classmethod
+    def _resolve_workers(cls, value: int) -> int:
+        """Resolve 0 here, so consumers never see the "auto" sentinel."""
+        return value or os.cpu_count() or 1
+
+
+class RetrySection(_Section):
+    """``[retry]``: reruns of failed scripts, with exponential backoff."""
+
+    attempts: int = Field(0, ge=0, description="Extra attempts after a failure; 0 = no retry.")
+    backoff_s: float = Field(
+        30.0, ge=0, description="Delay before the first retry; doubles with each further one."
+    )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (1-based)."""
+        if attempt < 1:
+            raise ValueError("attempt numbers start at 1")
+        return self.backoff_s * 2 ** (attempt - 1)
+
+
+class LogSection(_Section):
+    """``[log]``: the daemon's own log."""
+
+    level: LogLevel = Field("info", description="Minimum level: debug, info, warning, error.")
+    file: bool = Field(True, description="Also write JSON lines to the log file.")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        """``INFO`` and ``info`` both work; only the spelling of the level matters."""
+        return value.lower() if isinstance(value, str) else value
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
+    pool: PoolSection = Field(default_factory=PoolSection)
+    retry: RetrySection = Field(default_factory=RetrySection)
+    log: LogSection = Field(default_factory=LogSection)
+    projects: list[Annotated[Path, Field(strict=False)]] = Field(
+        default_factory=list,
+        description="Project folders registered when the daemon starts. Relative paths are "
+        "taken from the config file's directory.",
+    )
+
+    @field_validator("projects")
+    @classmethod
+    def _absolute_projects(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        """Anchor paths so their meaning does not depend on the daemon's working directory."""
+        base = (info.context or {}).get("base_dir")
+        out = []
+        for p in value:
+            p = p.expanduser()
+            if not p.is_absolute():
+                p = (Path(base) if base is not None else Path.cwd()) / p
+            out.append(p)
+        return out
+
+
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``("pool", "workers")`` → ``pool.workers``; ``("projects", 1)`` → ``projects[1]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _known_keys(loc: Sequence[int | str]) -> list[str]:
+    """Field names of the section that ``loc`` (minus its last part) points into."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(error: Any) -> str:
+    """One error as ``key.path: reason``, with a spelling hint for unknown keys."""
+    loc = tuple(error["loc"])
+    where = format_loc(loc)
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(loc)
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1) if loc else []
+        reason = "unknown key"
+        if hint:
+            reason += f" (did you mean {hint[0]!r}?)"
+        elif known:
+            reason += f" (known keys here: {', '.join(known)})"
+        return f"{where}: {reason}"
+    if error["type"] in ("model_type", "dict_type"):
+        return f"{where}: must be a table ([{where}] section), got {error.get('input')!r}"
+    reason = error["msg"]
+    if "input" in error and not isinstance(error["input"], dict | list):
+        reason += f", got {error['input']!r}"
+    return f"{where}: {reason}"
+
+
+def parse_config(data: dict[str, Any], *, source: str, base_dir: Path | None = None) -> Config:
+    """Validate already-parsed TOML; ``source`` names the file in error messages."""
+    try:
+        return Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors(include_url=False)]
+        if len(lines) == 1:
+            raise ConfigError(f"{source}: {lines[0]}") from None
+        body = "\n".join(f"  {line}" for line in lines)
+        raise ConfigError(f"{source}: {len(lines)} errors:\n{body}") from None
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read and validate the configuration.
+
+    ``path=None`` means ``$THOTD_CONFIG`` or the default file. A file that was named (by
+    argument or environment) must exist; a missing default file gives the defaults.
+    Raises ``ConfigError`` for anything unusable, never a bare ``OSError`` or pydantic error,
+    so the daemon can print the message and exit with ``EXIT_CONFIG``.
+    """
+    explicit = path is not None or paths.config_file_is_explicit()
+    file = Path(path) if path is not None else paths.config_file()
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{file}: configuration file not found", path=file) from None
+        return Config()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}", path=file) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.start}): TOML files must be UTF-8", path=file
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        # The message already ends with "(at line L, column C)".
+        raise ConfigError(f"{file}: invalid TOML: {exc}", path=file) from None
+    try:
+        return parse_config(data, source=str(file), base_dir=file.parent.absolute())
+    except ConfigError as exc:
+        exc.path = file
+        raise
