@@ -224,17 +224,19 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
     async def wait(params: dict[str, Any], conn: Connection) -> Any:
         timeout = float(_param(params, "timeout", (int, float), 60))  # type: ignore[arg-type]
         deadline = time.monotonic() + timeout
+        # Quiet for a whole settle period: events still in the kernel or being paired by
+        # watchdog are invisible to the watcher's own count, and get that long to show up.
+        hold = max(0.05, daemon.config.daemon.settle_ms / 1000)
         quiet_since: float | None = None
         while time.monotonic() < deadline:
             if daemon.quiet():
-                # Quiet twice in a row, a tick apart: a run that just ended has had its
-                # consumers checked, and a watcher batch in flight has been applied.
-                if quiet_since is not None:
+                now = time.monotonic()
+                quiet_since = quiet_since or now
+                if now - quiet_since >= hold:
                     return {"quiet": True}
-                quiet_since = time.monotonic()
             else:
                 quiet_since = None
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
         return {"quiet": False}
 
     @method("reload")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Daemon, add_sample, wait_for
+from daemonkit import Daemon, add_sample, wait_for
 
 
 def _runs_by_script(runs: list[dict]) -> list[tuple[str, str]]:
