@@ -108,16 +108,29 @@ class Engine:
         self.hasher = Hasher()
         self.log_root = log_root or store.path.parent / "runs"
         self.rows: dict[RunKey, RunRow] = store.runs(self.project)
+        self._plan_cache: tuple[tuple[Any, ...], list[Planned]] | None = None
 
     # ------------------------------------------------------------------ plan
 
     def plan(self, start: str | None = None, *, manual: bool = False) -> list[Planned]:
-        """Every autorun (or, with ``manual``, every) run below ``start``, in run order."""
+        """Every autorun (or, with ``manual``, every) run below ``start``, in run order.
+
+        Cached until the index's shape (containers, scripts, errors) changes: the daemon asks
+        after every batch and every finished run."""
+        key = (self.index.shape, start, manual)
+        if self._plan_cache is not None and self._plan_cache[0] == key:
+            return self._plan_cache[1]
+        plan = self._plan(start, manual)
+        self._plan_cache = (key, plan)
+        return plan
+
+    def _plan(self, start: str | None, manual: bool) -> list[Planned]:
         out: list[Planned] = []
         root_depth = self.index.root.count(os.sep)
+        blocked_by = self.index.blocked_by()
         for node in self.index.containers_postorder(start):
-            invalid = self.index.invalid_in(node.id)
-            blocked = f"waiting for a fix: {invalid[0]}" if invalid else None
+            invalid = blocked_by.get(node.id)
+            blocked = f"waiting for a fix: {invalid}" if invalid else None
             for assoc in node.scripts:
                 if not assoc["autorun"] and not manual:
                     continue
