@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ from thotd.objects import ThotObject
 from thotd.search import compile_search
 
 ROOT_PREFIX = "root:"
+_SHAPES = itertools.count()  # shape versions, unique across Index instances
 _VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
 
 
@@ -131,6 +133,9 @@ class Index:
         self.nodes: dict[str, Node] = {}
         self.by_file: dict[str, set[str]] = {}  # data file -> asset ids that point at it
         self.hidden: str | None = None  # with a focus load: the ancestors are chain-only
+        # Bumped whenever containers (their scripts, their order) or object errors change:
+        # the run plan depends on nothing else, so it is rebuilt only when this moves.
+        self.shape = next(_SHAPES)
 
     # ------------------------------------------------------------------ loading
 
@@ -274,6 +279,9 @@ class Index:
         return added
 
     def _add(self, node: Node) -> None:
+        old = self.nodes.get(node.id)
+        if node.kind == "container" or node.errors or (old is not None and old.errors):
+            self.shape = next(_SHAPES)
         self.nodes[node.id] = node
         if node.file is not None:
             self.by_file.setdefault(node.file, set()).add(node.id)
@@ -283,6 +291,8 @@ class Index:
         removed = [n.id for n in self.walk(node_id, include_invalid=True)]
         for nid in removed:
             node = self.nodes.pop(nid)
+            if node.kind == "container" or node.errors:
+                self.shape = next(_SHAPES)
             if node.file is not None:
                 ids = self.by_file.get(node.file)
                 if ids is not None:
@@ -377,6 +387,9 @@ class Index:
             if not ids:
                 self.by_file.pop(old.file, None)
         self._add(fresh)
+        if fresh.valid != old.valid and parent in self.nodes:
+            # The parent's view lists only valid children and assets.
+            self.nodes[parent].invalidate()
         if self.fingerprint(folder) != old_fp or fresh.errors != old.errors:
             changes.modified.add(folder)
         if meta_changed:
@@ -475,6 +488,19 @@ class Index:
                 except (ObjectFileError, OSError):
                     continue
                 out.extend(f"{path}: unknown field {k!r} (kept; a typo?)" for k in model.extra_keys(parsed))
+        return out
+
+    def blocked_by(self) -> dict[str, ObjectError]:
+        """Container id -> the first invalid object file in its subtree, for every container
+        that has one (walking up from the few invalid objects, not down from every container)."""
+        out: dict[str, ObjectError] = {}
+        for node in self.walk(include_invalid=True):
+            if node.errors:
+                cur: str | None = node.id
+                while cur is not None and cur not in out:
+                    out[cur] = node.errors[0]
+                    par = self.nodes.get(cur)
+                    cur = par.parent if par else None
         return out
 
     def invalid_in(self, start: str) -> list[ObjectError]:
