@@ -118,6 +118,12 @@ def status(args: argparse.Namespace, c: Client) -> int:
         for e in p["invalid"]:
             where = e["file"] + (f":{e['line']}:{e['column']}" if e.get("line") else "")
             lines.append(f"  invalid {where}: {(e['field'] + ': ') if e.get('field') else ''}{e['reason']}")
+        for sch in p.get("schedules", []):
+            if sch["error"]:
+                lines.append(f"  schedule error: {sch['error']}")
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(sch["next_run"])) if sch["next_run"] else "-"
+                lines.append(f"  scheduled {os.path.basename(sch['script'])} @ {sch['container']}: '{sch['schedule']}', next {when}")
         for f in p["failures"]:
             lines.append(f"  {f['status']} {f['script']} in {f['container']} ({_ago(f['finished'])}), log {f['log']}")
             lines += [f"    | {t}" for t in f["tail"][-5:]]

@@ -57,14 +57,24 @@ class Project:
     reruns: dict[RunKey, int] = field(default_factory=dict)  # consecutive self-caused reruns
     attempts: dict[RunKey, int] = field(default_factory=dict)  # failures, for retry backoff
     script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
+    schedule_errors: dict[RunKey, str] = field(default_factory=dict)  # bad crontab lines
 
     @property
     def index(self) -> Index | None:
         return self.engine.index if self.engine else None
 
-    def replan(self) -> None:
+    def replan(self) -> bool:
+        """Refresh the plan; True when it changed (the engine caches it by index shape)."""
         assert self.engine is not None
-        self.plan = {p.key: p for p in self.engine.plan(manual=True)}
+        plan = self.engine.plan(manual=True)
+        if self.plan and list(self.plan.values()) == plan:
+            return False
+        self.plan = {p.key: p for p in plan}
+        return True
+
+
+def schedule_job_id(root: str, key: RunKey) -> str:
+    return f"cron:{root}:{key[0]}:{key[1]}"
 
 
 class Daemon:
@@ -97,6 +107,7 @@ class Daemon:
         self.loop = asyncio.get_running_loop()
         self.lock_fd = acquire_lock(lock_path())
         self.store = Store(self.store_path)
+        self.store.interrupt_stale()
         self.watcher = Watcher(self.loop, self.on_batch, settle_s=self.config.daemon.settle_ms / 1000,
                                stable_checks=self.config.daemon.stable_checks)
         self.scheduler = AsyncIOScheduler(
@@ -194,6 +205,8 @@ class Daemon:
             proj.error = f"cannot watch: {exc}"
         self._watch_scripts(proj)
         self.store.add_project(root)
+        if getattr(self, "scheduler", None) is not None and self.scheduler.running:
+            self._schedule_jobs()
         self.emit("project", project=root, state="loaded", objects=len(index.nodes))
         self.check_runs(proj, list(proj.plan.values()), trigger="catch-up after start")
         return proj
@@ -264,8 +277,9 @@ class Daemon:
             self.emit("batch", project=root, paths=len(batch.paths), rescan=len(batch.rescan),
                       added=len(changes.added), removed=len(changes.removed),
                       modified=len(changes.modified))
-            proj.replan()
-            self._watch_scripts(proj)
+            if proj.replan():
+                self._watch_scripts(proj)
+                self._schedule_jobs()
             keys = self._candidates(proj, affected, subtree_of=changes.modified | changes.added)
             self.check_runs(proj, keys, trigger="files changed")
         finally:
@@ -377,7 +391,7 @@ class Daemon:
     def _start(self, proj: Project, p: Planned, reasons: list[str], trigger: str) -> None:
         assert proj.engine is not None
         engine = proj.engine
-        log_path, record = engine.begin(p.key, reasons)
+        log_path, record = engine.begin(p.key, reasons, trigger)
         env = engine.env_for(p.key, record)
         env["THOTD_QUERY_SOCKET"] = str(self.socket_path)
         spec = RunSpec(
@@ -467,13 +481,18 @@ class Daemon:
         )
         wanted: set[str] = set()
         for proj in self.projects.values():
+            proj.schedule_errors.clear()
             for key, p in proj.plan.items():
                 if not p.schedule:
                     continue
-                job_id = f"cron:{proj.root}:{key[0]}:{key[1]}"
+                job_id = schedule_job_id(proj.root, key)
                 try:
                     trigger = CronTrigger.from_crontab(p.schedule)
                 except ValueError as exc:
+                    proj.schedule_errors[key] = (
+                        f"{key[0]}/_scripts.json: schedule {p.schedule!r} is not a crontab line "
+                        f"(minute hour day month weekday): {exc}"
+                    )
                     log.error("bad schedule", container=key[0], script=key[1],
                               schedule=p.schedule, error=str(exc))
                     continue

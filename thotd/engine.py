@@ -109,6 +109,7 @@ class Engine:
         self.log_root = log_root or store.path.parent / "runs"
         self.rows: dict[RunKey, RunRow] = store.runs(self.project)
         self._plan_cache: tuple[tuple[Any, ...], list[Planned]] | None = None
+        self.history_ids: dict[RunKey, int] = {}  # running runs' history rows
 
     # ------------------------------------------------------------------ plan
 
@@ -228,7 +229,7 @@ class Engine:
         ms = int((started % 1) * 1000)
         return self.log_root / f"{stem}-{digest.hexdigest()}" / f"{stamp}.{ms:03d}.log"
 
-    def begin(self, key: RunKey, reasons: list[str]) -> tuple[Path, str]:
+    def begin(self, key: RunKey, reasons: list[str], trigger: str = "") -> tuple[Path, str]:
         """Mark the run started; returns (log path, record path)."""
         started = time.time()
         log = self.log_path(key, started)
@@ -236,7 +237,9 @@ class Engine:
         record_path = str(log) + ".record"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(record_path)
-        self.store.mark_running(self.project, key[0], key[1], str(log), reasons)
+        self.history_ids[key] = self.store.mark_running(
+            self.project, key[0], key[1], str(log), reasons, trigger
+        )
         self.rows[key] = RunRow(self.project, key[0], key[1], "running", None, started, None,
                                 str(log), reasons, self.rows[key].record if key in self.rows else None)
         return log, record_path
@@ -274,7 +277,7 @@ class Engine:
         self.store.finish_run(
             self.project, container, key[1], status=status, exit_code=exit_code,
             started=started, finished=finished, log=log, reasons=reasons, record=record,
-            trigger=trigger,
+            trigger=trigger, history_id=self.history_ids.pop(key, None),
         )
         self.rows[key] = RunRow(self.project, container, key[1], status, exit_code, started,
                                 finished, log, reasons, record)

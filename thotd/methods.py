@@ -85,6 +85,16 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
         {"container": k[0], "script": k[1], "reason": p.blocked}
         for k, p in proj.plan.items() if p.blocked
     ]
+    from thotd.daemon import schedule_job_id
+
+    out["schedules"] = []
+    for key, p in proj.plan.items():
+        if not p.schedule:
+            continue
+        job = daemon.scheduler.get_job(schedule_job_id(proj.root, key))
+        nxt = job.next_run_time.timestamp() if job is not None and job.next_run_time else None
+        out["schedules"].append({"container": key[0], "script": key[1], "schedule": p.schedule,
+                                 "next_run": nxt, "error": proj.schedule_errors.get(key)})
     counts: dict[str, int] = {}
     for key, row in proj.engine.rows.items():
         if key not in proj.plan:

@@ -135,7 +135,7 @@ def run_project(
         if not reasons:
             finish(p)
             return
-        log, record = engine.begin(p.key, reasons)
+        log, record = engine.begin(p.key, reasons, trigger)
         spec = RunSpec(
             script=Path(p.script), cwd=Path(p.container),
             env=script_env(os.environ, engine.env_for(p.key, record)),

@@ -162,10 +162,12 @@ class Store:
         return out
 
     def mark_running(
-        self, project: str, container: str, script: str, log: str, reasons: list[str]
-    ) -> None:
+        self, project: str, container: str, script: str, log: str, reasons: list[str],
+        trigger: str = "",
+    ) -> int:
         """Note that a run started, keeping its previous record: a kill now leaves it
-        'running', which the next start treats as interrupted and runs again."""
+        'running', which the next start treats as interrupted and runs again. Returns the
+        run's history id, so ``thotctl logs -f`` can follow it while it runs."""
         now = time.time()
         with self.tx() as db:
             db.execute(
@@ -176,6 +178,12 @@ class Store:
                 " reasons=excluded.reasons",
                 (project, container, script, now, log, json.dumps(reasons)),
             )
+            cur = db.execute(
+                "INSERT INTO history (project, container, script, status, started, log, reasons,"
+                " trigger) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                (project, container, script, now, log, json.dumps(reasons), trigger),
+            )
+        return int(cur.lastrowid or 0)
 
     def finish_run(
         self,
@@ -191,6 +199,7 @@ class Store:
         reasons: list[str],
         record: dict[str, Any] | None,
         trigger: str = "",
+        history_id: int | None = None,
     ) -> None:
         with self.tx() as db:
             db.execute(
@@ -203,12 +212,25 @@ class Store:
                 (project, container, script, status, exit_code, started, finished, log,
                  json.dumps(reasons), json.dumps(record) if record is not None else None),
             )
-            db.execute(
-                "INSERT INTO history (project, container, script, status, exit_code, started,"
-                " finished, log, reasons, trigger) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (project, container, script, status, exit_code, started, finished, log,
-                 json.dumps(reasons), trigger),
-            )
+            values = (status, exit_code, started, finished, log, json.dumps(reasons), trigger)
+            if history_id:
+                db.execute(
+                    "UPDATE history SET status=?, exit_code=?, started=?, finished=?, log=?,"
+                    " reasons=?, trigger=? WHERE id=?",
+                    (*values, history_id),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO history (status, exit_code, started, finished, log, reasons,"
+                    " trigger, project, container, script) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (*values, project, container, script),
+                )
+
+    def interrupt_stale(self) -> int:
+        """History rows left 'running' by a process that died: they were interrupted."""
+        with self.tx() as db:
+            cur = db.execute("UPDATE history SET status='interrupted' WHERE status='running'")
+        return cur.rowcount
 
     def forget_runs(self, project: str, keys: list[tuple[str, str]]) -> None:
         with self.tx() as db:

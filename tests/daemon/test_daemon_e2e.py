@@ -273,3 +273,77 @@ def test_sigterm_during_a_run_reruns_it_after_restart(daemon: Daemon, gs: Path) 
     slow = [r for r in daemon.runs() if r["script"].endswith("slow.py")]
     assert [r["status"] for r in sorted(slow, key=lambda r: r["id"])][-1] == "timeout"
     assert any("interrupted" in " ".join(r["reasons"]) for r in slow)
+
+
+def test_schedule_field_registers_a_timed_job(daemon: Daemon, gs: Path) -> None:
+    (gs / "group-1" / "_scripts.json").write_text(json.dumps([
+        {"script": "root:/../analysis/group.py", "schedule": "*/5 * * * *"},
+    ]))
+    (gs / "group-0" / "_scripts.json").write_text(json.dumps([
+        {"script": "root:/../analysis/group.py", "schedule": "every tuesday"},
+    ]))
+    daemon.start()
+    _register(daemon, gs)
+    scheds = {os.path.basename(s["container"]): s for s in daemon.ctl_json("status")["projects"][0]["schedules"]}
+    assert scheds["group-1"]["error"] is None and scheds["group-1"]["next_run"] is not None
+    assert "not a crontab line" in scheds["group-0"]["error"]
+    assert "group-0/_scripts.json" in scheds["group-0"]["error"]
+    # Editing the schedule reschedules without a restart.
+    (gs / "group-0" / "_scripts.json").write_text(json.dumps([
+        {"script": "root:/../analysis/group.py", "schedule": "0 3 * * *"},
+    ]))
+    wait_for(lambda: any(s["error"] is None and os.path.basename(s["container"]) == "group-0"
+                         for s in daemon.ctl_json("status")["projects"][0]["schedules"]),
+             30, "the fixed schedule")
+
+
+def test_failed_run_is_retried_with_backoff(daemon: Daemon, gs: Path) -> None:
+    analysis = gs.parent / "analysis"
+    flag = gs.parent / "failed-once"
+    (analysis / "flaky.py").write_text(
+        "import os, sys\nflag = os.environ['FLAG']\n"
+        "if not os.path.exists(flag):\n    open(flag, 'w').close()\n    sys.exit(1)\n"
+    )
+    (gs / "_scripts.json").write_text(json.dumps([
+        {"script": "root:/../analysis/summary.py"}, {"script": "root:/../analysis/flaky.py", "priority": 1},
+    ]))
+    daemon.env["FLAG"] = str(flag)
+    daemon.config.write_text("[daemon]\nsettle_ms = 50\n[retry]\nattempts = 2\nbackoff_s = 0.2\n")
+    daemon.start()
+    daemon.ctl("add", str(gs))
+    wait_for(lambda: [r["status"] for r in daemon.runs() if r["script"].endswith("flaky.py")] == ["ok", "failed"],
+             60, "a failed run followed by a successful retry")
+    retry = next(r for r in daemon.runs() if r["script"].endswith("flaky.py") and r["status"] == "ok")
+    assert retry["trigger"] == "retry"
+
+
+def test_logs_follow_streams_a_running_log(daemon: Daemon, gs: Path) -> None:
+    analysis = gs.parent / "analysis"
+    gate = gs.parent / "gate"
+    (analysis / "chatty.py").write_text(
+        "import os, time\nprint('first line', flush=True)\n"
+        "while not os.path.exists(os.environ['GATE']):\n    time.sleep(0.01)\nprint('last line')\n"
+    )
+    (gs / "_scripts.json").write_text(json.dumps([{"script": "root:/../analysis/chatty.py"}]))
+    daemon.env["GATE"] = str(gate)
+    daemon.start()
+    daemon.ctl("add", str(gs))
+    run = wait_for(lambda: next((r for r in daemon.runs() if r["script"].endswith("chatty.py")
+                                 and r["status"] == "running"), None), 60, "chatty to run")
+    follower = subprocess.Popen([sys.executable, "-m", "thotd.ctl", "logs", "-f", str(run["id"])],
+                                env=daemon.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        seen = []
+        while not any("first line" in line for line in seen):
+            seen.append(follower.stdout.readline())  # blocks until the live log grows
+        assert follower.poll() is None  # still following: the run is still going
+        gate.touch()
+        rest = follower.stdout.read()
+        assert follower.wait(60) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert "last line" in rest
+    daemon.wait_quiet()
+    assert [r["status"] for r in daemon.runs() if r["id"] == run["id"]] == ["ok"]
