@@ -188,7 +188,10 @@ class Daemon:
 
     async def open_project(self, root: str, *, paused: bool = False) -> Project:
         root = norm(root)
-        proj = self.projects.get(root) or Project(root=root, paused=paused)
+        proj = self.projects.get(root)
+        if proj is not None and proj.engine is not None:
+            return proj  # already loaded: a second engine would miss the first one's records
+        proj = proj or Project(root=root, paused=paused)
         self.projects[root] = proj
         try:
             index = await asyncio.to_thread(Index.load, root)

@@ -347,3 +347,13 @@ def test_logs_follow_streams_a_running_log(daemon: Daemon, gs: Path) -> None:
     assert "last line" in rest
     daemon.wait_quiet()
     assert [r["status"] for r in daemon.runs() if r["id"] == run["id"]] == ["ok"]
+
+
+def test_adding_a_registered_project_again_changes_nothing(daemon: Daemon, gs: Path) -> None:
+    daemon.start(str(gs))  # registered at start (config/argv) ...
+    assert daemon.ctl("add", str(gs)).returncode == 0  # ... and again by hand, mid-run
+    daemon.wait_quiet()
+    assert len(daemon.runs()) == 7
+    assert daemon.ctl("add", str(gs)).returncode == 0
+    daemon.wait_quiet()
+    assert len(daemon.runs()) == 7
