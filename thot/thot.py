@@ -67,6 +67,7 @@ class LocalProject:
         self._script = os.environ.get(ENV_SCRIPT) or os.path.abspath(sys.argv[0] or "<interactive>")
         self._socket = os.environ.get(ENV_DAEMON_SOCKET)
         self._index: Any = None
+        self._client: Any = None
         self._project_root = os.environ.get(ENV_PROJECT_ROOT)
         self._recorder.library("daemon" if self._socket else "local")
         os.chdir(self.root)  # relative paths in scripts rely on it, as in the original
@@ -106,10 +107,11 @@ class LocalProject:
         return found
 
     def _remote(self, kind: str, search: Any) -> tuple[list[ThotObject], dict[str, str]]:
-        from thotd.rpc import Client
+        if self._client is None:
+            from thotd.rpc import Client
 
-        client = Client(self._socket)
-        result = client.call("query", project=self._project_root, start=self.root, kind=kind, search=search)
+            self._client = Client(self._socket)  # one connection for all of the script's queries
+        result = self._client.call("query", project=self._project_root, start=self.root, kind=kind, search=search)
         objects = [ThotObject(o) for o in result["objects"]]
         return objects, dict(zip([o["_id"] for o in objects], result["fingerprints"], strict=True))
 
