@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from thotd import paths
+from thotd.model import format_loc
 
 #: Exit status for "bad configuration" (sysexits ``EX_CONFIG``); the unit lists it in
 #: ``RestartPreventExitStatus=`` so systemd does not restart-loop on a broken file.
@@ -146,17 +147,6 @@ class Config(_Section):
                 p = (Path(base) if base is not None else Path.cwd()) / p
             out.append(p)
         return out
-
-
-def format_loc(loc: Sequence[int | str]) -> str:
-    """``("pool", "workers")`` → ``pool.workers``; ``("projects", 1)`` → ``projects[1]``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
 
 
 def _known_keys(loc: Sequence[int | str]) -> list[str]:

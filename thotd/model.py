@@ -8,6 +8,7 @@ once at import; ``model_validate_json`` on the raw bytes is the fast path.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,8 @@ class ObjectFileError(Exception):
         self.errors = errors
 
 
-def _loc_to_path(loc: tuple[Any, ...]) -> str:
+def format_loc(loc: Sequence[int | str]) -> str:
+    """``("scripts", 1, "priority")`` -> ``scripts[1].priority``: a JSON path a person can follow."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -165,7 +167,7 @@ def parse(filename: str, data: bytes, path: str = "") -> Any:
             if err["type"] == "json_invalid":
                 errors.append(_json_error(shown, data))
                 break
-            errors.append(ObjectError(shown, _loc_to_path(tuple(err["loc"])), _reason(err)))
+            errors.append(ObjectError(shown, format_loc(err["loc"]), _reason(err)))
         raise ObjectFileError(errors) from None
 
 

@@ -535,6 +535,20 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
+def _popen_kwargs(run: _Run, spec: RunSpec, env: dict[str, str]) -> dict[str, Any]:
+    """The same launch for both waits: log file as stdout and stderr, a session of its own
+    (so the whole group can be signalled), the trampoline's status pipe passed through."""
+    return {
+        "stdin": subprocess.DEVNULL,
+        "stdout": run.log_fd,
+        "stderr": subprocess.STDOUT,
+        "cwd": spec.cwd,
+        "env": env,
+        "start_new_session": True,
+        "pass_fds": (run.status_w,),
+    }
+
+
 def run_sync(spec: RunSpec, cancel: threading.Event | None = None) -> ProcResult:
     """Run ``spec`` to completion in the calling thread and return its result.
 
@@ -549,16 +563,7 @@ def run_sync(spec: RunSpec, cancel: threading.Event | None = None) -> ProcResult
         return prepared
     argv, env = prepared
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=run.log_fd,
-            stderr=subprocess.STDOUT,
-            cwd=spec.cwd,
-            env=env,
-            start_new_session=True,
-            pass_fds=(run.status_w,),
-        )
+        proc = subprocess.Popen(argv, **_popen_kwargs(run, spec, env))
     except OSError as exc:
         return run.error(f"cannot start {argv[0]!r}: {exc.strerror or exc}")
     except (ValueError, subprocess.SubprocessError) as exc:
@@ -616,16 +621,7 @@ async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcR
         return prepared
     argv, env = prepared
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.DEVNULL,
-            stdout=run.log_fd,
-            stderr=subprocess.STDOUT,
-            cwd=spec.cwd,
-            env=env,
-            start_new_session=True,
-            pass_fds=(run.status_w,),
-        )
+        proc = await asyncio.create_subprocess_exec(*argv, **_popen_kwargs(run, spec, env))
     except OSError as exc:
         return run.error(f"cannot start {argv[0]!r}: {exc.strerror or exc}")
     except (ValueError, subprocess.SubprocessError) as exc:
