@@ -741,13 +741,19 @@ class Watcher:
         self._touch(project, now)
 
     def _note(self, project: _Project, path: str, now: float) -> None:
+        """Record a change. The first stability look is taken now, as the event arrives:
+        every write raises a new event (which takes a new look), so a file whose signature
+        still matches one settle period after its last event held still across the two
+        looks. That halves the delay before delivery compared with looking only then."""
+        sig = _signature(path)
+        first = sig if sig is not None and sig != _FOLDER else None
         state = project.pending.get(path)
         if state is None:
-            project.pending[path] = _PathState(now)
+            project.pending[path] = _PathState(now, first, 1 if first else 0)
         else:  # changed again: stability has to be proven from scratch
             state.last_event = now
-            state.sig = None
-            state.looks = 0
+            state.sig = first
+            state.looks = 1 if first else 0
 
     def _touch(self, project: _Project, now: float) -> None:
         if project.timer is None:
