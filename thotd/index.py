@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thotd import model
+from thotd.locate import NotAProject, find_project_root, norm, resolve_path
 from thotd.model import (
     ASSET_FILE,
     CONTAINER_FILE,
@@ -33,28 +34,11 @@ from thotd.model import (
 from thotd.objects import ThotObject
 from thotd.search import compile_search
 
-ROOT_PREFIX = "root:"
+__all__ = ["Changes", "Index", "Node", "NotAProject", "find_project_root", "load_project", "norm",
+           "resolve_path"]
+
 _SHAPES = itertools.count()  # shape versions, unique across Index instances
 _VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
-
-
-class NotAProject(Exception):
-    """The folder given is not a Thot container."""
-
-
-def norm(path: str | os.PathLike[str]) -> str:
-    return os.path.normpath(os.path.abspath(os.fspath(path)))
-
-
-def resolve_path(value: str, base: str, root: str) -> str:
-    """Resolve a ``file``/``script`` value: ``root:/…`` (project root), absolute, or relative."""
-    if value.startswith(ROOT_PREFIX):
-        rest = value[len(ROOT_PREFIX):].lstrip("/\\")
-        return os.path.normpath(os.path.join(root, rest))
-    value = os.path.expanduser(value)
-    if os.path.isabs(value):
-        return os.path.normpath(value)
-    return os.path.normpath(os.path.join(base, value))
 
 
 @dataclass(slots=True)
@@ -561,18 +545,6 @@ class Changes:
 
     def ids(self) -> set[str]:
         return self.added | self.removed | self.modified | self.data
-
-
-def find_project_root(start: str | os.PathLike[str]) -> str:
-    """The top-most container above ``start`` (the folder whose parent is not a container)."""
-    cur = norm(start)
-    if not os.path.isfile(os.path.join(cur, CONTAINER_FILE)):
-        raise NotAProject(f"{cur} is not a Thot container (no {CONTAINER_FILE})")
-    while True:
-        parent = os.path.dirname(cur)
-        if parent == cur or not os.path.isfile(os.path.join(parent, CONTAINER_FILE)):
-            return cur
-        cur = parent
 
 
 def load_project(root: str | os.PathLike[str]) -> Index:

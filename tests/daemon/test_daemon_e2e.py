@@ -357,3 +357,19 @@ def test_adding_a_registered_project_again_changes_nothing(daemon: Daemon, gs: P
     assert daemon.ctl("add", str(gs)).returncode == 0
     daemon.wait_quiet()
     assert len(daemon.runs()) == 7
+
+
+def test_daemon_run_scripts_do_not_load_pydantic(daemon: Daemon, gs: Path) -> None:
+    """Every run pays for what a script imports: over the socket, no pydantic is needed."""
+    analysis = gs.parent / "analysis"
+    (analysis / "light.py").write_text(
+        "import os, sys\nfrom thot import ThotProject\n"
+        "db = ThotProject()\nassert db.find_assets({'type': 'raw'})\n"
+        "path = db.add_asset({'type': 'light', 'file': 'light.txt'}, 'light')\n"
+        "open(path, 'w').write(str(sorted(m for m in sys.modules if m.startswith(('pydantic', 'thotd')))))\n"
+    )
+    (gs / "group-0" / "_scripts.json").write_text(json.dumps([{"script": "root:/../analysis/light.py"}]))
+    daemon.start()
+    _register(daemon, gs)
+    loaded = (gs / "group-0" / "light" / "light.txt").read_text()
+    assert "thotd.rpc" in loaded and "pydantic" not in loaded and "thotd.index" not in loaded
