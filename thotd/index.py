@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from thotd import model
+from thotd import objectfile
 from thotd.locate import NotAProject, find_project_root, norm, resolve_path
-from thotd.model import (
+from thotd.objectfile import (
     ASSET_FILE,
     CONTAINER_FILE,
     NOTES_DIR,
@@ -66,14 +66,6 @@ class Node:
     def invalidate(self) -> None:
         self._view = None
         self._fp = None
-
-
-def _props(parsed: Any) -> dict[str, Any]:
-    """A parsed object file as a plain dict. The field values are already plain JSON values,
-    so a shallow merge of fields and extras does what ``model_dump`` does, much faster."""
-    props = {**parsed.__dict__, **(parsed.__pydantic_extra__ or {})}
-    props.pop("schema_", None)
-    return props
 
 
 def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -198,8 +190,7 @@ class Index:
         own_name = CONTAINER_FILE if has_c else ASSET_FILE
         own = base + own_name
         try:
-            parsed = model.parse(own_name, _read(own), own)
-            node.props = _props(parsed)
+            node.props = objectfile.load(own_name, _read(own), own)
         except ObjectFileError as exc:
             errors.extend(exc.errors)
         except OSError as exc:
@@ -212,7 +203,7 @@ class Index:
                 node.warnings.append(f"{spath}: scripts belong to containers; ignored in an asset")
             else:
                 try:
-                    assocs = model.parse(SCRIPTS_FILE, _read(spath), spath)
+                    assocs = objectfile.load(SCRIPTS_FILE, _read(spath), spath)
                     node.scripts = self._resolve_scripts(assocs, folder)
                 except ObjectFileError as exc:
                     errors.extend(exc.errors)
@@ -223,11 +214,11 @@ class Index:
         node.errors = errors
         return node, ([base + d for d in sorted(dirs)] if kind == "container" else [])
 
-    def _resolve_scripts(self, assocs: list[Any], folder: str) -> list[dict[str, Any]]:
+    def _resolve_scripts(self, assocs: list[dict[str, Any]], folder: str) -> list[dict[str, Any]]:
         out = []
         for order, assoc in enumerate(assocs):
-            item = assoc.model_dump()
-            item["script"] = resolve_path(assoc.script, folder, self.root)
+            item = dict(assoc)
+            item["script"] = resolve_path(assoc["script"], folder, self.root)
             item["order"] = order
             out.append(item)
         out.sort(key=lambda a: (a["priority"], a["order"]))
@@ -467,6 +458,8 @@ class Index:
                 files.append(SCRIPTS_FILE)
             for name in files:
                 path = os.path.join(node.id, name)
+                from thotd import model
+
                 try:
                     parsed = model.parse(name, _read(path), path)
                 except (ObjectFileError, OSError):

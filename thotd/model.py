@@ -1,30 +1,29 @@
 """Pydantic models of the three object files, and errors a person can act on.
 
 Object files are written by people and by older Thot versions, so every model keeps unknown
-fields (``extra="allow"``) and treats ``null`` as "use the default". Validators are built
-once at import; ``model_validate_json`` on the raw bytes is the fast path.
+fields (``extra="allow"``) and treats ``null`` as "use the default". These models are the
+definition (JSON Schemas, error messages, every lax case); :mod:`thotd.objectfile` reads the
+common well-formed file without importing pydantic and defers to them for anything else.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-CONTAINER_FILE = "_container.json"
-ASSET_FILE = "_asset.json"
-SCRIPTS_FILE = "_scripts.json"
-NOTES_DIR = "_notes"
-OBJECT_FILES = (CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE)
-
-#: Top-level keys Thot itself writes or tolerates: not reported as likely typos.
-KNOWN_EXTRAS = frozenset(
-    {"$schema", "_id", "id", "created", "modified", "roles", "parent", "children", "assets",
-     "scripts", "notes", "_notes", "permissions"}
+from thotd.objectfile import (  # noqa: F401 - re-exported: the models' public vocabulary
+    ASSET_FILE,
+    CONTAINER_FILE,
+    KNOWN_EXTRAS,
+    NOTES_DIR,
+    OBJECT_FILES,
+    SCRIPTS_FILE,
+    ObjectError,
+    ObjectFileError,
+    format_loc,
 )
 
 
@@ -102,50 +101,6 @@ MODELS: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     ASSET_FILE: AssetFile,
     SCRIPTS_FILE: SCRIPTS_ADAPTER,
 }
-
-
-@dataclass(frozen=True)
-class ObjectError:
-    """Why an object file could not be used: enough to find and fix it."""
-
-    path: str  # the object file
-    field: str | None  # JSON path such as ``scripts[1].priority``; None for the whole file
-    reason: str
-    line: int | None = None
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = self.path
-        if self.line is not None:
-            where += f":{self.line}:{self.column}"
-        if self.field:
-            where += f": {self.field}"
-        return f"{where}: {self.reason}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.path, "field": self.field, "reason": self.reason,
-            "line": self.line, "column": self.column,
-        }
-
-
-class ObjectFileError(Exception):
-    """Raised by :func:`parse` with every problem found in one file."""
-
-    def __init__(self, errors: list[ObjectError]) -> None:
-        super().__init__("; ".join(str(e) for e in errors))
-        self.errors = errors
-
-
-def format_loc(loc: Sequence[int | str]) -> str:
-    """``("scripts", 1, "priority")`` -> ``scripts[1].priority``: a JSON path a person can follow."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
 
 
 def parse(filename: str, data: bytes, path: str = "") -> Any:
