@@ -12,10 +12,12 @@ were some) so the rest of the tree still loads and the runs that would see them 
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import itertools
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,8 +78,25 @@ def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dic
     return {**inherited, **own}
 
 
+#: Object files are small JSON descriptions; a bigger one is refused instead of being parsed
+#: (and fingerprinted, and sent to scripts) on the daemon's loop: 64 MiB costs ~0.5 s a read.
+MAX_OBJECT_BYTES = 16 * 1024 * 1024
+
+
 def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: a named pipe called _asset.json must not hang the reader; only regular
+    # files are read.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_OBJECT_BYTES:
+            raise OSError(
+                errno.EFBIG,
+                f"{st.st_size / 2**20:.1f} MiB, over the {MAX_OBJECT_BYTES >> 20} MiB limit for "
+                "object files (they describe data; the data belongs in the asset's file)",
+            )
         return fh.read()
 
 
@@ -170,6 +189,15 @@ class Index:
                     names.add(name)
                     if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
                         dirs.append(name)
+        except PermissionError as exc:
+            if parent is None or os.path.basename(folder) == "lost+found":
+                return None, []
+            # It may hold objects: say so, and hold the runs that would see it, rather than
+            # run them as if its data did not exist.
+            node = Node(id=folder, kind="container", parent=parent, props={})
+            node.errors = [ObjectError(folder, None, f"cannot read this folder ({exc.strerror}); "
+                                       "what it holds is unknown: fix its permissions")]
+            return node, []
         except OSError:
             return None, []
         base = folder + os.sep if folder != os.sep else folder
@@ -438,6 +466,18 @@ class Index:
                     out.append(obj)
         return out
 
+    def answer(self, kind: str, search: Any, start: str) -> dict[str, Any]:
+        """A script's ``find_*`` asked over a socket (daemon or runner): the objects and their
+        fingerprints, exactly what a local walk would give. Raises ``ValueError`` (a
+        :class:`~thotd.search.SearchError` for a bad search) on a bad question."""
+        if kind not in ("container", "asset"):
+            raise ValueError("kind must be 'container' or 'asset'")
+        start = norm(start)
+        if start not in self.nodes:
+            raise ValueError(f"{start} is not a container of the project {self.root}")
+        found = self.find(kind, search or {}, start)
+        return {"objects": found, "fingerprints": [self.fingerprint(o["_id"]) for o in found]}
+
     def find_containers(self, search: Mapping[str, Any] | None = None, start: str | None = None) -> list[ThotObject]:
         return self.find("container", search, start)
 
@@ -487,17 +527,19 @@ class Index:
     def containers_postorder(self, start: str | None = None) -> list[Node]:
         """Containers children-first (depth first, siblings by folder name): the run order."""
         order: list[Node] = []
-
-        def visit(nid: str) -> None:
-            node = self.nodes[nid]
-            for child in node.entries:
-                if child in self.nodes and self.nodes[child].kind == "container":
-                    visit(child)
-            order.append(node)
-
         start = norm(start) if start else self.root
-        if start in self.nodes:
-            visit(start)
+        # Iterative: a tree deeper than the recursion limit (~1000 levels) is still a tree.
+        stack: list[tuple[str, bool]] = [(start, False)] if start in self.nodes else []
+        while stack:
+            nid, children_done = stack.pop()
+            node = self.nodes[nid]
+            if children_done:
+                order.append(node)
+                continue
+            stack.append((nid, True))
+            for child in reversed(node.entries):
+                if child in self.nodes and self.nodes[child].kind == "container":
+                    stack.append((child, False))
         return order
 
     def owner_container(self, path: str) -> str | None:

@@ -265,22 +265,16 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
     @method("query")
     async def query(params: dict[str, Any], conn: Connection) -> Any:
         """A daemon-run script's find_*: answered from the index, same as a local walk."""
-        from thotd.search import SearchError
-
         root = norm(_param(params, "project", str))
         start = norm(_param(params, "start", str))
         kind = _param(params, "kind", str)
-        if kind not in ("container", "asset"):
-            raise RpcError(INVALID_PARAMS, "kind must be 'container' or 'asset'")
         proj = daemon.projects.get(root) or _project_for(daemon, start)
-        if proj.engine is None or start not in proj.engine.index.nodes:
-            raise RpcError(INVALID_PARAMS, f"{start} is not a container of a loaded project")
-        index = proj.engine.index
+        if proj.engine is None:
+            raise RpcError(INVALID_PARAMS, f"{proj.root} is not loaded: {proj.error}")
         try:
-            found = index.find(kind, params.get("search") or {}, start)
-        except SearchError as exc:
+            return proj.engine.index.answer(kind, params.get("search"), start)
+        except ValueError as exc:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
-        return {"objects": found, "fingerprints": [index.fingerprint(o["_id"]) for o in found]}
 
     @method("subscribe")
     async def subscribe(params: dict[str, Any], conn: Connection) -> Any:

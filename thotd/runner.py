@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, TextIO
 
 from thotd.engine import Engine, Planned
 from thotd.proc import ProcResult, RunSpec, run_sync, script_env
+from thotd.queryserver import QueryServer
 
 
 @dataclass
@@ -125,6 +127,12 @@ def run_project(
         done[p.order] = True
         progress.done += 1
 
+    lock = threading.Lock()  # the index: changed here between runs, read by the query server
+    try:
+        server: QueryServer | None = QueryServer(engine.index, lock)
+    except OSError:
+        server = None  # scripts then walk the disk themselves: slower, same answers
+
     def start(p: Planned) -> None:
         """Skip the run, or hand it to a worker thread."""
         if p.blocked:
@@ -136,43 +144,51 @@ def run_project(
             finish(p)
             return
         log, record = engine.begin(p.key, reasons, trigger)
+        extra = engine.env_for(p.key, record)
+        if server is not None:
+            extra["THOTD_QUERY_SOCKET"] = server.path
         spec = RunSpec(
             script=Path(p.script), cwd=Path(p.container),
-            env=script_env(os.environ, engine.env_for(p.key, record)),
+            env=script_env(os.environ, extra),
             log_path=log, timeout_s=timeout_s, log_cap_bytes=log_cap_bytes,
         )
         progress.show(f"running {engine.rel(p.script)} in {engine.rel(p.container)}")
         running[pool.submit(run_sync, spec)] = (p, reasons, str(log), record)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="thot-run") as pool:
-        while True:
-            while nxt < len(plan) and done[nxt]:
-                nxt += 1
-            if nxt == len(plan) and not running:
-                break
-            busy = {v[0].order for v in running.values()}
-            for i in range(nxt, len(plan)):
-                if len(running) >= max(1, jobs):
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="thot-run") as pool:
+            while True:
+                while nxt < len(plan) and done[nxt]:
+                    nxt += 1
+                if nxt == len(plan) and not running:
                     break
-                if not done[i] and i not in busy and ready(plan[i]):
-                    start(plan[i])
-            if not running:
-                continue  # runs were skipped; look again from the first unfinished one
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                p, reasons, log, record = running.pop(fut)
-                res = fut.result()
-                engine.complete(
-                    p.key, status=res.status, exit_code=res.exit_code, started=res.started,
-                    finished=res.finished, log=log, record_path=record, reasons=reasons,
-                    trigger=trigger,
-                )
-                ran.add(p.key)
-                report.outcomes.append(
-                    Outcome(p, res.status, reasons, res.exit_code, res.duration_s, log, res.message)
-                )
-                finish(p)
-    progress.close()
+                busy = {v[0].order for v in running.values()}
+                for i in range(nxt, len(plan)):
+                    if len(running) >= max(1, jobs):
+                        break
+                    if not done[i] and i not in busy and ready(plan[i]):
+                        start(plan[i])
+                if not running:
+                    continue  # runs were skipped; look again from the first unfinished one
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    p, reasons, log, record = running.pop(fut)
+                    res = fut.result()
+                    with lock:
+                        engine.complete(
+                            p.key, status=res.status, exit_code=res.exit_code, started=res.started,
+                            finished=res.finished, log=log, record_path=record, reasons=reasons,
+                            trigger=trigger,
+                        )
+                    ran.add(p.key)
+                    report.outcomes.append(
+                        Outcome(p, res.status, reasons, res.exit_code, res.duration_s, log, res.message)
+                    )
+                    finish(p)
+    finally:
+        progress.close()
+        if server is not None:
+            server.close()
     if changed:
         # A run stale again right after it ran feeds itself through another run: report the
         # cycle once instead of looping.
