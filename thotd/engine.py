@@ -183,6 +183,14 @@ class Engine:
                 out.append(f"input {self.rel(oid)} changed")
             elif node.file and self.hasher.changed(node.file, info.get("data")):
                 out.append(f"input {self.rel(node.file)} changed")
+        # An output someone deleted is made again (a full run would). Only deletion counts:
+        # two runs that write the same asset must not keep making each other stale.
+        for oid, info in rec.get("outputs", {}).items():
+            data = info.get("data") or {}
+            if oid not in self.index.nodes:
+                out.append(f"output {self.rel(oid)} missing")
+            elif data.get("stat") is not None and stat_of(info.get("file")) is None:
+                out.append(f"output {self.rel(info['file'])} missing")
         return list(dict.fromkeys(out))
 
     def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:

@@ -508,16 +508,22 @@ class Index:
         return out
 
     def blocked_by(self) -> dict[str, ObjectError]:
-        """Container id -> the first invalid object file in its subtree, for every container
-        that has one (walking up from the few invalid objects, not down from every container)."""
+        """Container id -> an invalid object file its runs must wait for: one in its subtree
+        (a summary must not silently miss a sample) or an invalid container above it (whose
+        metadata it would inherit). Walks from the few invalid objects, not every container."""
         out: dict[str, ObjectError] = {}
         for node in self.walk(include_invalid=True):
-            if node.errors:
-                cur: str | None = node.id
-                while cur is not None and cur not in out:
-                    out[cur] = node.errors[0]
-                    par = self.nodes.get(cur)
-                    cur = par.parent if par else None
+            if not node.errors:
+                continue
+            err = node.errors[0]
+            cur: str | None = node.id
+            while cur is not None and cur not in out:
+                out[cur] = err
+                par = self.nodes.get(cur)
+                cur = par.parent if par else None
+            if node.kind == "container":
+                for below in self.walk(node.id, include_invalid=True):
+                    out.setdefault(below.id, err)
         return out
 
     def invalid_in(self, start: str) -> list[ObjectError]:

@@ -1,0 +1,159 @@
+"""Helpers for the core tests: project trees from dict specs, the G×S generator (from
+``bench/gen.py``), an in-process ``thot`` CLI and the comparisons the oracles use.
+
+A module with a unique name (not ``conftest``): other test folders have their own
+``conftest``, and ``from conftest import …`` would pick whichever was imported first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sqlite3
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "thotd" / "example"
+
+if str(REPO / "bench") not in sys.path:
+    sys.path.insert(0, str(REPO / "bench"))
+
+from gen import GS_SCRIPTS, add_sample, make_gs, sample_values  # noqa: E402
+
+__all__ = [
+    "EXAMPLE",
+    "THOT_VARS",
+    "backup_db",
+    "restore_tree",
+    "GS_SCRIPTS",
+    "REPO",
+    "add_sample",
+    "cli",
+    "derived_assets",
+    "make_gs",
+    "make_tree",
+    "rel_runs",
+    "run_json",
+    "sample_values",
+    "snapshot_index",
+]
+
+THOT_VARS = (
+    "THOT_CONTAINER_ID", "THOT_SCRIPT_ID", "THOT_PROJECT_ROOT", "THOT_RECORD",
+    "THOTD_QUERY_SOCKET",
+)
+
+
+# ---------------------------------------------------------------------------- trees
+
+
+def make_tree(root: Path, spec: Mapping[str, Any]) -> Path:
+    """Write ``spec`` under ``root``.
+
+    A key maps to: a dict → a sub-folder (recursively), except for ``*.json`` keys whose
+    dict/list value is written as JSON; a str → a text file; bytes → a binary file;
+    ``None`` → an empty folder.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, value in spec.items():
+        path = root / name
+        if name.endswith(".json") and isinstance(value, dict | list):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+        elif isinstance(value, dict):
+            make_tree(path, value)
+        elif value is None:
+            path.mkdir(parents=True, exist_ok=True)
+        elif isinstance(value, bytes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(value)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(value), encoding="utf-8")
+    return root
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def cli(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
+    """Run ``thot ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from thotd.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([os.fspath(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_json(state: Path, root: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    """``thot --state S run --root R --json EXTRA``; returns (exit code, parsed report)."""
+    code, out, err = cli("--state", state, "run", "--root", root, "--json", *extra)
+    try:
+        return code, json.loads(out)
+    except ValueError:
+        raise AssertionError(f"thot run printed no JSON (exit {code}):\n{out}\n{err}") from None
+
+
+def rel_runs(report: dict[str, Any], root: Path, statuses: tuple[str, ...] | None = ("ok",)) -> list[tuple[str, str]]:
+    """The runs of a ``--json`` report as sorted (container relative to root, script name)."""
+    out = []
+    for r in report["runs"]:
+        if statuses is None or r["status"] in statuses:
+            rel = os.path.relpath(r["container"], root)
+            out.append((rel, os.path.basename(r["script"])))
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------- comparisons
+
+
+def snapshot_index(index: Any) -> tuple[dict[str, Any], list[str], list[str]]:
+    """What must match between an incrementally updated and a freshly loaded index: every
+    valid object's view (below valid ancestors), every object id, every error."""
+    views = {}
+    for node in index.walk():
+        if all(index.nodes[a].valid for a in index.ancestors(node.id)):
+            views[node.id] = dict(index.view(node.id))
+    return views, sorted(index.nodes), sorted(str(e) for e in index.errors())
+
+
+def derived_assets(project: Path) -> dict[str, tuple[dict[str, Any], bytes | None]]:
+    """Every asset a script made: relative folder -> (its ``_asset.json`` minus ``creator``,
+    its data file's bytes)."""
+    out: dict[str, tuple[dict[str, Any], bytes | None]] = {}
+    for dirpath, _dirs, files in os.walk(project):
+        if "_asset.json" not in files:
+            continue
+        try:
+            props = json.loads(Path(dirpath, "_asset.json").read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if not isinstance(props, dict) or props.get("creator_type") != "script":
+            continue
+        props.pop("creator", None)
+        data_path = Path(dirpath, str(props.get("file", "")))
+        data = data_path.read_bytes() if data_path.is_file() else None
+        out[os.path.relpath(dirpath, project)] = (props, data)
+    return out
+
+
+def backup_db(src: Path, dst: Path) -> None:
+    """Copy a SQLite file consistently (WAL included)."""
+    with contextlib.closing(sqlite3.connect(src)) as a, contextlib.closing(sqlite3.connect(dst)) as b:
+        a.backup(b)
+
+
+def restore_tree(src: Path, dst: Path) -> None:
+    """Make ``dst`` an exact copy of ``src``, mtimes included (so fingerprints match)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, symlinks=True)
+

@@ -1,0 +1,517 @@
+"""The in-memory index: one pass over real folders, and incremental updates that end where a
+fresh load would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from corekit import add_sample, cli, make_gs, make_tree, snapshot_index
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from thotd.index import Index, NotAProject, find_project_root
+
+NOTE_MTIME = 1_600_000_000.25
+
+
+def nested_spec() -> dict[str, Any]:
+    return {
+        "_container.json": {"name": "Project", "type": "project",
+                            "metadata": {"lab": "B12", "temp": 20, "nested": {"x": 1}}},
+        "_scripts.json": [
+            {"script": "root:/../analysis/late.py", "priority": 2},
+            {"script": "root:/../analysis/first-tie.py", "priority": 1},
+            {"script": "root:/../analysis/second-tie.py", "priority": 1},
+            {"script": "local.py"},
+            {"script": "/abs/manual.py", "priority": -1, "autorun": False},
+        ],
+        "_notes": {"readme.txt": "hello\nworld\n"},
+        "b-group": {
+            "_container.json": {"type": "group", "metadata": {"temp": 30, "nested": {"y": 2}}},
+            "s1": {
+                "_container.json": {"type": "sample", "metadata": {"sample": 1}},
+                "raw": {"_asset.json": {"type": "raw", "file": "data.csv"}, "data.csv": "v\n1\n"},
+            },
+        },
+        "a-group": {
+            "_container.json": {"type": "group", "tags": ["pilot"]},
+            "s2": {
+                "_container.json": {"type": "sample", "metadata": {"temp": 40}},
+                "img": {"_asset.json": {"type": "image", "file": "root:/shared/pic.png",
+                                        "metadata": {"temp": 41}}},
+            },
+            "s10": {"_container.json": {"type": "sample"}},
+        },
+        "zz-asset": {"_asset.json": {"type": "raw", "file": "/abs/data.bin"}},
+        "scratch": {  # not an object: cuts the tree
+            "notes.txt": "plain",
+            "hidden": {"_container.json": {"type": "sample"}},
+        },
+        "shared": {"pic.png": b"\x89PNG"},
+    }
+
+
+@pytest.fixture
+def nested(tmp_path: Path) -> Path:
+    root = make_tree(tmp_path / "proj", nested_spec())
+    os.utime(root / "_notes" / "readme.txt", (NOTE_MTIME, NOTE_MTIME))
+    return root
+
+
+def test_inherited_metadata_nearer_wins_shallow_merge(nested: Path) -> None:
+    index = Index.load(nested)
+    s1 = index.view(str(nested / "b-group" / "s1"))
+    # nearer object wins key by key; a dict value is replaced whole (shallow merge)
+    assert s1["metadata"] == {"lab": "B12", "temp": 30, "nested": {"y": 2}, "sample": 1}
+    raw = index.view(str(nested / "b-group" / "s1" / "raw"))
+    assert raw["metadata"] == {"lab": "B12", "temp": 30, "nested": {"y": 2}, "sample": 1}
+    img = index.view(str(nested / "a-group" / "s2" / "img"))
+    assert img["metadata"] == {"lab": "B12", "temp": 41, "nested": {"x": 1}}
+    assert index.view(str(nested / "a-group"))["metadata"] == {
+        "lab": "B12", "temp": 20, "nested": {"x": 1}}
+    # own properties are kept apart from the effective metadata
+    assert index.nodes[str(nested / "b-group" / "s1")].props["metadata"] == {"sample": 1}
+
+
+def test_inherited_metadata_is_searchable(nested: Path) -> None:
+    index = Index.load(nested)
+    found = index.find_assets({"metadata.lab": "B12", "metadata.temp": 30})
+    assert [a["_id"] for a in found] == [str(nested / "b-group" / "s1" / "raw")]
+
+
+def test_notes(nested: Path) -> None:
+    index = Index.load(nested)
+    notes = index.view(str(nested))["notes"]
+    assert notes == [{"title": "readme", "created": NOTE_MTIME, "content": "hello\nworld\n"}]
+    assert index.view(str(nested / "a-group"))["notes"] == []
+    # _notes is not a child object
+    assert str(nested / "_notes") not in index.nodes
+
+
+def test_script_paths_and_priorities(nested: Path, tmp_path: Path) -> None:
+    index = Index.load(nested)
+    scripts = index.view(str(nested))["scripts"]
+    analysis = tmp_path / "analysis"
+    assert [(s["script"], s["priority"], s["autorun"]) for s in scripts] == [
+        ("/abs/manual.py", -1, False),
+        (str(nested / "local.py"), 0, True),
+        (str(analysis / "first-tie.py"), 1, True),
+        (str(analysis / "second-tie.py"), 1, True),
+        (str(analysis / "late.py"), 2, True),
+    ]
+
+
+def test_asset_file_paths(nested: Path) -> None:
+    index = Index.load(nested)
+    assert index.view(str(nested / "b-group" / "s1" / "raw"))["file"] == str(
+        nested / "b-group" / "s1" / "raw" / "data.csv")
+    assert index.view(str(nested / "a-group" / "s2" / "img"))["file"] == str(
+        nested / "shared" / "pic.png")
+    assert index.view(str(nested / "zz-asset"))["file"] == "/abs/data.bin"
+
+
+def test_non_object_folder_cuts_the_tree(nested: Path) -> None:
+    index = Index.load(nested)
+    assert str(nested / "scratch") not in index.nodes
+    assert str(nested / "scratch" / "hidden") not in index.nodes
+    assert str(nested / "shared") not in index.nodes
+    assert len(index.nodes) == 9
+
+
+def test_order_is_depth_first_siblings_by_folder_name(nested: Path) -> None:
+    index = Index.load(nested)
+    rel = [os.path.relpath(n.id, nested) for n in index.walk()]
+    assert rel == [".", "a-group", "a-group/s10", "a-group/s2", "a-group/s2/img",
+                   "b-group", "b-group/s1", "b-group/s1/raw", "zz-asset"]
+    assert [os.path.relpath(c["_id"], nested) for c in index.find_containers()] == [
+        ".", "a-group", "a-group/s10", "a-group/s2", "b-group", "b-group/s1"]
+    assert [os.path.relpath(a["_id"], nested) for a in index.find_assets()] == [
+        "a-group/s2/img", "b-group/s1/raw", "zz-asset"]
+    assert [os.path.relpath(c.id, nested) for c in index.containers_postorder()] == [
+        "a-group/s10", "a-group/s2", "a-group", "b-group/s1", "b-group", "."]
+    view = index.view(str(nested))
+    assert view["children"] == [str(nested / "a-group"), str(nested / "b-group")]
+    assert view["assets"] == [str(nested / "zz-asset")]
+
+
+def test_order_does_not_depend_on_creation_order(tmp_path: Path) -> None:
+    names = ["c", "a", "b10", "b2", "B"]
+    roots = []
+    for attempt, order in enumerate([names, list(reversed(names))]):
+        root = make_tree(tmp_path / f"p{attempt}", {"_container.json": {}})
+        for name in order:
+            make_tree(root / name, {"_container.json": {}})
+        roots.append(root)
+    orders = [[os.path.basename(n.id) for n in Index.load(r).walk()][1:] for r in roots]
+    assert orders[0] == orders[1] == sorted(names)
+
+
+def test_focus_load_sees_the_subtree_and_the_inherited_metadata(nested: Path) -> None:
+    index = Index.load(nested, focus=nested / "b-group")
+    ids = [os.path.relpath(o["_id"], nested) for o in index.find_containers(start=str(nested / "b-group"))]
+    assert ids == ["b-group", "b-group/s1"]
+    assert str(nested / "a-group") not in index.nodes
+    assert index.view(str(nested / "b-group" / "s1"))["metadata"]["lab"] == "B12"
+
+
+def test_both_object_files_is_an_error_and_the_rest_loads(tree: Any) -> None:
+    root = tree({
+        "_container.json": {},
+        "bad": {"_container.json": {}, "_asset.json": {"file": "x"}},
+        "good": {"_container.json": {"type": "sample"}},
+    })
+    index = Index.load(root)
+    errors = index.errors()
+    assert len(errors) == 1
+    assert errors[0].path == str(root / "bad")
+    assert "both" in errors[0].reason
+    assert not index.nodes[str(root / "bad")].valid
+    assert [c["_id"] for c in index.find_containers()] == [str(root), str(root / "good")]
+    assert index.view(str(root))["children"] == [str(root / "good")]
+
+
+def test_broken_file_is_an_error_with_line_and_column(tree: Any) -> None:
+    root = tree({
+        "_container.json": {},
+        "a": {"_container.json": '{\n  "type": "sample",\n}\n'},
+        "b": {"_container.json": {"type": "sample"}},
+        "c": {"_container.json": {}, "_scripts.json": [{"script": "x.py", "autorun": "maybe"}]},
+    })
+    index = Index.load(root)
+    errs = {e.path: e for e in index.errors()}
+    assert set(errs) == {str(root / "a" / "_container.json"), str(root / "c" / "_scripts.json")}
+    bad_json = errs[str(root / "a" / "_container.json")]
+    assert (bad_json.line, bad_json.column) == (3, 1)
+    assert errs[str(root / "c" / "_scripts.json")].field == "[0].autorun"
+    assert [c["_id"] for c in index.find_containers({"type": "sample"})] == [str(root / "b")]
+    assert index.invalid_in(str(root / "b")) == []
+    assert len(index.invalid_in(str(root))) == 2
+
+
+def test_validate_command_reports_file_line_column(tree: Any) -> None:
+    root = tree({"_container.json": {}, "a": {"_container.json": '{"type": }'}})
+    code, out, _ = cli("validate", root, "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["errors"] == [{"file": str(root / "a" / "_container.json"), "field": None,
+                                 "reason": report["errors"][0]["reason"], "line": 1,
+                                 "column": 10}]
+    code, out, _ = cli("validate", root)
+    assert code == 1 and f"{root / 'a' / '_container.json'}:1:10" in out
+    code, out, _ = cli("tree", root)
+    assert code == 0 and "INVALID" in out
+
+
+def test_not_a_project(tmp_path: Path) -> None:
+    with pytest.raises(NotAProject):
+        Index.load(tmp_path)
+    code, _, err = cli("validate", tmp_path)
+    assert code == 1 and "_container.json" in err
+
+
+def test_find_project_root(nested: Path) -> None:
+    assert find_project_root(nested / "b-group" / "s1") == str(nested)
+
+
+# ---------------------------------------------------------------------------- incremental
+
+
+def assert_same_as_fresh(index: Index) -> None:
+    fresh = Index.load(index.root)
+    assert snapshot_index(index) == snapshot_index(fresh)
+
+
+def test_update_metadata_change_at_group(nested: Path) -> None:
+    index = Index.load(nested)
+    group = nested / "b-group"
+    (group / "_container.json").write_text(json.dumps({"type": "group", "metadata": {"temp": 31}}))
+    changes = index.update([str(group / "_container.json")])
+    assert str(group / "s1" / "raw") in changes.modified
+    assert index.view(str(group / "s1" / "raw"))["metadata"]["temp"] == 31
+    assert "nested" in index.view(str(group / "s1"))["metadata"]
+    assert index.view(str(group / "s1"))["metadata"]["nested"] == {"x": 1}
+    assert_same_as_fresh(index)
+
+
+def test_update_new_sample_created_in_steps(tmp_path: Path) -> None:
+    project = make_gs(tmp_path / "gs", 2, 2)
+    index = Index.load(project)
+    sample = project / "group-1" / "sample-009"
+    raw = sample / "raw"
+    steps = [
+        (lambda: sample.mkdir(), sample),
+        (lambda: (sample / "_container.json").write_text('{"type": "sample", "metadata": {"sample": 9}}'),
+         sample / "_container.json"),
+        (lambda: (sample / "_scripts.json").write_text('[{"script": "root:/../analysis/sample.py"}]'),
+         sample / "_scripts.json"),
+        (lambda: raw.mkdir(), raw),
+        (lambda: (raw / "_asset.json").write_text('{"type": "raw", "file": "data.csv"}'),
+         raw / "_asset.json"),
+        (lambda: (raw / "data.csv").write_text("value\n1\n"), raw / "data.csv"),
+    ]
+    seen_sample = seen_raw = False
+    for op, path in steps:
+        op()
+        changes = index.update([str(path)])
+        assert_same_as_fresh(index)
+        if str(sample) in changes.added:
+            seen_sample = True
+        if str(raw) in changes.added:
+            seen_raw = True
+    assert seen_sample and seen_raw
+    assert index.view(str(sample))["scripts"][0]["script"] == str(tmp_path / "gs" / "analysis" / "sample.py")
+    assert index.view(str(raw))["metadata"] == {"project": "gs", "group": 1, "sample": 9}
+    changes = index.update([str(raw / "data.csv")])
+    assert changes.data == {str(raw)}
+
+
+def test_update_new_sample_in_one_batch(tmp_path: Path) -> None:
+    project = make_gs(tmp_path / "gs", 2, 2)
+    index = Index.load(project)
+    sample = add_sample(project, "group-0", "sample-007")
+    changes = index.update([str(sample), str(sample / "raw" / "_asset.json")])
+    assert changes.added == {str(sample), str(sample / "raw")}
+    assert index.view(str(project / "group-0"))["children"][-1] == str(sample)
+    assert_same_as_fresh(index)
+
+
+def test_update_asset_deleted(nested: Path) -> None:
+    index = Index.load(nested)
+    raw = nested / "b-group" / "s1" / "raw"
+    shutil.rmtree(raw)
+    changes = index.update([str(raw)])
+    assert changes.removed == {str(raw)}
+    assert index.view(str(nested / "b-group" / "s1"))["assets"] == []
+    assert str(raw / "data.csv") not in index.by_file
+    assert_same_as_fresh(index)
+
+
+def test_update_asset_file_removed_but_folder_kept(nested: Path) -> None:
+    index = Index.load(nested)
+    raw = nested / "b-group" / "s1" / "raw"
+    (raw / "_asset.json").unlink()
+    index.update([str(raw / "_asset.json")])
+    assert str(raw) not in index.nodes
+    assert_same_as_fresh(index)
+
+
+def test_update_folder_moved_and_renamed(nested: Path) -> None:
+    index = Index.load(nested)
+    old = nested / "b-group" / "s1"
+    new = nested / "a-group" / "s0"
+    os.rename(old, new)
+    changes = index.update([str(old), str(new)])
+    assert str(old) in changes.removed and str(new / "raw") in changes.added
+    assert index.view(str(new / "raw"))["metadata"]["nested"] == {"x": 1}
+    assert index.view(str(new / "raw"))["file"] == str(new / "raw" / "data.csv")
+    assert index.view(str(nested / "a-group"))["children"][0] == str(new)
+    assert_same_as_fresh(index)
+    renamed = nested / "a-group" / "zz"
+    os.rename(new, renamed)
+    index.update([str(new), str(renamed)])
+    assert_same_as_fresh(index)
+
+
+def test_update_moved_into_a_plain_folder_leaves_the_project(nested: Path) -> None:
+    index = Index.load(nested)
+    old = nested / "b-group" / "s1"
+    os.rename(old, nested / "scratch" / "s1")
+    index.update([str(old), str(nested / "scratch" / "s1")])
+    assert not any(k.startswith(str(old)) for k in index.nodes)
+    assert_same_as_fresh(index)
+
+
+def test_update_broken_then_fixed(nested: Path) -> None:
+    index = Index.load(nested)
+    group = nested / "b-group"
+    cfile = group / "_container.json"
+    good = cfile.read_bytes()
+    cfile.write_text('{"type": "group", "metadata": {"temp": 99}')  # cut short
+    changes = index.update([str(cfile)])
+    node = index.nodes[str(group)]
+    assert not node.valid and str(group) in changes.modified
+    assert node.errors[0].path == str(cfile) and node.errors[0].line == 1
+    # the last good properties are kept: the descendants keep their inherited metadata
+    assert node.props["metadata"] == {"temp": 30, "nested": {"y": 2}}
+    assert index.view(str(group / "s1"))["metadata"]["temp"] == 30
+    # invalid objects leave the answers and their parent's lists
+    assert str(group) not in [c["_id"] for c in index.find_containers()]
+    assert str(group) not in index.view(str(nested))["children"]
+    assert sorted(str(e) for e in index.errors()) == sorted(
+        str(e) for e in Index.load(nested).errors())
+    cfile.write_bytes(good.replace(b"30", b"33"))
+    index.update([str(cfile)])
+    assert index.nodes[str(group)].valid
+    assert index.view(str(group / "s1" / "raw"))["metadata"]["temp"] == 33
+    assert str(group) in index.view(str(nested))["children"]
+    assert_same_as_fresh(index)
+
+
+def test_update_notes(nested: Path) -> None:
+    index = Index.load(nested)
+    note = nested / "b-group" / "_notes" / "todo.md"
+    note.parent.mkdir()
+    note.write_text("check\n")
+    index.update([str(note)])
+    assert index.view(str(nested / "b-group"))["notes"][0]["content"] == "check\n"
+    assert_same_as_fresh(index)
+
+
+def test_update_kind_change_and_both_files(nested: Path) -> None:
+    index = Index.load(nested)
+    folder = nested / "a-group" / "s10"
+    (folder / "_asset.json").write_text('{"file": "x"}')
+    index.update([str(folder / "_asset.json")])
+    assert not index.nodes[str(folder)].valid
+    assert_same_as_fresh(index)
+    (folder / "_container.json").unlink()
+    index.update([str(folder / "_container.json")])
+    assert index.nodes[str(folder)].kind == "asset"
+    assert_same_as_fresh(index)
+
+
+# ---------------------------------------------------------------------------- property
+
+GROUPS = ["g0", "g1", "g2"]
+SAMPLES = ["s0", "s1", "s2"]
+
+edit = st.one_of(
+    st.tuples(st.just("meta"), st.sampled_from(["", *GROUPS]), st.integers(0, 3)),
+    st.tuples(st.just("new_sample"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
+    st.tuples(st.just("new_sample_partial"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
+    st.tuples(st.just("delete_sample"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
+    st.tuples(st.just("delete_asset"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
+    st.tuples(st.just("move_sample"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES),
+              st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
+    st.tuples(st.just("break"), st.sampled_from(["", *GROUPS]), st.sampled_from(["", *SAMPLES])),
+    st.tuples(st.just("fix"), st.sampled_from(["", *GROUPS]), st.sampled_from(["", *SAMPLES])),
+    st.tuples(st.just("break_scripts"), st.sampled_from(GROUPS)),
+    st.tuples(st.just("both_files"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
+    st.tuples(st.just("note"), st.sampled_from(GROUPS), st.integers(0, 2)),
+    st.tuples(st.just("unmark_group"), st.sampled_from(GROUPS)),
+)
+
+
+def _container(folder: Path, doc: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "_container.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def apply_edit(root: Path, e: tuple[Any, ...]) -> list[str]:
+    """Perform one edit on disk; return the paths a watcher would report."""
+    kind = e[0]
+    if kind == "meta":
+        folder = root / e[1] if e[1] else root
+        new = not folder.exists()
+        cfile = _container(folder, {"metadata": {"m": e[2], e[1] or "top": e[2]}})
+        return [str(folder), str(cfile)] if new else [str(cfile)]
+    if kind in ("new_sample", "new_sample_partial"):
+        group = root / e[1]
+        if not (group / "_container.json").exists():
+            return []
+        sample = group / e[2]
+        if sample.exists():
+            return []
+        paths = [str(sample), _container(sample, {"type": "sample", "metadata": {"s": e[2]}})]
+        if kind == "new_sample":
+            raw = sample / "raw"
+            raw.mkdir()
+            (raw / "_asset.json").write_text('{"type": "raw", "file": "data.csv"}')
+            (raw / "data.csv").write_text("1\n")
+            paths += [str(raw), str(raw / "_asset.json"), str(raw / "data.csv")]
+        return [str(p) for p in paths]
+    if kind == "delete_sample":
+        sample = root / e[1] / e[2]
+        if not sample.exists():
+            return []
+        shutil.rmtree(sample)
+        return [str(sample)]
+    if kind == "delete_asset":
+        raw = root / e[1] / e[2] / "raw"
+        if not raw.exists():
+            return []
+        shutil.rmtree(raw)
+        return [str(raw)]
+    if kind == "move_sample":
+        src, dst = root / e[1] / e[2], root / e[3] / (e[4] + "m")
+        if not src.exists() or dst.exists() or not dst.parent.exists():
+            return []
+        os.rename(src, dst)
+        return [str(src), str(dst)]
+    if kind in ("break", "fix"):
+        folder = root / e[1] / e[2] if e[1] else root
+        cfile = folder / "_container.json"
+        if not cfile.exists():
+            return []
+        if kind == "break":
+            cfile.write_text('{"metadata": {"broken": ')
+        else:
+            cfile.write_text(json.dumps({"metadata": {"fixed": True}}))
+        return [str(cfile)]
+    if kind == "break_scripts":
+        folder = root / e[1]
+        if not folder.is_dir():
+            return []
+        (folder / "_scripts.json").write_text('[{"script": 5}]')
+        return [str(folder / "_scripts.json")]
+    if kind == "both_files":
+        folder = root / e[1] / e[2]
+        if not (folder / "_container.json").exists():
+            return []
+        (folder / "_asset.json").write_text('{"file": "x"}')
+        return [str(folder / "_asset.json")]
+    if kind == "note":
+        folder = root / e[1]
+        if not folder.is_dir():
+            return []
+        note = folder / "_notes" / f"n{e[2]}.txt"
+        note.parent.mkdir(exist_ok=True)
+        note.write_text(f"note {e[2]}")
+        return [str(note)]
+    if kind == "unmark_group":
+        cfile = root / e[1] / "_container.json"
+        if not cfile.exists():
+            return []
+        cfile.unlink()
+        return [str(cfile)]
+    raise AssertionError(e)
+
+
+def base_tree(root: Path) -> None:
+    spec: dict[str, Any] = {"_container.json": {"metadata": {"top": 0, "m": 0}}}
+    for g in GROUPS[:2]:
+        spec[g] = {"_container.json": {"type": "group", "metadata": {g: 1}}}
+        for s in SAMPLES[:2]:
+            spec[g][s] = {
+                "_container.json": {"type": "sample"},
+                "raw": {"_asset.json": {"type": "raw", "file": "data.csv"}, "data.csv": "0\n"},
+            }
+    make_tree(root, spec)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(edit, min_size=1, max_size=8), st.booleans())
+def test_random_edits_update_equals_fresh_load(edits: list[tuple[Any, ...]], batched: bool) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "p"
+        base_tree(root)
+        index = Index.load(root)
+        pending: list[str] = []
+        for e in edits:
+            paths = apply_edit(root, e)
+            if batched:
+                pending += paths
+                continue
+            index.update(paths)
+            assert snapshot_index(index) == snapshot_index(Index.load(root)), e
+        if batched:
+            index.update(pending)
+            assert snapshot_index(index) == snapshot_index(Index.load(root))
