@@ -192,8 +192,8 @@ def run_project(
     if changed:
         # A run stale again right after it ran feeds itself through another run: report the
         # cycle once instead of looping.
-        for p, reasons in engine.stale(engine.plan()):
-            if p.key in ran and not p.blocked:
+        for p, reasons in engine.stale(p for p in engine.plan() if p.key in ran):
+            if not p.blocked:
                 report.outcomes.append(
                     Outcome(p, "cycle", reasons, message="stale again after it ran: a dependency cycle")
                 )

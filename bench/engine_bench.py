@@ -1,0 +1,845 @@
+"""Engine bench: ``thot run --changed`` reacting to one new sample, vs Snakemake.
+
+Issue: a 100 × 10 project (1,111 runs). After one new sample: the runs executed (3), the wall
+time of ``thot run --changed``, and the engine's own share (wall time minus the three
+scripts' run time). Side by side in the same run, Snakemake (installed by the bench into a
+throwaway venv under ``bench/.venvs/``) with an equivalent Snakefile reacting to the same
+change. Goals: the engine's share under 200 ms, and the whole reaction at least 5× faster
+than Snakemake's. Report the ratio.
+
+What it does:
+
+1. ``make_gs(G, S)`` twice (two identical trees, one per tool, under
+   ``bench/work/engine-<G>x<S>-<stamp>/``).
+2. thotd: ``thot --state X run --root P -j 2`` once (every run: G·S + G + 1 of them).
+   Snakemake: ``snakemake --cores 2`` once on the equivalent Snakefile (same count of jobs).
+3. ``--drops`` times: ``add_sample`` into a group of each tree (a new sample each time, the
+   same one on both sides; the order of the two sides alternates from drop to drop), then
+   time, as a subprocess from the parent (wall):
+
+   * ``thot --state X run --root P --changed --json`` — checks that exactly the three
+     expected runs executed (the sample's, its group's, the root's), all ``ok``; the engine's
+     share is wall minus the sum of the three runs' ``duration_s`` (each: spawn to exit of
+     the script's process, interpreter start-up included);
+   * ``snakemake --cores 2`` — checks it ran 3 jobs.
+
+   Both sides' ``summary.txt`` are compared with the expected summary computed in the bench
+   from the raw files (so a wrong or missing run shows up as a failed check).
+4. Prints a table of medians and writes ``bench/results/engine-<date-time>[-quick].json``.
+
+Snakemake's rules (``--snakemake-mode``): ``shell`` (default) runs each step as
+``<this python> step.py ...`` — one process per job, like thotd's runs, with the same tiny
+computation but *without* the Thot library (no index query, no asset file written); ``run``
+computes in ``run:`` blocks — which Snakemake 8's local executor runs by spawning a whole
+Snakemake process per job (``executors/local.py``: "run directive jobs are spawned into
+subprocesses"), so it is the slower of the two here (about 0.6 s per job).
+
+Usage::
+
+    python bench/engine_bench.py               # 100 x 10, 5 drops
+    python bench/engine_bench.py --quick       # 10 x 10, 3 drops
+    python bench/engine_bench.py --skip-snakemake
+    python bench/engine_bench.py --snakemake-mode run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = BENCH / "work"
+RESULTS = BENCH / "results"
+SMK_VENV = BENCH / ".venvs" / "snakemake"
+SNAKEMAKE_REQ = "snakemake==8.30.0"  # 8.x supports Python 3.11; pinned for comparable numbers
+
+sys.path.insert(0, str(BENCH))
+import gen  # noqa: E402
+
+# --- helpers shared with daemon_bench ------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for children: no PYTHON* / THOT_* leaking in from the caller."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "THOT_"))}
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "nproc": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": sys.version.split()[0],
+        "python_executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["mem_total_mb"] = int(line.split()[1]) // 1024
+                break
+        info["loadavg_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        pass
+    try:  # what was measured: the commit, and whether thotd/thot had local edits
+        info["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "thotd", "thot"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()
+        info["git_dirty_files"] = [line[3:] for line in dirty]
+    except OSError:
+        pass
+    return info
+
+
+def pick_drop(k: int, groups: int, samples: int) -> tuple[str, str]:
+    """The k-th new sample: spread over the groups, a fresh name each time."""
+    gw = len(str(max(groups - 1, 1)))
+    sw = max(3, len(str(max(samples - 1, 1))))
+    g = (k * 7) % groups
+    return f"group-{g:0{gw}d}", f"sample-{samples + k:0{sw}d}"
+
+
+Layout = dict[str, dict[str, list[float]]]  # group -> sample -> raw numbers
+
+
+def read_layout(project: Path) -> Layout:
+    """Every sample's raw numbers, read from the ``raw/data.csv`` files on disk."""
+    out: Layout = {}
+    for gdir in sorted(project.iterdir()):
+        if not gdir.name.startswith("group-") or not (gdir / "_container.json").exists():
+            continue
+        samples = out.setdefault(gdir.name, {})
+        for sdir in sorted(gdir.iterdir()):
+            data = sdir / "raw" / "data.csv"
+            if sdir.name.startswith("sample-") and data.exists():
+                rows = data.read_text(encoding="utf-8").split()
+                samples[sdir.name] = [float(x) for x in rows[1:] if x]
+    return out
+
+
+def summary_from_layout(layout: Layout) -> str:
+    """What ``summary.txt`` must hold for these raw numbers.
+
+    Mirrors ``bench/gen.py``'s three scripts (same order of sums, same float formatting,
+    numbers passing through ``repr`` text as they do between the scripts), so it is an oracle
+    independent of both tools.
+    """
+    out = []
+    grand = 0.0
+    n_samples = 0
+    for g in sorted(layout):
+        total = 0.0
+        for s in sorted(layout[g]):
+            nums = layout[g][s]
+            total += float(repr(sum(nums) / len(nums)))
+        out.append(f"{g} samples={len(layout[g])} sum={total!r}")
+        n_samples += len(layout[g])
+        grand += float(repr(total))
+    head = f"groups={len(out)} samples={n_samples} sum={grand!r}\n"
+    return head + "".join(line + "\n" for line in out)
+
+
+def expected_summary(project: Path) -> str:
+    """The expected ``summary.txt`` for the raw files now on disk."""
+    return summary_from_layout(read_layout(project))
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def pct(values: list[float], q: float) -> float:
+    """Percentile by linear interpolation (q in 0..100)."""
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    pos = (len(xs) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def med(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt(v: float | None, nd: int = 3, unit: str = "") -> str:
+    return "-" if v is None else f"{v:.{nd}f}{unit}"
+
+
+def write_result(name: str, quick: bool, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
+    out = RESULTS / f"{name}-{stamp}{'-quick' if quick else ''}.json"
+    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return out
+
+
+# --- thotd side ------------------------------------------------------------------------------
+
+
+def thot_cmd(state: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "thotd.cli", "--state", str(state), *args]
+
+
+@dataclass
+class ThotSide:
+    """A G×S tree run by ``thot run``; its state database beside it."""
+
+    work: Path
+    groups: int
+    samples: int
+    jobs: int = 2
+    project: Path = field(init=False)
+    state: Path = field(init=False)
+    full: dict[str, Any] = field(default_factory=dict)
+
+    def setup(self) -> None:
+        self.project = gen.make_gs(self.work / "tree", self.groups, self.samples)
+        self.state = self.work / "state" / "thot.db"
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+
+    def full_run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            thot_cmd(
+                self.state, "run", "--root", str(self.project), "-j", str(self.jobs), "--json"
+            ),
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+        )
+        wall = time.perf_counter() - t0
+        out: dict[str, Any] = {"wall_s": wall, "exit": proc.returncode}
+        try:
+            rep = json.loads(proc.stdout)
+            out.update(
+                counts=rep["counts"],
+                considered=rep["considered"],
+                elapsed_s=rep["elapsed_s"],
+                scripts_s=sum(r["duration_s"] for r in rep["runs"]),
+            )
+        except (json.JSONDecodeError, KeyError):
+            out["error"] = (proc.stderr or proc.stdout)[-2000:]
+        out["summary_ok"] = read_text(self.summary_file()) == expected_summary(self.project)
+        self.full = out
+        return out
+
+    def summary_file(self) -> Path:
+        return self.project / "summary" / "summary.txt"
+
+    def expected_keys(self, group: str, sample: str) -> set[tuple[str, str]]:
+        scripts = self.work / "tree" / "analysis"
+        return {
+            (str(self.project / group / sample), str(scripts / "sample.py")),
+            (str(self.project / group), str(scripts / "group.py")),
+            (str(self.project), str(scripts / "summary.py")),
+        }
+
+    def noop(self) -> dict[str, Any]:
+        """``thot run --changed`` with nothing stale: the engine's fixed cost alone."""
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            thot_cmd(self.state, "run", "--root", str(self.project), "--changed", "--json"),
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+        )
+        wall = time.perf_counter() - t0
+        try:
+            rep = json.loads(proc.stdout)
+            return {"wall_s": wall, "runs": len(rep["runs"]), "in_process_s": rep["elapsed_s"]}
+        except (json.JSONDecodeError, KeyError):
+            return {"wall_s": wall, "error": (proc.stderr or proc.stdout)[-2000:]}
+
+    def react(self, group: str, sample: str) -> dict[str, Any]:
+        gen.add_sample(self.project, group, sample)
+        expected = expected_summary(self.project)
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            thot_cmd(self.state, "run", "--root", str(self.project), "--changed", "--json"),
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+        )
+        wall = time.perf_counter() - t0
+        out: dict[str, Any] = {
+            "group": group,
+            "sample": sample,
+            "wall_s": wall,
+            "exit": proc.returncode,
+        }
+        try:
+            rep = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            out["error"] = (proc.stderr or proc.stdout)[-2000:]
+            out["ok"] = False
+            return out
+        runs = rep["runs"]
+        scripts = sum(r["duration_s"] for r in runs)
+        keys = {(r["container"], r["script"]) for r in runs}
+        out.update(
+            runs=len(runs),
+            run_list=[
+                {
+                    "container": r["container"],
+                    "script": os.path.basename(r["script"]),
+                    "status": r["status"],
+                    "duration_s": r["duration_s"],
+                    "reasons": r["reasons"],
+                }
+                for r in runs
+            ],
+            scripts_s=scripts,
+            engine_share_s=wall - scripts,
+            in_process_s=rep["elapsed_s"],
+            in_process_share_s=rep["elapsed_s"] - scripts,
+            considered=rep["considered"],
+            expected_runs=keys == self.expected_keys(group, sample) and len(runs) == 3,
+            all_ok=all(r["status"] == "ok" for r in runs),
+            summary_ok=read_text(self.summary_file()) == expected,
+        )
+        out["ok"] = out["expected_runs"] and out["all_ok"] and out["summary_ok"]
+        return out
+
+
+# --- Snakemake side ------------------------------------------------------------------------
+
+_SMK_SAMPLE = """\
+import sys
+name, src, dst = sys.argv[1:4]
+with open(src, encoding='utf-8') as f:
+    rows = f.read().split()
+nums = [float(x) for x in rows[1:] if x]
+with open(dst, 'w', encoding='utf-8') as f:
+    f.write('%s %d %r\\n' % (name, len(nums), sum(nums) / len(nums)))
+"""
+
+_SMK_GROUP = """\
+import sys
+name, dst, *srcs = sys.argv[1:]
+lines, total = [], 0.0
+for src in sorted(srcs):
+    with open(src, encoding='utf-8') as f:
+        sample, n, mean = f.read().split()
+    total += float(mean)
+    lines.append('%s %s' % (sample, mean))
+with open(dst, 'w', encoding='utf-8') as f:
+    f.write('%s samples=%d sum=%r\\n' % (name, len(srcs), total))
+    f.write(''.join(line + '\\n' for line in lines))
+"""
+
+_SMK_SUMMARY = """\
+import sys
+dst, *srcs = sys.argv[1:]
+out, grand, samples = [], 0.0, 0
+for src in sorted(srcs):
+    with open(src, encoding='utf-8') as f:
+        head = f.readline().split()
+    out.append(' '.join(head))
+    samples += int(head[1].split('=')[1])
+    grand += float(head[2].split('=')[1])
+with open(dst, 'w', encoding='utf-8') as f:
+    f.write('groups=%d samples=%d sum=%r\\n' % (len(srcs), samples, grand))
+    f.write(''.join(line + '\\n' for line in out))
+"""
+
+# The same three steps over the same layout; samples found with glob_wildcards, so a dropped
+# sample joins its group's inputs on the next invocation.
+_SNAKEFILE_HEAD = """\
+PY = config.get("python", "python")
+FOUND = glob_wildcards("project/{group}/{sample}/raw/data.csv")
+GROUPS = {}
+for g, s in zip(FOUND.group, FOUND.sample):
+    GROUPS.setdefault(g, []).append(s)
+
+wildcard_constraints:
+    group=r"group-[0-9]+",
+    sample=r"sample-[0-9]+"
+
+rule all:
+    input: "project/summary/summary.txt"
+
+"""
+
+_SNAKEFILE_SHELL = (
+    _SNAKEFILE_HEAD
+    + """\
+rule summary:
+    input: [f"project/{g}/group_stats/group_stats.txt" for g in sorted(GROUPS)]
+    output: "project/summary/summary.txt"
+    params: py=PY
+    shell: "{params.py} steps/summary.py {output} {input}"
+
+rule group:
+    input: lambda wc: [f"project/{wc.group}/{s}/stats/stats.txt" for s in sorted(GROUPS[wc.group])]
+    output: "project/{group}/group_stats/group_stats.txt"
+    params: py=PY
+    shell: "{params.py} steps/group.py {wildcards.group} {output} {input}"
+
+rule sample:
+    input: "project/{group}/{sample}/raw/data.csv"
+    output: "project/{group}/{sample}/stats/stats.txt"
+    params: py=PY
+    shell: "{params.py} steps/sample.py {wildcards.sample} {input} {output}"
+"""
+)
+
+_SNAKEFILE_RUN = (
+    _SNAKEFILE_HEAD
+    + """\
+rule summary:
+    input: [f"project/{g}/group_stats/group_stats.txt" for g in sorted(GROUPS)]
+    output: "project/summary/summary.txt"
+    run:
+        out, grand, samples = [], 0.0, 0
+        for src in sorted(input):
+            with open(src, encoding='utf-8') as f:
+                head = f.readline().split()
+            out.append(' '.join(head))
+            samples += int(head[1].split('=')[1])
+            grand += float(head[2].split('=')[1])
+        with open(output[0], 'w', encoding='utf-8') as f:
+            f.write('groups=%d samples=%d sum=%r\\n' % (len(input), samples, grand))
+            f.write(''.join(line + '\\n' for line in out))
+
+rule group:
+    input: lambda wc: [f"project/{wc.group}/{s}/stats/stats.txt" for s in sorted(GROUPS[wc.group])]
+    output: "project/{group}/group_stats/group_stats.txt"
+    run:
+        lines, total = [], 0.0
+        for src in sorted(input):
+            with open(src, encoding='utf-8') as f:
+                sample, n, mean = f.read().split()
+            total += float(mean)
+            lines.append('%s %s' % (sample, mean))
+        with open(output[0], 'w', encoding='utf-8') as f:
+            f.write('%s samples=%d sum=%r\\n' % (wildcards.group, len(input), total))
+            f.write(''.join(line + '\\n' for line in lines))
+
+rule sample:
+    input: "project/{group}/{sample}/raw/data.csv"
+    output: "project/{group}/{sample}/stats/stats.txt"
+    run:
+        with open(input[0], encoding='utf-8') as f:
+            rows = f.read().split()
+        nums = [float(x) for x in rows[1:] if x]
+        with open(output[0], 'w', encoding='utf-8') as f:
+            f.write('%s %d %r\\n' % (wildcards.sample, len(nums), sum(nums) / len(nums)))
+"""
+)
+
+SNAKEFILES = {"shell": _SNAKEFILE_SHELL, "run": _SNAKEFILE_RUN}
+_STEPS_RE = re.compile(r"(\d+) of (\d+) steps \(100%\) done")
+_JOB_RE = re.compile(r"^\s*(?:local)?rule (\w+):", re.M)
+
+
+def snakemake_bin() -> Path:
+    return SMK_VENV / "bin" / "snakemake"
+
+
+def ensure_snakemake() -> tuple[str | None, str | None]:
+    """Create the throwaway venv with Snakemake if missing. Returns (version, error)."""
+    exe = snakemake_bin()
+
+    def version() -> str | None:
+        if not exe.exists():
+            return None
+        p = subprocess.run([str(exe), "--version"], capture_output=True, text=True, env=clean_env())
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    v = version()
+    if v:
+        return v, None
+    print(f"creating {SMK_VENV} with {SNAKEMAKE_REQ} ...", flush=True)
+    try:
+        SMK_VENV.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(SMK_VENV)], check=True)
+        subprocess.run(
+            [str(SMK_VENV / "bin" / "python"), "-m", "pip", "install", "-q", SNAKEMAKE_REQ],
+            check=True,
+        )
+    except (subprocess.CalledProcessError, OSError) as exc:
+        return None, f"cannot install {SNAKEMAKE_REQ}: {exc}"
+    v = version()
+    return (v, None) if v else (None, f"{exe} does not run after install")
+
+
+@dataclass
+class SnakemakeSide:
+    """The same G×S tree driven by an equivalent Snakefile."""
+
+    work: Path
+    groups: int
+    samples: int
+    mode: str = "shell"
+    cores: int = 2
+    full: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def project(self) -> Path:
+        return self.work / "project"
+
+    def setup(self) -> None:
+        gen.make_gs(self.work, self.groups, self.samples)  # same raw files; Thot files ignored
+        steps = self.work / "steps"
+        steps.mkdir(exist_ok=True)
+        for name, text in (
+            ("sample.py", _SMK_SAMPLE),
+            ("group.py", _SMK_GROUP),
+            ("summary.py", _SMK_SUMMARY),
+        ):
+            (steps / name).write_text(text, encoding="utf-8")
+        (self.work / "Snakefile").write_text(SNAKEFILES[self.mode], encoding="utf-8")
+
+    def cmd(self) -> list[str]:
+        return [
+            str(snakemake_bin()),
+            "--cores",
+            str(self.cores),
+            "--snakefile",
+            str(self.work / "Snakefile"),
+            "--directory",
+            str(self.work),
+            "--config",
+            f"python={sys.executable}",
+        ]
+
+    def invoke(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            self.cmd(), capture_output=True, text=True, env=clean_env(), cwd=self.work
+        )
+        wall = time.perf_counter() - t0
+        text = proc.stdout + proc.stderr
+        # Jobs that did work: one "rule X:" block per job; the aggregate target `all` (a
+        # localrule with no action, counted in Snakemake's "N of M steps") is left out.
+        names = [n for n in _JOB_RE.findall(text) if n != "all"]
+        m = _STEPS_RE.findall(text)
+        steps = int(m[-1][0]) if m else (0 if "Nothing to be done" in text else None)
+        by_rule: dict[str, int] = {}
+        for n in names:
+            by_rule[n] = by_rule.get(n, 0) + 1
+        out: dict[str, Any] = {
+            "wall_s": wall,
+            "exit": proc.returncode,
+            "jobs": len(names),
+            "jobs_by_rule": by_rule,
+            "steps": steps,
+        }
+        if proc.returncode != 0:
+            out["error"] = text[-3000:]
+        return out
+
+    def full_run(self) -> dict[str, Any]:
+        out = self.invoke()
+        out["summary_ok"] = read_text(self.summary_file()) == expected_summary(self.project)
+        self.full = out
+        return out
+
+    def summary_file(self) -> Path:
+        return self.project / "summary" / "summary.txt"
+
+    def react(self, group: str, sample: str) -> dict[str, Any]:
+        gen.add_sample(self.project, group, sample)
+        expected = expected_summary(self.project)
+        out = self.invoke()
+        out.update(
+            group=group, sample=sample, summary_ok=read_text(self.summary_file()) == expected
+        )
+        out["ok"] = (
+            out["exit"] == 0
+            and out["summary_ok"]
+            and out["jobs_by_rule"] == {"sample": 1, "group": 1, "summary": 1}
+        )
+        return out
+
+
+def snakemake_reaction(
+    work: Path,
+    groups: int,
+    samples: int,
+    drops: int,
+    *,
+    mode: str = "shell",
+    cores: int = 2,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Set up a Snakemake side, run it fully, then time ``drops`` reactions (for daemon_bench)."""
+    version, err = ensure_snakemake()
+    if err:
+        return {"available": False, "error": err}
+    side = SnakemakeSide(work, groups, samples, mode=mode, cores=cores)
+    side.setup()
+    log(f"snakemake {version}: full run of {groups * samples + groups + 1} jobs ...")
+    full = side.full_run()
+    log(f"  full run: {full['wall_s']:.1f} s, {full['jobs']} jobs, exit {full['exit']}")
+    if full["exit"] != 0:
+        return {"available": False, "version": version, "error": full.get("error"), "full": full}
+    reacts = []
+    for k in range(drops):
+        g, s = pick_drop(k, groups, samples)
+        r = side.react(g, s)
+        reacts.append(r)
+        log(
+            f"  drop {k + 1}: snakemake {r['wall_s']:.3f} s, {r['jobs']} jobs"
+            + ("" if r["ok"] else "  CHECK FAILED")
+        )
+    walls = [r["wall_s"] for r in reacts]
+    return {
+        "available": True,
+        "version": version,
+        "mode": mode,
+        "cores": cores,
+        "full": full,
+        "drops": reacts,
+        "wall_s_median": med(walls),
+        "wall_s_min": min(walls),
+        "all_ok": all(r["ok"] for r in reacts),
+    }
+
+
+def baseline(repeat: int = 5) -> dict[str, Any]:
+    """Fixed costs any process-per-invocation tool pays here: interpreter start-up, and
+    start-up plus the imports ``thot run`` needs."""
+
+    def timed(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
+        return time.perf_counter() - t0
+
+    imports = "import thotd.cli, thotd.runner, thotd.engine, thotd.index, thotd.state"
+    return {
+        "python_start_s_median": med([timed("pass") for _ in range(repeat)]),
+        "python_thotd_imports_s_median": med([timed(imports) for _ in range(repeat)]),
+    }
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--groups", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--drops", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=2, help="-j of the initial full thot run")
+    ap.add_argument("--quick", action="store_true", help="10 x 10 project, 3 drops")
+    ap.add_argument("--skip-snakemake", action="store_true")
+    ap.add_argument("--snakemake-mode", choices=sorted(SNAKEFILES), default="shell")
+    ap.add_argument("--keep", action="store_true", help="keep the generated trees")
+    ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.groups, args.samples, args.drops = 10, 10, 3
+
+    G, S = args.groups, args.samples
+    n_runs = G * S + G + 1
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    work = WORK / f"engine-{G}x{S}-{stamp}"
+    work.mkdir(parents=True)
+    machine = machine_info()
+    rc = 0
+    try:
+        thot = ThotSide(work / "thot", G, S, jobs=args.jobs)
+        thot.setup()
+        print(f"thot: full run of {n_runs} runs (-j {args.jobs}) on {thot.project} ...", flush=True)
+        full = thot.full_run()
+        print(
+            f"  full run: {full['wall_s']:.1f} s, {full.get('counts')}, summary "
+            f"{'ok' if full['summary_ok'] else 'WRONG'}",
+            flush=True,
+        )
+        if full.get("error"):
+            print(full["error"], file=sys.stderr)
+
+        smk: SnakemakeSide | None = None
+        smk_version = smk_error = None
+        if not args.skip_snakemake:
+            smk_version, smk_error = ensure_snakemake()
+            if smk_error:
+                print(f"snakemake unavailable: {smk_error}", flush=True)
+            else:
+                smk = SnakemakeSide(work / "snakemake", G, S, mode=args.snakemake_mode)
+                smk.setup()
+                print(
+                    f"snakemake {smk_version} ({args.snakemake_mode} rules): full run of "
+                    f"{n_runs} jobs (--cores 2) ...",
+                    flush=True,
+                )
+                sf = smk.full_run()
+                print(
+                    f"  full run: {sf['wall_s']:.1f} s, {sf['jobs']} jobs, exit {sf['exit']}, "
+                    f"summary {'ok' if sf['summary_ok'] else 'WRONG'}",
+                    flush=True,
+                )
+                if sf["exit"] != 0:
+                    smk_error = f"full run failed: {sf.get('error')}"
+                    print(smk_error, flush=True)
+                    smk = None
+
+        ours: list[dict[str, Any]] = []
+        theirs: list[dict[str, Any]] = []
+        for k in range(args.drops):
+            g, s = pick_drop(k, G, S)
+            order = ["thot", "smk"] if k % 2 == 0 else ["smk", "thot"]
+            parts = {"thot": "", "smk": ""}
+            for side in order:
+                if side == "thot":
+                    r = thot.react(g, s)
+                    ours.append(r)
+                    parts["thot"] = (
+                        f" thot {r['wall_s']:.3f} s wall, {r.get('runs')} runs, "
+                        f"engine {fmt(r.get('engine_share_s'))} s"
+                        + ("" if r["ok"] else " CHECK FAILED")
+                    )
+                elif smk is not None:
+                    r = smk.react(g, s)
+                    theirs.append(r)
+                    parts["smk"] = f" | snakemake {r['wall_s']:.3f} s, {r['jobs']} jobs" + (
+                        "" if r["ok"] else " CHECK FAILED"
+                    )
+            print(
+                f"  drop {k + 1} ({g}/{s}, {order[0]} first):{parts['thot']}{parts['smk']}",
+                flush=True,
+            )
+            for r in ours[-1:]:
+                if not r["ok"]:
+                    print(json.dumps(r, indent=2), file=sys.stderr)
+
+        noops = [thot.noop() for _ in range(3)]
+        base = baseline()
+        good = [r for r in ours if "engine_share_s" in r]
+        summ: dict[str, Any] = {
+            "wall_s_median": med([r["wall_s"] for r in good]),
+            "wall_s_min": min((r["wall_s"] for r in good), default=None),
+            "scripts_s_median": med([r["scripts_s"] for r in good]),
+            "engine_share_s_median": med([r["engine_share_s"] for r in good]),
+            "engine_share_s_max": max((r["engine_share_s"] for r in good), default=None),
+            "in_process_share_s_median": med([r["in_process_share_s"] for r in good]),
+            "runs_executed": [r.get("runs") for r in ours],
+            "noop_wall_s_median": med([r["wall_s"] for r in noops]),
+            "noop_runs": [r.get("runs") for r in noops],
+            "noop": noops,
+            **base,
+            "all_ok": bool(ours) and all(r["ok"] for r in ours),
+        }
+        smk_summ: dict[str, Any] | None = None
+        ratio = None
+        if smk is not None and theirs:
+            smk_summ = {
+                "version": smk_version,
+                "mode": args.snakemake_mode,
+                "wall_s_median": med([r["wall_s"] for r in theirs]),
+                "wall_s_min": min(r["wall_s"] for r in theirs),
+                "jobs": [r["jobs"] for r in theirs],
+                "all_ok": all(r["ok"] for r in theirs),
+            }
+            if summ["wall_s_median"]:
+                ratio = smk_summ["wall_s_median"] / summ["wall_s_median"]
+
+        # --- table ---------------------------------------------------------------------
+        print()
+        print(f"project: {G} x {S} ({n_runs} runs), {args.drops} drops, medians")
+        head = (
+            f"{'tool':<28}{'runs/jobs':>10}{'wall s':>9}{'scripts s':>11}"
+            f"{'own share s':>13}{'full run s':>12}{'ratio':>8}"
+        )
+        print(head)
+        print("-" * len(head))
+        print(
+            f"{'thot run --changed':<28}{str(sorted(set(summ['runs_executed']))):>10}"
+            f"{fmt(summ['wall_s_median']):>9}{fmt(summ['scripts_s_median']):>11}"
+            f"{fmt(summ['engine_share_s_median']):>13}{full['wall_s']:>12.1f}{'1.0x':>8}"
+        )
+        if smk_summ:
+            label = f"snakemake {smk_version} ({args.snakemake_mode})"
+            print(
+                f"{label:<28}{str(sorted(set(smk_summ['jobs']))):>10}"
+                f"{fmt(smk_summ['wall_s_median']):>9}{'-':>11}{'-':>13}"
+                f"{smk.full['wall_s'] if smk else 0:>12.1f}{fmt(ratio, 1, 'x'):>8}"
+            )
+        elif not args.skip_snakemake:
+            print(f"{'snakemake':<28} NOT MEASURED: {smk_error}")
+        print(
+            "wall: the whole `thot run --changed` process (interpreter start, imports, index "
+            "load, staleness, the runs); scripts: sum of the 3 runs' durations; own share = "
+            "wall - scripts."
+        )
+        print(
+            f"own share, broken down: in-process run_project minus scripts "
+            f"{fmt(summ['in_process_share_s_median'])} s; `thot run --changed` with nothing "
+            f"stale {fmt(summ['noop_wall_s_median'])} s (runs: {summ['noop_runs']}); "
+            f"python start-up {fmt(summ['python_start_s_median'])} s, + thotd imports "
+            f"{fmt(summ['python_thotd_imports_s_median'])} s"
+        )
+
+        goals: dict[str, bool] = {
+            "three_runs_each_drop": all(
+                r.get("runs") == 3 and r.get("expected_runs") for r in ours
+            ),
+            "noop_runs_nothing": all(r.get("runs") == 0 for r in noops),
+            "results_correct": summ["all_ok"] and bool(full["summary_ok"]),
+            "engine_share_under_200ms": summ["engine_share_s_median"] is not None
+            and summ["engine_share_s_median"] < 0.2,
+        }
+        if ratio is not None:
+            goals["at_least_5x_faster_than_snakemake"] = ratio >= 5.0
+        print("goals: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in goals.items()))
+        if ratio is None and not args.skip_snakemake:
+            print("ratio goal: not measured (snakemake unavailable)")
+        rc = 0 if all(goals.values()) else 1
+
+        if not args.no_save:
+            out = write_result(
+                "engine",
+                args.quick,
+                {
+                    "bench": "engine",
+                    "date": dt.datetime.now().isoformat(timespec="seconds"),
+                    "project": {"groups": G, "samples": S, "runs": n_runs, "work": str(work)},
+                    "drops": args.drops,
+                    "machine": machine,
+                    "thot": {"full": full, "drops": ours, **summ},
+                    "snakemake": smk_summ
+                    and {**smk_summ, "full": smk.full if smk else None, "drops": theirs},
+                    "snakemake_error": smk_error,
+                    "ratio_wall_median": ratio,
+                    "goals": goals,
+                },
+            )
+            print(f"wrote {out}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
