@@ -86,6 +86,8 @@ def _opt_str(obj: dict[str, Any], key: str) -> None:
         raise _Defer(key)
 
 
+# Built once: json.loads with any keyword builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _COMMON = ("name", "type", "description")
 _ASSET_ONLY = ("file", "creator", "creator_type")
 
@@ -157,7 +159,7 @@ def fast_load(filename: str, data: bytes) -> Any:
     """The strict reader alone: a props dict (a list of them for ``_scripts.json``), or
     ``None`` when the models must decide."""
     try:
-        raw = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        raw = _DECODER.decode(data.decode("utf-8"))
         if filename == SCRIPTS_FILE:
             if not isinstance(raw, list):
                 return None
