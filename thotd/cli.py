@@ -164,7 +164,8 @@ def cmd_tree(args: argparse.Namespace) -> int:
         inner = prefix + ("" if top else ("    " if last else "│   "))
         for s in n.scripts:
             flag = "" if s["autorun"] else " (manual)"
-            print(f"{inner}  ⚙ {os.path.relpath(s['script'], nid)} p={s['priority']:g}{flag}")
+            shown = "root:/" + os.path.relpath(s["script"], index.root)  # as written in files
+            print(f"{inner}  ⚙ {shown} p={s['priority']:g}{flag}")
         kids = [c for c in n.entries if c in index.nodes]
         for i, c in enumerate(kids):
             show(c, inner, i == len(kids) - 1, False)
