@@ -312,8 +312,10 @@ class ControlServer:
             os.chmod(path, 0o600)
             st = path.lstat()
             self._inode = (st.st_dev, st.st_ino)
+            # backlog: asyncio's default (100) is soon full when many clients connect at
+            # once, and a client with a timeout then fails with EAGAIN instead of waiting.
             self._server = await asyncio.start_unix_server(
-                self._on_connect, sock=sock, limit=MAX_LINE
+                self._on_connect, sock=sock, limit=MAX_LINE, backlog=socket.SOMAXCONN
             )
         except BaseException:
             sock.close()

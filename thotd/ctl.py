@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Paths that are not UTF-8 reach us as surrogate escapes: print their original bytes
+    # rather than fail (what Python already does under the C locale).
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
@@ -68,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RpcError as exc:
         print(f"thotctl: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
-    except (BrokenPipeError, KeyboardInterrupt):
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)  # the reader left (| head): not an error
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
         return EXIT_FAIL
 
 

@@ -26,11 +26,15 @@ from thotd import notify
 from thotd.config import Config
 from thotd.engine import Engine, Planned, RunKey
 from thotd.index import Index, NotAProject, norm
-from thotd.proc import RunSpec, run_async, script_env
+from thotd.proc import RunSpec, end_leftovers, run_async, script_env
+from thotd.record import stat_of
 from thotd.state import Store
 from thotd.watch import Batch, Watcher
 
 log = structlog.get_logger("thotd")
+
+#: Triggers that queue a run whatever its staleness; a file event must not undo them.
+FORCED_TRIGGERS = ("rerun", "schedule", "retry")
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Project:
     attempts: dict[RunKey, int] = field(default_factory=dict)  # failures, for retry backoff
     script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
     schedule_errors: dict[RunKey, str] = field(default_factory=dict)  # bad crontab lines
+    cycles: dict[RunKey, Any] = field(default_factory=dict)  # runs that rewrite their inputs
 
     @property
     def index(self) -> Index | None:
@@ -71,6 +76,21 @@ class Project:
             return False
         self.plan = {p.key: p for p in plan}
         return True
+
+
+def _input_state(engine: Engine, key: RunKey) -> list[Any]:
+    """A run's inputs as they are now (script, consumed objects and data files, the answers
+    to its queries): what a run caught in a cycle is held on until someone changes it."""
+    row = engine.rows.get(key)
+    record = (row.record if row else None) or {}
+    state: list[Any] = [stat_of(key[1])]
+    for oid, info in sorted(record.get("consumed", {}).items()):
+        node = engine.index.nodes.get(oid)
+        fp = engine.index.fingerprint(oid) if node is not None and node.valid else None
+        state.append((oid, fp, stat_of((node.file if node else None) or info.get("file"))))
+    for q in record.get("queries", []):
+        state.append(engine._current_ids(key[0], q["kind"], q["search"]))
+    return state
 
 
 def schedule_job_id(root: str, key: RunKey) -> str:
@@ -201,6 +221,10 @@ class Daemon:
             return proj
         proj.error = None
         proj.engine = Engine(index, self.store)
+        cut = [row.log + ".record" for row in proj.engine.rows.values()
+               if row.status == "running" and row.log]
+        if cut and await asyncio.to_thread(end_leftovers, cut):
+            log.warning("ended the processes of runs cut off by the last stop", project=root)
         proj.replan()
         try:
             self.watcher.add(root)
@@ -303,8 +327,12 @@ class Daemon:
                 node = index.nodes.get(cur)
                 cur = node.parent if node else None
         below = [c for c in subtree_of if c in index.nodes and index.nodes[c].kind == "container"]
-        for c in below:
-            wanted.update(n.id for n in index.walk(c, include_invalid=True) if n.kind == "container")
+        walked: set[str] = set()
+        for c in sorted(below, key=len):  # an ancestor's walk covers its added descendants
+            if c not in walked:
+                ids = [n.id for n in index.walk(c, include_invalid=True) if n.kind == "container"]
+                walked.update(ids)
+                wanted.update(ids)
         return [p for k, p in proj.plan.items() if k[0] in wanted]
 
     def check_runs(self, proj: Project, planned: list[Planned], trigger: str) -> None:
@@ -318,7 +346,15 @@ class Daemon:
             assoc_auto = self._autorun(proj, p.key)
             if not assoc_auto or p.key in proj.running:
                 continue
+            if p.key in proj.queue and proj.queue[p.key][1] in FORCED_TRIGGERS:
+                continue  # asked for (rerun, schedule, retry): runs whether stale or not
             reasons = proj.engine.reasons(p.key)
+            if reasons and p.key in proj.cycles:
+                # A run that changes its own inputs: hold it while they are as it left them
+                # (its own writes arrive here as events); a change by anyone else runs it.
+                if proj.cycles[p.key] == _input_state(proj.engine, p.key):
+                    continue
+                del proj.cycles[p.key]
             if reasons:
                 proj.queue[p.key] = (reasons, trigger)
             else:
@@ -375,7 +411,7 @@ class Daemon:
 
     def _autorun_or_forced(self, proj: Project, key: RunKey) -> bool:
         trigger = proj.queue[key][1]
-        return trigger in ("rerun", "schedule", "retry") or self._autorun(proj, key)
+        return trigger in FORCED_TRIGGERS or self._autorun(proj, key)
 
     def _ready(self, proj: Project, p: Planned, busy: set[RunKey]) -> bool:
         """No queued or running run below its container, nor earlier in its container."""
@@ -447,8 +483,10 @@ class Daemon:
                     log.warning("run is stale again right after running: a cycle; not rerun",
                                 reasons=again)
                     proj.reruns.pop(p.key, None)
+                    proj.cycles[p.key] = _input_state(proj.engine, p.key)
             else:
                 proj.reruns.pop(p.key, None)
+                proj.cycles.pop(p.key, None)
             keys = [q for q in self._candidates(proj, owners) if q.key != p.key]
             self.check_runs(proj, keys, trigger="files changed")
             notify.status(self.status_line())
@@ -543,6 +581,12 @@ class Daemon:
                 notify.watchdog_ping()
             else:
                 log.error("watch observer died; not pinging the watchdog")
+            for proj in self.projects.values():
+                # A root moved away sends no event (inotify's IN_MOVE_SELF is not passed on).
+                if proj.engine is not None and not proj.error and not os.path.isdir(proj.root):
+                    proj.error = (f"project folder {proj.root} is gone (deleted or moved); "
+                                  "it is kept registered")
+                    log.error("project folder missing", project=proj.root)
             notify.status(self.status_line())
 
     # ------------------------------------------------------------------ status

@@ -52,6 +52,18 @@ class Planned:
         return self.key[1]
 
 
+def _not_utf8(*paths: str) -> str | None:
+    """Why a run cannot be recorded: a path that is not UTF-8 (its bytes are kept as
+    surrogate escapes, which the state database cannot store)."""
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            return f"waiting for a rename: {shown} is not a UTF-8 name"
+    return None
+
+
 def content_hash(path: str) -> str | None:
     h = hashlib.blake2b(digest_size=16)
     try:
@@ -142,7 +154,7 @@ class Engine:
                         order=len(out),
                         depth=node.id.count(os.sep) - root_depth,
                         schedule=assoc.get("schedule"),
-                        blocked=blocked,
+                        blocked=blocked or _not_utf8(node.id, assoc["script"]),
                     )
                 )
         return out

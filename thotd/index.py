@@ -100,6 +100,23 @@ def _read(path: str) -> bytes:
         return fh.read()
 
 
+def _outermost(folders: Iterable[str]) -> list[list[str]]:
+    """The folders none of which is below another, as sorted lists of path parts."""
+    kept: list[list[str]] = []
+    for parts in sorted(f.split(os.sep) for f in folders):
+        if kept and parts[: len(kept[-1])] == kept[-1]:
+            continue
+        kept.append(parts)
+    return kept
+
+
+def _covered(folder: str, outer: list[list[str]]) -> bool:
+    """Whether ``folder`` is strictly below one of ``outer`` (see :func:`_outermost`)."""
+    parts = folder.split(os.sep)
+    i = bisect.bisect_right(outer, parts) - 1
+    return i >= 0 and len(outer[i]) < len(parts) and parts[: len(outer[i])] == outer[i]
+
+
 def _read_notes(folder: str) -> list[dict[str, Any]]:
     notes: list[dict[str, Any]] = []
     try:
@@ -333,8 +350,13 @@ class Index:
                 changes.data.update(self.by_file[p])
         for raw in rescan:
             todo[norm(raw)] = True
+        # A folder below one that is rescanned whole is covered by that rescan: a new deep
+        # tree reports every level, and rescanning each would cost depth² reads.
+        whole = _outermost(f for f, full in todo.items() if full)
         for folder in sorted(todo, key=lambda f: f.count(os.sep)):
             if folder != self.root and not folder.startswith(self.root + os.sep):
+                continue
+            if _covered(folder, whole):
                 continue
             self._sync(folder, todo[folder], changes)
         for nid in list(changes.data):

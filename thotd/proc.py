@@ -67,6 +67,7 @@ __all__ = [
     "ProcResult",
     "RunSpec",
     "ScriptError",
+    "end_leftovers",
     "interpreter_for",
     "run_async",
     "run_sync",
@@ -265,6 +266,43 @@ def _group_alive(pgid: int) -> bool:
         if fields[0] not in (b"Z", b"X"):
             return True
     return not found_member
+
+
+def end_leftovers(record_paths: list[str], grace_s: float = 1.0) -> int:
+    """End what is left of runs whose daemon died without seeing them finish (``kill -9``).
+
+    Their processes live on in their own sessions and would keep writing into the project
+    while the same runs start again. A run's processes are found by ``THOT_RECORD`` in their
+    environment (a path unique to the run); their process groups get SIGTERM, ``grace_s``,
+    then SIGKILL. Linux (``/proc``) only; elsewhere nothing is found. Returns the number of
+    groups ended.
+    """
+    wanted = {f"THOT_RECORD={p}".encode(errors="surrogateescape") for p in record_paths}
+    if not wanted:
+        return 0
+    groups: set[int] = set()
+    try:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            if wanted.intersection(env):
+                groups.add(os.getpgid(pid))
+        except (OSError, ProcessLookupError):
+            continue
+    groups.discard(os.getpgrp())
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+        _signal_group(pgid, signal.SIGCONT)
+    deadline = time.monotonic() + grace_s
+    while any(_group_alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
+    return len(groups)
 
 
 def _log_header(spec: RunSpec, when: float) -> bytes:

@@ -22,7 +22,7 @@ def stat_of(path: str | None) -> list[int] | None:
         return None
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a path a script wrote down
         return None
     return [st.st_size, st.st_mtime_ns]
 
@@ -71,18 +71,21 @@ class RunRecord:
     queries: list[Query] = field(default_factory=list)
     consumed: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {fp, file, stat}
     outputs: dict[str, str] = field(default_factory=dict)  # asset id -> data file
+    damaged: bool = False  # a line could not be understood: some inputs may be unknown
 
     @property
     def opaque(self) -> bool:
-        """True when a query cannot be asked again (a callable in it) or the script never
-        used the library: then anything in the container's subtree is an input."""
-        return not self.used_library or any(q.opaque for q in self.queries)
+        """True when a query cannot be asked again (a callable in it), the script never
+        used the library, or its record is damaged: then anything in the container's
+        subtree is an input."""
+        return not self.used_library or self.damaged or any(q.opaque for q in self.queries)
 
 
 def read_record(path: str) -> RunRecord:
     rec = RunRecord()
     try:
-        with open(path, encoding="utf-8") as fh:
+        # The script writes this file: it may hold anything, and must not break the caller.
+        with open(path, encoding="utf-8", errors="replace") as fh:
             lines = fh.readlines()
     except OSError:
         return rec
@@ -90,19 +93,42 @@ def read_record(path: str) -> RunRecord:
         try:
             ev = json.loads(line)
         except ValueError:
-            continue  # a line cut by a crash: the run failed anyway
+            rec.damaged = True  # a line cut by a crash (the run failed anyway), or garbage
+            continue
+        if not isinstance(ev, dict):
+            rec.damaged = True
+            continue
         kind = ev.get("event")
         if kind == "library":
             rec.used_library = True
         elif kind == "query":
             rec.used_library = True
-            rec.queries.append(Query(ev["kind"], ev["search"], bool(ev["opaque"]), list(ev["ids"])))
+            if not _valid_query(ev):
+                rec.damaged = True
+                continue
+            rec.queries.append(Query(ev["kind"], ev.get("search"), bool(ev.get("opaque")),
+                                     list(ev["ids"])))
             for oid, info in ev.get("objects", {}).items():
                 rec.consumed.setdefault(oid, info)
         elif kind == "output":
             rec.used_library = True
+            if not (isinstance(ev.get("id"), str) and isinstance(ev.get("file"), str)):
+                rec.damaged = True
+                continue
             rec.outputs[ev["id"]] = ev["file"]
     # A run's own outputs are not its inputs, even when a query returned them.
     for oid in rec.outputs:
         rec.consumed.pop(oid, None)
     return rec
+
+
+def _valid_query(ev: dict[str, Any]) -> bool:
+    ids, objects, search = ev.get("ids"), ev.get("objects", {}), ev.get("search")
+    return (
+        ev.get("kind") in ("container", "asset")
+        and (search is None or isinstance(search, dict))
+        and isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+        and isinstance(objects, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("file"), str | None)
+                and isinstance(v.get("stat"), list | None) for v in objects.values())
+    )

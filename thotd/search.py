@@ -39,7 +39,10 @@ def lookup(obj: Any, dotted: str) -> Any:
                 return _MISSING
             cur = cur[part]
         elif isinstance(cur, list | tuple) and part.lstrip("-").isdigit():
-            idx = int(part)
+            try:  # "--1", "²" and 5000-digit parts pass isdigit() but are no index
+                idx = int(part)
+            except ValueError:
+                return _MISSING
             if not -len(cur) <= idx < len(cur):
                 return _MISSING
             cur = cur[idx]

@@ -88,6 +88,7 @@ from typing import Any
 
 import structlog
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
@@ -116,6 +117,7 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirDeletedEvent,
     FileModifiedEvent,
     FileAttribEvent,
+    DirAttribEvent,  # a folder made unreadable (chmod 000), or readable again
     FileMovedEvent,
     DirMovedEvent,
     FileClosedEvent,
@@ -366,6 +368,45 @@ try:  # Linux: hook watchdog's overflow recovery so that we learn about lost eve
     def _make_inotify_observer(on_overflow: Callable[[str], None]) -> BaseObserver:
         return _InotifyObserver(on_overflow)
 
+    if sys.version_info < (3, 12):
+        # watchdog walks new folders with os.walk on its inotify reader thread, and before
+        # 3.12 os.walk recurses once per level: a tree ~1000 levels deep raised
+        # RecursionError there and killed the one thread reading events for every project.
+        # Its module gets an os whose walk is iterative (the same walk 3.12 has).
+        import types
+
+        import watchdog.observers.inotify as _wd_inotify
+
+        def _iterative_walk(top: Any, topdown: bool = True, onerror: Any = None,
+                            followlinks: bool = False) -> Any:
+            stack = [top]
+            while stack:
+                path = stack.pop()
+                try:
+                    with os.scandir(path) as it:
+                        entries = list(it)
+                except OSError as exc:
+                    if onerror is not None:
+                        onerror(exc)
+                    continue
+                dirs, files = [], []
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (dirs if is_dir else files).append(entry.name)
+                yield path, dirs, files  # the caller may prune dirs, as with os.walk
+                for name in reversed(dirs):
+                    sub = os.path.join(path, name)
+                    if followlinks or not os.path.islink(sub):
+                        stack.append(sub)
+
+        _os_for_watchdog = types.ModuleType("os")
+        _os_for_watchdog.__dict__.update(os.__dict__)
+        _os_for_watchdog.walk = _iterative_walk  # type: ignore[attr-defined]
+        _wd_inotify.os = _os_for_watchdog  # type: ignore[attr-defined]
+
     _native_observer_factory = _make_inotify_observer
     NATIVE_MODE = "inotify"
 except Exception:  # not Linux, or a libc without inotify
@@ -554,6 +595,9 @@ class Watcher:
         dead thread (nothing reports events any more) should trip the systemd watchdog.
         """
         if self._closed:
+            return False
+        reader = getattr(self._native, "_inotify_fd", None)  # the thread reading inotify
+        if reader is not None and not reader.is_alive():
             return False
         return all(o.is_alive() for o in (self._native, self._polling) if o is not None)
 
