@@ -46,7 +46,6 @@ on its event loop.  Both follow the same rules (CONVENTIONS.md, "Running scripts
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import os
@@ -60,7 +59,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "STRIPPED_ENV",
@@ -646,13 +648,15 @@ def run_sync(spec: RunSpec, cancel: threading.Event | None = None) -> ProcResult
 async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcResult:
     """Run ``spec`` on the running event loop and return its result.
 
-    Uses ``asyncio.create_subprocess_exec``; the loop's child watcher reports the exit (in
-    3.11 the default ``ThreadedChildWatcher`` parks one blocking ``waitpid`` thread per
+    Uses ``asyncio.create_subprocess_exec`` (asyncio is imported here: ``thot run`` never
+    needs it); the loop's child watcher reports the exit (in 3.11 the default ``ThreadedChildWatcher`` parks one blocking ``waitpid`` thread per
     child; a daemon wanting none can install ``PidfdChildWatcher``).  Setting ``cancel``
     stops the run with status ``"killed"``.  If the awaiting task itself is cancelled, the
     group is stopped the same way (a second cancellation during the grace period skips
     straight to SIGKILL) and ``CancelledError`` propagates.
     """
+    import asyncio
+
     run = _Run(spec)
     prepared = run.prepare()
     if isinstance(prepared, ProcResult):
