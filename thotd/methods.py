@@ -60,6 +60,11 @@ def _project_for(daemon: Daemon, path: str) -> Project:
     return best
 
 
+def _targets(daemon: Daemon, path: str | None) -> list[Project]:
+    """The project holding ``path``, or every project when no path is given."""
+    return [_project_for(daemon, path)] if path else list(daemon.projects.values())
+
+
 def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "root": proj.root, "paused": proj.paused, "error": proj.error,
@@ -148,7 +153,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
 
     async def _pause(params: dict[str, Any], paused: bool) -> Any:
         path = _param(params, "path", str, None)
-        targets = [_project_for(daemon, path)] if path else list(daemon.projects.values())
+        targets = _targets(daemon, path)
         for proj in targets:
             proj.paused = paused
             daemon.store.set_paused(proj.root, paused)
@@ -194,7 +199,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
     @method("plan")
     async def plan(params: dict[str, Any], conn: Connection) -> Any:
         path = _param(params, "path", str, None)
-        targets = [_project_for(daemon, path)] if path else list(daemon.projects.values())
+        targets = _targets(daemon, path)
         out = []
         for proj in targets:
             if proj.engine is None:
@@ -221,7 +226,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
     @method("rerun")
     async def rerun(params: dict[str, Any], conn: Connection) -> Any:
         path = _param(params, "path", str, None)
-        targets = [_project_for(daemon, path)] if path else list(daemon.projects.values())
+        targets = _targets(daemon, path)
         queued = []
         for proj in targets:
             start = norm(path) if path else proj.root
