@@ -202,7 +202,7 @@ def why_info(engine: Any, path: str) -> dict[str, Any]:
     node = engine.index.nodes.get(target)
     if node is None:
         owner = engine.index.owner_container(target)
-        assets = [i for i, n in engine.index.nodes.items() if n.file == target]
+        assets = sorted(engine.index.by_file.get(target, ()))  # a data file: its asset
         if assets:
             target, node = assets[0], engine.index.nodes[assets[0]]
         elif owner is None:

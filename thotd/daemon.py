@@ -403,7 +403,7 @@ class Daemon:
                 if p.blocked or not self._ready(proj, p, busy):
                     continue
                 reasons, trigger = proj.queue.pop(key)
-                if trigger in ("files changed", "catch-up after start", "script changed"):
+                if trigger not in FORCED_TRIGGERS:
                     reasons = proj.engine.reasons(key)
                     if not reasons:
                         continue  # obsolete: the change was undone before it ran

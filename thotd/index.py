@@ -144,7 +144,6 @@ class Index:
         self.root = norm(root)
         self.nodes: dict[str, Node] = {}
         self.by_file: dict[str, set[str]] = {}  # data file -> asset ids that point at it
-        self.hidden: str | None = None  # with a focus load: the ancestors are chain-only
         # Bumped whenever containers (their scripts, their order) or object errors change:
         # the run plan depends on nothing else, so it is rebuilt only when this moves.
         self.shape = next(_SHAPES)
@@ -188,7 +187,6 @@ class Index:
             raise NotAProject(f"{focus} is not a Thot container (no {CONTAINER_FILE})")
         for folder in [idx.root, *reversed(chain[1:])]:
             idx.nodes[folder].entries = [c for c in chain if os.path.dirname(c) == folder]
-        idx.hidden = focus
         return idx
 
     def _read_object(self, folder: str, parent: str | None) -> tuple[Node | None, list[str]]:

@@ -145,30 +145,6 @@ def _json_error(path: str, data: bytes) -> ObjectError:
     return ObjectError(path, None, "invalid JSON")
 
 
-def unknown_keys(filename: str, data: bytes) -> list[str]:
-    """Top-level keys that no model field knows: likely typos (``tgas``), shown as warnings."""
-    try:
-        raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return []
-    items = raw if isinstance(raw, list) else [raw]
-    fields: set[str]
-    if filename == SCRIPTS_FILE:
-        fields = set(ScriptAssociation.model_fields)
-    else:
-        model = MODELS[filename]
-        assert isinstance(model, type)
-        fields = set(model.model_fields) | {"$schema"}
-    out: list[str] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            continue
-        for key in item:
-            if key not in fields and key not in KNOWN_EXTRAS:
-                out.append(f"[{i}].{key}" if filename == SCRIPTS_FILE else key)
-    return out
-
-
 def extra_keys(parsed: Any) -> list[str]:
     """Unknown top-level keys of an already parsed file (no second parse on the hot path)."""
     if isinstance(parsed, list):

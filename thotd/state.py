@@ -232,13 +232,6 @@ class Store:
             cur = db.execute("UPDATE history SET status='interrupted' WHERE status='running'")
         return cur.rowcount
 
-    def forget_runs(self, project: str, keys: list[tuple[str, str]]) -> None:
-        with self.tx() as db:
-            db.executemany(
-                "DELETE FROM runs WHERE project = ? AND container = ? AND script = ?",
-                [(project, c, s) for c, s in keys],
-            )
-
     _HISTORY_COLUMNS = ("id", "project", "container", "script", "status", "exit_code",
                         "started", "finished", "log", "reasons", "trigger")
 
