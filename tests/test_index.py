@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from corekit import add_sample, cli, make_gs, make_tree, snapshot_index
+from editkit import apply_edit, base_tree, edit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -377,124 +378,6 @@ def test_update_kind_change_and_both_files(nested: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- property
-
-GROUPS = ["g0", "g1", "g2"]
-SAMPLES = ["s0", "s1", "s2"]
-
-edit = st.one_of(
-    st.tuples(st.just("meta"), st.sampled_from(["", *GROUPS]), st.integers(0, 3)),
-    st.tuples(st.just("new_sample"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
-    st.tuples(st.just("new_sample_partial"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
-    st.tuples(st.just("delete_sample"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
-    st.tuples(st.just("delete_asset"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
-    st.tuples(st.just("move_sample"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES),
-              st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
-    st.tuples(st.just("break"), st.sampled_from(["", *GROUPS]), st.sampled_from(["", *SAMPLES])),
-    st.tuples(st.just("fix"), st.sampled_from(["", *GROUPS]), st.sampled_from(["", *SAMPLES])),
-    st.tuples(st.just("break_scripts"), st.sampled_from(GROUPS)),
-    st.tuples(st.just("both_files"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
-    st.tuples(st.just("note"), st.sampled_from(GROUPS), st.integers(0, 2)),
-    st.tuples(st.just("unmark_group"), st.sampled_from(GROUPS)),
-)
-
-
-def _container(folder: Path, doc: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "_container.json"
-    path.write_text(json.dumps(doc))
-    return path
-
-
-def apply_edit(root: Path, e: tuple[Any, ...]) -> list[str]:
-    """Perform one edit on disk; return the paths a watcher would report."""
-    kind = e[0]
-    if kind == "meta":
-        folder = root / e[1] if e[1] else root
-        new = not folder.exists()
-        cfile = _container(folder, {"metadata": {"m": e[2], e[1] or "top": e[2]}})
-        return [str(folder), str(cfile)] if new else [str(cfile)]
-    if kind in ("new_sample", "new_sample_partial"):
-        group = root / e[1]
-        if not (group / "_container.json").exists():
-            return []
-        sample = group / e[2]
-        if sample.exists():
-            return []
-        paths = [str(sample), _container(sample, {"type": "sample", "metadata": {"s": e[2]}})]
-        if kind == "new_sample":
-            raw = sample / "raw"
-            raw.mkdir()
-            (raw / "_asset.json").write_text('{"type": "raw", "file": "data.csv"}')
-            (raw / "data.csv").write_text("1\n")
-            paths += [str(raw), str(raw / "_asset.json"), str(raw / "data.csv")]
-        return [str(p) for p in paths]
-    if kind == "delete_sample":
-        sample = root / e[1] / e[2]
-        if not sample.exists():
-            return []
-        shutil.rmtree(sample)
-        return [str(sample)]
-    if kind == "delete_asset":
-        raw = root / e[1] / e[2] / "raw"
-        if not raw.exists():
-            return []
-        shutil.rmtree(raw)
-        return [str(raw)]
-    if kind == "move_sample":
-        src, dst = root / e[1] / e[2], root / e[3] / (e[4] + "m")
-        if not src.exists() or dst.exists() or not dst.parent.exists():
-            return []
-        os.rename(src, dst)
-        return [str(src), str(dst)]
-    if kind in ("break", "fix"):
-        folder = root / e[1] / e[2] if e[1] else root
-        cfile = folder / "_container.json"
-        if not cfile.exists():
-            return []
-        if kind == "break":
-            cfile.write_text('{"metadata": {"broken": ')
-        else:
-            cfile.write_text(json.dumps({"metadata": {"fixed": True}}))
-        return [str(cfile)]
-    if kind == "break_scripts":
-        folder = root / e[1]
-        if not folder.is_dir():
-            return []
-        (folder / "_scripts.json").write_text('[{"script": 5}]')
-        return [str(folder / "_scripts.json")]
-    if kind == "both_files":
-        folder = root / e[1] / e[2]
-        if not (folder / "_container.json").exists():
-            return []
-        (folder / "_asset.json").write_text('{"file": "x"}')
-        return [str(folder / "_asset.json")]
-    if kind == "note":
-        folder = root / e[1]
-        if not folder.is_dir():
-            return []
-        note = folder / "_notes" / f"n{e[2]}.txt"
-        note.parent.mkdir(exist_ok=True)
-        note.write_text(f"note {e[2]}")
-        return [str(note)]
-    if kind == "unmark_group":
-        cfile = root / e[1] / "_container.json"
-        if not cfile.exists():
-            return []
-        cfile.unlink()
-        return [str(cfile)]
-    raise AssertionError(e)
-
-
-def base_tree(root: Path) -> None:
-    spec: dict[str, Any] = {"_container.json": {"metadata": {"top": 0, "m": 0}}}
-    for g in GROUPS[:2]:
-        spec[g] = {"_container.json": {"type": "group", "metadata": {g: 1}}}
-        for s in SAMPLES[:2]:
-            spec[g][s] = {
-                "_container.json": {"type": "sample"},
-                "raw": {"_asset.json": {"type": "raw", "file": "data.csv"}, "data.csv": "0\n"},
-            }
-    make_tree(root, spec)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

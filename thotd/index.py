@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import bisect
 import errno
-import hashlib
 import itertools
 import json
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from thotd import objectfile
+from thotd.digest import blake2b
 from thotd.locate import NotAProject, find_project_root, norm, resolve_path
 from thotd.objectfile import (
     ASSET_FILE,
@@ -39,6 +40,7 @@ from thotd.search import compile_search
 __all__ = ["Changes", "Index", "Node", "NotAProject", "find_project_root", "load_project", "norm",
            "resolve_path"]
 
+_MARKERS = frozenset((CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE, NOTES_DIR))
 _SHAPES = itertools.count()  # shape versions, unique across Index instances
 _VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
 
@@ -58,6 +60,14 @@ class Node:
     errors: list[ObjectError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     file: str | None = None  # assets: absolute data file
+    # What the node was read from: the object files' (size, mtime_ns, ctime_ns, inode), so a
+    # later load can reuse it without re-reading; None when that is not safe (see _sig).
+    sig: tuple[Any, ...] | None = None
+    # Its folder's signature when listed, which of the marker names it held, and its
+    # sub-folders: an unchanged folder need not be listed again.
+    dsig: tuple[int, int, int, int] | None = None
+    names: frozenset[str] = frozenset()
+    subdirs: list[str] = field(default_factory=list)
     _view: ThotObject | None = None
     _fp: str | None = None
 
@@ -68,6 +78,10 @@ class Node:
     def invalidate(self) -> None:
         self._view = None
         self._fp = None
+
+
+# One encoder for every cache key: json.dumps with options builds a new encoder per call.
+_search_key = json.JSONEncoder(sort_keys=True, default=repr).encode
 
 
 def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -83,7 +97,33 @@ def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dic
 MAX_OBJECT_BYTES = 16 * 1024 * 1024
 
 
+#: A file whose timestamps are this close to the moment it was read may still change within
+#: the same timestamp tick (file times come from a coarse clock), keeping size and times: its
+#: signature is not trusted, so the next load reads it again (git's "racy" entries).
+RACY_NS = 100_000_000
+
+
+def _sig(st: os.stat_result, racy_from: int) -> tuple[int, int, int, int] | None:
+    if st.st_ctime_ns >= racy_from or st.st_mtime_ns >= racy_from:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _scripts_sig(base: str, names: frozenset[str], kind: str, racy_from: int) -> Any:
+    """The ``_scripts.json`` part of a node's signature: 0 when absent, 1 in an asset (where
+    it is ignored), its file signature in a container."""
+    if SCRIPTS_FILE not in names:
+        return 0
+    if kind == "asset":
+        return 1
+    return _sig(os.stat(base + SCRIPTS_FILE), racy_from)
+
+
 def _read(path: str) -> bytes:
+    return _read_stat(path)[0]
+
+
+def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
     # O_NONBLOCK: a named pipe called _asset.json must not hang the reader; only regular
     # files are read.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -97,7 +137,7 @@ def _read(path: str) -> bytes:
                 f"{st.st_size / 2**20:.1f} MiB, over the {MAX_OBJECT_BYTES >> 20} MiB limit for "
                 "object files (they describe data; the data belongs in the asset's file)",
             )
-        return fh.read()
+        return fh.read(), st
 
 
 def _outermost(folders: Iterable[str]) -> list[list[str]]:
@@ -147,6 +187,17 @@ class Index:
         # Bumped whenever containers (their scripts, their order) or object errors change:
         # the run plan depends on nothing else, so it is rebuilt only when this moves.
         self.shape = next(_SHAPES)
+        # Answers to find_* by container, valid for the index as it is: forgotten for every
+        # container at or above a changed object (see forget), so they never go stale.
+        self.answers: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
+        # Moves whenever objects or answers change; 0 means "as the snapshot on disk says"
+        # (see thotd.snapshot), which a new index never is.
+        self.generation = 1
+        # Of an earlier load (see reload): its nodes, and the folders that were no object
+        # (by signature); consumed as the walk meets them.
+        self._prior: dict[str, Node] = {}
+        self._prior_plain: dict[str, Any] = {}
+        self._plain: dict[str, Any] = {}  # folders met that are no object, for the next reload
 
     # ------------------------------------------------------------------ loading
 
@@ -189,38 +240,117 @@ class Index:
             idx.nodes[folder].entries = [c for c in chain if os.path.dirname(c) == folder]
         return idx
 
+    @classmethod
+    def reload(
+        cls, root: str, prior: dict[str, Node], plain: dict[str, Any] | None = None
+    ) -> tuple[Index, Changes]:
+        """Load ``root`` again, reusing the nodes of an earlier load (``prior``, consumed)
+        whose object files are unchanged; returns the index and what changed since.
+
+        Every folder is still listed and every object file stat'ed -- a one-shot process has
+        no watcher to tell it what moved -- but only changed files are read and parsed.
+        """
+        before = {nid: (n, n.parent, n.metadata, n._fp) for nid, n in prior.items()}
+        idx = cls(root)
+        if not os.path.isfile(os.path.join(idx.root, CONTAINER_FILE)):
+            return cls.load(root), Changes()  # raises NotAProject
+        idx._prior, idx._prior_plain = prior, plain or {}
+        idx._load_subtree(idx.root, None, {})
+        idx._prior, idx._prior_plain = {}, {}
+        changes = Changes()
+        for nid, node in idx.nodes.items():
+            old = before.get(nid)
+            if old is None:
+                changes.added.add(nid)
+                continue
+            was, parent, meta, fp = old
+            same = node.parent == parent and node.metadata == meta
+            if was is not node:  # read again: the same only if it says the same
+                same = same and (was.kind, was.props, was.scripts, was.notes, was.errors,
+                                 was.file, was.warnings) == (node.kind, node.props, node.scripts,
+                                                             node.notes, node.errors, node.file,
+                                                             node.warnings)
+            if same:
+                node._fp = fp
+            else:
+                node._fp = None
+                changes.modified.add(nid)
+        changes.removed = set(before) - set(idx.nodes)
+        return idx, changes
+
     def _read_object(self, folder: str, parent: str | None) -> tuple[Node | None, list[str]]:
         """Read one folder's object files with a single listing of the folder.
 
         Returns the object (None when the folder is not one) and its sub-folders, which the
-        walk needs anyway: no ``stat`` per candidate file, each file parsed once.
+        walk needs anyway: no ``stat`` per candidate file, each file parsed once. After
+        :meth:`reload`, a folder whose listing is unchanged is not listed again and an object
+        whose files are unchanged is not read again (a ``stat`` each tells).
         """
-        names: set[str] = set()
-        dirs: list[str] = []
+        racy_from = time.time_ns() - RACY_NS
+        prior = self._prior.pop(folder, None)
         try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    name = entry.name
-                    names.add(name)
-                    if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
-                        dirs.append(name)
-        except PermissionError as exc:
-            if parent is None or os.path.basename(folder) == "lost+found":
-                return None, []
-            # It may hold objects: say so, and hold the runs that would see it, rather than
-            # run them as if its data did not exist.
-            node = Node(id=folder, kind="container", parent=parent, props={})
-            node.errors = [ObjectError(folder, None, f"cannot read this folder ({exc.strerror}); "
-                                       "what it holds is unknown: fix its permissions")]
-            return node, []
+            dsig = _sig(os.stat(folder), racy_from)
         except OSError:
+            dsig = None
+        if prior is not None and dsig is not None and dsig == prior.dsig:
+            listing: tuple[frozenset[str], list[str]] | None = (prior.names, prior.subdirs)
+        elif prior is None and dsig is not None and self._prior_plain.get(folder) == dsig:
+            self._plain[folder] = dsig
             return None, []
+        else:
+            listing = None
+        if listing is None:
+            names: set[str] = set()
+            dirs: list[str] = []
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        name = entry.name
+                        if name in _MARKERS:
+                            names.add(name)
+                        if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
+                            dirs.append(name)
+            except PermissionError as exc:
+                if parent is None or os.path.basename(folder) == "lost+found":
+                    return None, []
+                # It may hold objects: say so, and hold the runs that would see it, rather
+                # than run them as if its data did not exist.
+                node = Node(id=folder, kind="container", parent=parent, props={})
+                node.errors = [ObjectError(folder, None, f"cannot read this folder "
+                                           f"({exc.strerror}); what it holds is unknown: fix "
+                                           "its permissions")]
+                return node, []
+            except OSError:
+                return None, []
+            base = folder + os.sep if folder != os.sep else folder
+            kind_known = CONTAINER_FILE in names or ASSET_FILE in names
+            listing = (
+                frozenset(names),
+                [base + d for d in sorted(dirs)] if CONTAINER_FILE in names else [],
+            )
+            if not kind_known:
+                if dsig is not None:
+                    self._plain[folder] = dsig
+                return None, []
+        found, subdirs = listing
         base = folder + os.sep if folder != os.sep else folder
-        has_c, has_a = CONTAINER_FILE in names, ASSET_FILE in names
-        if not has_c and not has_a:
-            return None, []
+        has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
         kind = "container" if has_c else "asset"
-        node = Node(id=folder, kind=kind, parent=parent, props={})
+        if prior is not None and prior.sig is not None and prior.kind == kind:
+            try:
+                sig: Any = (
+                    _sig(os.stat(base + (CONTAINER_FILE if has_c else ASSET_FILE)), racy_from),
+                    _scripts_sig(base, found, kind, racy_from),
+                )
+            except OSError:
+                sig = None
+            if sig == prior.sig and not (has_a and has_c) and NOTES_DIR not in found:
+                prior.parent, prior.entries, prior._view = parent, [], None
+                prior.dsig, prior.names, prior.subdirs = dsig, found, subdirs
+                return prior, subdirs
+        node = Node(id=folder, kind=kind, parent=parent, props={}, dsig=dsig, names=found,
+                    subdirs=subdirs)
+        sigs: list[Any] = [None, 0]
         errors: list[ObjectError] = []
         if has_c and has_a:
             errors.append(
@@ -233,29 +363,36 @@ class Index:
         own_name = CONTAINER_FILE if has_c else ASSET_FILE
         own = base + own_name
         try:
-            node.props = objectfile.load(own_name, _read(own), own)
+            data, st = _read_stat(own)
+            sigs[0] = _sig(st, racy_from)
+            node.props = objectfile.load(own_name, data, own)
         except ObjectFileError as exc:
             errors.extend(exc.errors)
         except OSError as exc:
             errors.append(ObjectError(own, None, f"cannot read: {exc.strerror or exc}"))
         if kind == "asset" and "file" in node.props:
             node.file = resolve_path(node.props["file"], folder, self.root)
-        if SCRIPTS_FILE in names:
+        if SCRIPTS_FILE in found:
             spath = base + SCRIPTS_FILE
             if kind == "asset":
+                sigs[1] = 1  # only its presence matters (a warning), the file is not read
                 node.warnings.append(f"{spath}: scripts belong to containers; ignored in an asset")
             else:
                 try:
-                    assocs = objectfile.load(SCRIPTS_FILE, _read(spath), spath)
+                    data, st = _read_stat(spath)
+                    sigs[1] = _sig(st, racy_from)
+                    assocs = objectfile.load(SCRIPTS_FILE, data, spath)
                     node.scripts = self._resolve_scripts(assocs, folder)
                 except ObjectFileError as exc:
                     errors.extend(exc.errors)
                 except OSError as exc:
                     errors.append(ObjectError(spath, None, f"cannot read: {exc.strerror or exc}"))
-        if NOTES_DIR in names:
+        if NOTES_DIR in found:
             node.notes = _read_notes(base + NOTES_DIR)
         node.errors = errors
-        return node, ([base + d for d in sorted(dirs)] if kind == "container" else [])
+        if None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
+            node.sig = (sigs[0], sigs[1])
+        return node, subdirs
 
     def _resolve_scripts(self, assocs: list[dict[str, Any]], folder: str) -> list[dict[str, Any]]:
         out = []
@@ -360,7 +497,77 @@ class Index:
         for nid in list(changes.data):
             if nid not in self.nodes:
                 changes.data.discard(nid)
+        if changes:
+            self.generation += 1
+        self.forget(changes)
         return changes
+
+    def forget(self, changes: Changes) -> None:
+        """Drop the cached answers a change can affect: a query sees its container's subtree
+        (and metadata inherited from above, which reaches it as changed objects below), so
+        only containers at or above a changed object can answer differently."""
+        if not self.answers:
+            return
+        for nid in changes.added | changes.removed | changes.modified:
+            cur = nid
+            while cur.startswith(self.root):
+                self.answers.pop(cur, None)
+                parent = os.path.dirname(cur)
+                if parent == cur:
+                    break
+                cur = parent
+
+    def query_ids(self, kind: str, search: Any, start: str) -> list[str]:
+        """The ids a ``find_*`` (or, with kind ``*``, every object) in ``start``'s subtree
+        answers now, in walk order.
+
+        Each container's answer is cached and built from its children's, so after a change
+        only the containers above it are asked again, each joining its children's cached
+        lists: a new sample costs the depth of the tree, not the size of the project."""
+        key = (kind, _search_key(search))
+        ids = self._answer(start, key, kind, search)
+        if kind == "*" and ids and ids[0] == start:
+            ids = ids[1:]  # "everything below" does not include the container itself
+        return list(ids)
+
+    def _answer(self, start: str, key: tuple[str, str], kind: str, search: Any) -> tuple[str, ...]:
+        cached = self.answers.get(start)
+        if cached is not None and key in cached:
+            return cached[key]
+        test = None if kind == "*" else compile_search(search)
+
+        def matches(node: Node) -> bool:
+            if not node.valid:
+                return False
+            if test is None:
+                return True
+            return node.kind == kind and bool(test(self.view(node.id)))
+
+        # Iterative post-order (trees deeper than the recursion limit exist), descending
+        # only into containers whose answer is not cached.
+        stack: list[tuple[str, bool]] = [(start, False)]
+        while stack:
+            nid, children_done = stack.pop()
+            node = self.nodes[nid]
+            if not children_done:
+                stack.append((nid, True))
+                for e in node.entries:
+                    child = self.nodes.get(e)
+                    if child is not None and child.kind == "container" and key not in self.answers.get(e, ()):
+                        stack.append((e, False))
+                continue
+            out = [nid] if matches(node) else []
+            for e in node.entries:
+                child = self.nodes.get(e)
+                if child is None:
+                    continue
+                if child.kind == "container":
+                    out.extend(self.answers[e][key])
+                elif matches(child):
+                    out.append(e)
+            self.answers.setdefault(nid, {})[key] = tuple(out)
+        self.generation += 1
+        return self.answers[start][key]
 
     def _sync(self, folder: str, full: bool, changes: Changes) -> None:
         parent = os.path.dirname(folder)
@@ -472,7 +679,7 @@ class Index:
         if node._fp is None:
             view = {k: v for k, v in self.view(node_id).items() if k not in ("children", "assets")}
             blob = json.dumps(view, sort_keys=True, default=str).encode()
-            node._fp = hashlib.blake2b(blob, digest_size=16).hexdigest()
+            node._fp = blake2b(blob, digest_size=16).hexdigest()
         return node._fp
 
     def find(self, kind: str, search: Mapping[str, Any] | None, start: str | None = None) -> list[ThotObject]:

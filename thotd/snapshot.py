@@ -1,0 +1,127 @@
+"""The index as the last ``thot run`` left it, kept beside the state database.
+
+A one-shot ``thot run --changed`` has no watcher to tell it what moved since last time, so
+it must look at the whole tree; but looking is cheap (one listing per folder, one ``stat``
+per object file) while reading and validating every object file is not. The snapshot keeps
+each object's parsed node with the signature of the files it came from, and the answers to
+the scripts' queries; :meth:`Index.reload` reuses every node whose files are unchanged and
+reports what changed, and only the answers that change can affect are asked again.
+
+It is a cache, never the truth: anything unexpected (missing, truncated, another version,
+another root) means a full load, and it is replaced atomically, so a kill at any moment
+leaves the old or the new one. It is written with :mod:`marshal` (plain tuples and dicts,
+twice as fast as pickle both ways, and nothing in it can run code when read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import operator
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from thotd.digest import blake2b
+from thotd.index import Changes, Index, Node
+from thotd.objectfile import ObjectError
+
+FORMAT = 1
+#: What is stored of a node; anything else (children, metadata, views) is derived on load.
+_FIELDS = ("id", "kind", "parent", "props", "scripts", "notes", "warnings", "file", "sig",
+           "dsig", "names", "subdirs", "metadata", "_fp")
+_HEADER = (FORMAT, _FIELDS, tuple(sys.version_info[:2]))
+
+
+_fields_of = operator.attrgetter(*_FIELDS)
+
+
+def _pack(node: Node) -> tuple[Any, ...]:
+    errors = tuple((e.path, e.field, e.reason, e.line, e.column) for e in node.errors)
+    return (*_fields_of(node), errors)
+
+
+def _unpack(row: tuple[Any, ...]) -> Node:
+    node = Node(**dict(zip(_FIELDS, row, strict=False)))
+    node.errors = [ObjectError(*e) for e in row[len(_FIELDS)]]
+    return node
+
+
+def path_for(state_dir: Path, root: str) -> Path:
+    digest = blake2b(root.encode("utf-8", "surrogateescape"), digest_size=10).hexdigest()
+    return state_dir / "snapshots" / f"{digest}.index"
+
+
+def load(root: str, state_dir: Path) -> tuple[Index, Changes | None]:
+    """The project's index, from the snapshot where it can be; ``None`` changes when there was
+    no usable snapshot (everything was read)."""
+    idx = Index(root)  # normalises the root the way the snapshot was keyed
+    try:
+        with open(path_for(state_dir, idx.root), "rb") as fh:
+            saved: dict[str, Any] = marshal.loads(fh.read())  # load(fh) reads piecemeal: 8x slower
+        if saved.get("header") != _HEADER or saved.get("root") != idx.root:
+            raise ValueError("another format or project")
+        nodes = {row[0]: _unpack(row) for row in saved["nodes"]}
+        plain, answers = saved["plain"], saved["answers"]
+    except Exception:  # noqa: BLE001 - a cache: whatever is wrong with it, read the tree
+        return Index.load(root), None
+    index, changes = Index.reload(idx.root, nodes, plain)
+    index.answers = answers
+    index.forget(changes)
+    index.generation = 0 if not changes else 1
+    return index, changes
+
+
+def save(index: Index, state_dir: Path, *, detach: bool = False) -> None:
+    """Write the snapshot unless it would say what the one on disk says (best effort: a
+    failure costs the next run its shortcut, nothing else).
+
+    ``detach`` writes it from a forked child, for a process about to exit: the ~20 ms it
+    takes then overlap with the user reading the result. A run started meanwhile reads the
+    previous snapshot, which is just as valid (it only finds more changes), and the rename
+    keeps the file whole either way."""
+    if index.generation == 0:
+        return
+    if detach:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded"
+            try:
+                pid = os.fork()
+            except OSError:
+                pid = -1
+        if pid > 0:
+            return
+        if pid == 0:
+            try:
+                # Let go of the caller's stdout/stderr: whoever reads them (a pipe, `$(...)`)
+                # is waiting for their end, not for this.
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                _write(index, state_dir)
+            finally:
+                os._exit(0)
+    _write(index, state_dir)
+
+
+def _write(index: Index, state_dir: Path) -> None:
+    target = path_for(state_dir, index.root)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        blob = marshal.dumps({
+            "header": _HEADER, "root": index.root,
+            "nodes": [_pack(n) for n in index.nodes.values()],
+            "plain": index._plain, "answers": index.answers,
+        })
+    except ValueError:
+        return  # something marshal cannot hold: no snapshot, a full load next time
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
