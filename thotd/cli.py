@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+_EXITING = False  # set by entry(): the process ends when main() returns
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,6 +68,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return quiet_broken_pipe()
 
 
+def entry() -> None:
+    """The ``thot`` command: :func:`main`, then exit without tearing the interpreter down.
+
+    Freeing a loaded project object by object at exit takes ~50 ms at 3,000 objects -- a
+    quarter of a quick ``thot run --changed``. By then every file is written and closed and
+    the state database committed, so the process just ends (stdout flushed first)."""
+    global _EXITING
+    _EXITING = True
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = quiet_broken_pipe()
+    os._exit(code)
+
+
 def quiet_broken_pipe() -> int:
     """The reader of our output left (``| head``): not an error. Point stdout at /dev/null so
     the interpreter's final flush does not complain either."""
@@ -81,17 +99,35 @@ def _load(path: str) -> Any:
     return Index.load(find_project_root(path))
 
 
-def _engine(root: str, state: str | None) -> Any:
+def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
     from thotd.engine import Engine
     from thotd.state import Store
 
-    return Engine(_load(root), Store(state))
+    store = Store(state)
+    if snapshot:
+        from thotd import snapshot as snap
+        from thotd.index import find_project_root
+
+        index, _since = snap.load(find_project_root(root), store.path.parent)
+        return Engine(index, store)
+    return Engine(_load(root), store)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from thotd import snapshot
+
+    engine = _engine(args.root, args.state, snapshot=True)
+    try:
+        return _run(args, engine)
+    finally:
+        # For the next run: the index as it is now, and the query answers it computed.
+        engine.store.close()
+        snapshot.save(engine.index, engine.store.path.parent, detach=_EXITING)
+
+
+def _run(args: argparse.Namespace, engine: Any) -> int:
     from thotd.runner import Progress, format_report, run_project
 
-    engine = _engine(args.root, args.state)
     for err in engine.index.errors():
         print(f"thot: invalid: {err}", file=sys.stderr)
     if args.dry_run:
@@ -321,4 +357,4 @@ COMMANDS = {
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

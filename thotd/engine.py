@@ -14,7 +14,6 @@ runs in that subtree (deeper first) or earlier runs of the same container (prior
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thotd.digest import blake2b
 from thotd.index import Index
 from thotd.record import RunRecord, read_record, stat_of
 from thotd.search import SearchError
@@ -65,7 +65,7 @@ def _not_utf8(*paths: str) -> str | None:
 
 
 def content_hash(path: str) -> str | None:
-    h = hashlib.blake2b(digest_size=16)
+    h = blake2b(digest_size=16)
     try:
         with open(path, "rb") as fh:
             while chunk := fh.read(1 << 20):
@@ -206,10 +206,8 @@ class Engine:
         return list(dict.fromkeys(out))
 
     def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:
-        if kind == "*":
-            return [n.id for n in self.index.walk(container) if n.id != container]
         try:
-            return [o["_id"] for o in self.index.find(kind, search, container)]
+            return self.index.query_ids(kind, search, container)
         except SearchError:
             return []
 
@@ -243,7 +241,7 @@ class Engine:
         }
 
     def log_path(self, key: RunKey, started: float) -> Path:
-        digest = hashlib.blake2b(f"{self.project}\0{key[0]}\0{key[1]}".encode(), digest_size=6)
+        digest = blake2b(f"{self.project}\0{key[0]}\0{key[1]}".encode(), digest_size=6)
         stem = Path(key[1]).stem
         stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(started))
         ms = int((started % 1) * 1000)

@@ -1,7 +1,10 @@
 """The one-shot runner behind ``thot run``: evaluate a project bottom-up, or only what is stale.
 
-Scripts run as their own processes (see :mod:`thotd.proc`) in worker threads; the index, the
-engine and the SQLite store stay on the calling thread, so nothing needs a lock. With
+Scripts run as their own processes (see :mod:`thotd.proc`), each waited for by a thread of
+its own that reports to one queue; the index, the engine and the SQLite store stay on the
+calling thread, so nothing needs a lock. (A thread per run rather than
+``concurrent.futures``: runs are few and long, and its import alone costs ~7 ms of every
+``thot run``.) With
 ``jobs > 1`` independent subtrees run side by side: a run waits only for the runs in its
 container's subtree and for the earlier runs of its own container, which in the postorder
 plan are exactly the runs between its subtree's first run and itself.
@@ -9,17 +12,20 @@ plan are exactly the runs between its subtree's first run and itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import sys
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from thotd.engine import Engine, Planned
-from thotd.proc import ProcResult, RunSpec, run_sync, script_env
-from thotd.queryserver import QueryServer
+
+if TYPE_CHECKING:
+    from thotd.proc import ProcResult
+    from thotd.queryserver import QueryServer
 
 
 @dataclass
@@ -88,9 +94,8 @@ def _subtree_starts(plan: list[Planned]) -> dict[str, int]:
     starts: dict[str, int] = {}
     for p in plan:
         cur = p.container
-        while True:
-            if cur not in starts:
-                starts[cur] = p.order
+        while cur not in starts:  # a container already seen has its ancestors seen too
+            starts[cur] = p.order
             parent = os.path.dirname(cur)
             if parent == cur:
                 break
@@ -116,7 +121,6 @@ def run_project(
     ran: set[tuple[str, str]] = set()
     progress = progress or Progress(len(plan), enabled=False)
     progress.total = len(plan)
-    running: dict[Future[ProcResult], tuple[Planned, list[str], str, str]] = {}
     nxt = 0  # plan entries before this index have been started or skipped
 
     def ready(p: Planned) -> bool:
@@ -128,13 +132,14 @@ def run_project(
         progress.done += 1
 
     lock = threading.Lock()  # the index: changed here between runs, read by the query server
-    try:
-        server: QueryServer | None = QueryServer(engine.index, lock)
-    except OSError:
-        server = None  # scripts then walk the disk themselves: slower, same answers
+    server: QueryServer | None = None
+    results: queue.SimpleQueue[tuple[int, ProcResult | BaseException]] = queue.SimpleQueue()
+    running: dict[int, tuple[Planned, list[str], str, str]] = {}
+    cancel = threading.Event()
 
     def start(p: Planned) -> None:
-        """Skip the run, or hand it to a worker thread."""
+        """Skip the run, or start it with a thread to wait for it."""
+        nonlocal server
         if p.blocked:
             report.outcomes.append(Outcome(p, "blocked", [p.blocked]))
             finish(p)
@@ -143,6 +148,14 @@ def run_project(
         if not reasons:
             finish(p)
             return
+        from thotd.proc import RunSpec, run_sync, script_env
+
+        if server is None:
+            from thotd.queryserver import QueryServer
+
+            # Without it scripts walk the disk themselves: slower, the same answers.
+            with contextlib.suppress(OSError):
+                server = QueryServer(engine.index, lock)
         log, record = engine.begin(p.key, reasons, trigger)
         extra = engine.env_for(p.key, record)
         if server is not None:
@@ -153,38 +166,56 @@ def run_project(
             log_path=log, timeout_s=timeout_s, log_cap_bytes=log_cap_bytes,
         )
         progress.show(f"running {engine.rel(p.script)} in {engine.rel(p.container)}")
-        running[pool.submit(run_sync, spec)] = (p, reasons, str(log), record)
+
+        def wait_for_it() -> None:
+            try:
+                results.put((p.order, run_sync(spec, cancel)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                results.put((p.order, exc))
+
+        running[p.order] = (p, reasons, str(log), record)
+        threading.Thread(target=wait_for_it, name=f"thot-run-{p.order}", daemon=True).start()
+
+    def collect() -> None:
+        order, res = results.get()
+        p, reasons, log, record = running.pop(order)
+        if isinstance(res, BaseException):
+            raise res
+        with lock:
+            engine.complete(
+                p.key, status=res.status, exit_code=res.exit_code, started=res.started,
+                finished=res.finished, log=log, record_path=record, reasons=reasons,
+                trigger=trigger,
+            )
+        ran.add(p.key)
+        report.outcomes.append(
+            Outcome(p, res.status, reasons, res.exit_code, res.duration_s, log, res.message)
+        )
+        finish(p)
 
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="thot-run") as pool:
-            while True:
-                while nxt < len(plan) and done[nxt]:
-                    nxt += 1
-                if nxt == len(plan) and not running:
+        while True:
+            while nxt < len(plan) and done[nxt]:
+                nxt += 1
+            if nxt == len(plan) and not running:
+                break
+            for i in range(nxt, len(plan)):
+                if len(running) >= max(1, jobs):
                     break
-                busy = {v[0].order for v in running.values()}
-                for i in range(nxt, len(plan)):
-                    if len(running) >= max(1, jobs):
-                        break
-                    if not done[i] and i not in busy and ready(plan[i]):
-                        start(plan[i])
-                if not running:
-                    continue  # runs were skipped; look again from the first unfinished one
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    p, reasons, log, record = running.pop(fut)
-                    res = fut.result()
-                    with lock:
-                        engine.complete(
-                            p.key, status=res.status, exit_code=res.exit_code, started=res.started,
-                            finished=res.finished, log=log, record_path=record, reasons=reasons,
-                            trigger=trigger,
-                        )
-                    ran.add(p.key)
-                    report.outcomes.append(
-                        Outcome(p, res.status, reasons, res.exit_code, res.duration_s, log, res.message)
-                    )
-                    finish(p)
+                if not done[i] and i not in running and ready(plan[i]):
+                    start(plan[i])
+            if running:
+                collect()
+    except BaseException:
+        # Ctrl-C (or a bug): stop the scripts still running -- they are in sessions of their
+        # own, no terminal signal reaches them -- and record them as killed.
+        cancel.set()
+        while running:
+            try:
+                collect()
+            except BaseException:  # noqa: BLE001, S112 - already on the way out
+                continue
+        raise
     finally:
         progress.close()
         if server is not None:
