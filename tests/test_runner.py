@@ -238,3 +238,48 @@ def test_missing_script_is_an_error_and_the_rest_runs(tmp_path: Path, state: Pat
     assert [r["status"] for r in report["runs"]] == ["error", "ok", "ok"]
     assert "nowhere.py" in report["runs"][0]["message"]
     assert len(read_log(log)) == 2
+
+
+def test_ctrl_c_stops_the_running_script_and_records_it(tmp_path: Path) -> None:
+    """Scripts run in sessions of their own, so a terminal's Ctrl-C reaches only `thot`; it
+    must stop the script itself, record the run as killed and exit 130."""
+    import signal
+    import time
+
+    from thotd.state import Store
+
+    pidfile = tmp_path / "script.pid"
+    project = make_tree(tmp_path / "p", {
+        "_container.json": {},
+        "_scripts.json": [{"script": "slow.py"}],
+        "slow.py": (f"import os, time\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                    "time.sleep(120)\n"),
+    })
+    state = tmp_path / "state.sqlite3"
+    thot = subprocess.Popen(
+        [sys.executable, "-m", "thotd.cli", "--state", str(state), "run", "--root", str(project)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pidfile.exists() or not pidfile.read_text():
+            assert thot.poll() is None, thot.communicate()
+            assert time.monotonic() < deadline, "the script never started"
+            time.sleep(0.02)
+        script_pid = int(pidfile.read_text())
+        thot.send_signal(signal.SIGINT)
+        out, err = thot.communicate(timeout=60)
+    finally:
+        if thot.poll() is None:
+            thot.kill()
+    assert thot.returncode == 130, (out, err)
+    deadline = time.monotonic() + 30
+    while True:  # the script is gone (its group got TERM, then KILL after the grace)
+        try:
+            os.kill(script_pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "the script outlived thot"
+        time.sleep(0.05)
+    rows = Store(state).runs(str(project))
+    assert [r.status for r in rows.values()] == ["killed"]
