@@ -14,6 +14,7 @@ import os
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "run_json",
     "sample_values",
     "snapshot_index",
+    "wait_past_racy_window",
 ]
 
 THOT_VARS = (
@@ -78,6 +80,20 @@ def make_tree(root: Path, spec: Mapping[str, Any]) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(str(value), encoding="utf-8")
     return root
+
+
+def wait_past_racy_window(root: Path) -> None:
+    """Let the clock move past the racy window (``thotd.index.RACY_NS``) of everything under
+    ``root``, so a snapshot may trust those files' signatures: a wait on the clock, the one
+    condition here, not a sleep in the hope of an event."""
+    from thotd.index import RACY_NS
+
+    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns
+                 for d, dirs, files in os.walk(root) for n in [*dirs, *files, "."])
+    deadline = time.monotonic() + 5
+    while time.time_ns() < newest + RACY_NS + 5_000_000:
+        assert time.monotonic() < deadline, "the clock does not move"
+        time.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------- the CLI

@@ -27,6 +27,7 @@ from corekit import (
     make_gs,
     restore_tree,
     run_json,
+    wait_past_racy_window,
 )
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -226,6 +227,13 @@ class GSMachine(RuleBasedStateMachine):
         cfile, good = self.broken.popitem()
         cfile.write_bytes(good)
         self.step(f"fixed {os.path.relpath(cfile, self.project)}")
+
+    @rule()
+    def quiet_moment(self) -> None:
+        """Time passes: the snapshot may now trust every file unread, so the next edits are
+        found through its signatures and known-clean runs, not re-reads."""
+        wait_past_racy_window(self.work)
+        self.step("a quiet moment", quiet=True)
 
     @rule(n=st.integers(0, 99), rewrite=st.booleans())
     def touch_without_change(self, n: int, rewrite: bool) -> None:

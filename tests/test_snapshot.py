@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corekit import add_sample, cli, make_gs, run_json, snapshot_index
+from corekit import add_sample, cli, make_gs, run_json, snapshot_index, wait_past_racy_window
 from editkit import apply_edit, base_tree, edit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,17 +28,6 @@ QUERIES: list[tuple[str, Any]] = [
     ("container", {"metadata.m": {"$gte": 1}}),
     ("*", None),
 ]
-
-
-def wait_past_racy_window(root: Path) -> None:
-    """Let the clock move past the racy window of everything under ``root``, so the reload
-    may trust those files' signatures (a wait on the clock, not on an event)."""
-    newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns
-                 for d, dirs, files in os.walk(root) for n in [*dirs, *files, "."])
-    deadline = time.monotonic() + 5
-    while time.time_ns() < newest + RACY_NS + 5_000_000:
-        assert time.monotonic() < deadline, "the clock does not move"
-        time.sleep(0.01)
 
 
 def answers(index: Index, *, cached: bool) -> dict[tuple[str, str, str], list[str]]:
@@ -65,7 +54,7 @@ def views(index: Index) -> dict[str, Any]:
 
 def check_reload(root: Path, state: Path, before: Index) -> Index:
     fresh = Index.load(root)
-    got, changes = snapshot.load(str(root), state)
+    got, changes, _runs = snapshot.load(str(root), state)
     assert changes is not None, "the snapshot was not used"
     assert snapshot_index(got) == snapshot_index(fresh)
     assert answers(got, cached=True) == answers(fresh, cached=False)
@@ -127,7 +116,7 @@ def test_a_same_size_rewrite_with_the_old_mtime_is_seen(tmp_path: Path) -> None:
     asset = root / "g0" / "s0" / "raw"
     apply_edit(root, ("sneaky", "g0", "s0"))
     wait_past_racy_window(root)  # an old change: only the inode change time tells now
-    got, changes = snapshot.load(str(root), state)
+    got, changes, _runs = snapshot.load(str(root), state)
     assert changes is not None and str(asset) in changes.modified
     assert got.nodes[str(asset)].props["type"] == "rax"
 
@@ -149,13 +138,28 @@ def test_a_file_changed_just_before_it_was_read_is_not_trusted(tmp_path: Path) -
     assert _sig(fresh.stat(), fresh.stat().st_ctime_ns + 1) is not None
 
 
+def test_what_a_run_made_is_checked_for_its_consumers_though_they_were_clean(tmp_path: Path) -> None:
+    """Known-clean runs are skipped unread; once a run below them writes, they are checked."""
+    project = make_gs(tmp_path / "tree", 2, 2)
+    state = tmp_path / "state" / "state.sqlite3"
+    assert run_json(state, project)[0] == 0
+    wait_past_racy_window(tmp_path / "tree")  # outputs old enough to be trusted unread
+    assert run_json(state, project, "--changed")[1]["runs"] == []
+    script = tmp_path / "tree" / "analysis" / "group.py"
+    script.write_text(script.read_text().replace("sum=%r\\n", "sum=%r v=2\\n"))
+    code, report = run_json(state, project, "--changed")
+    ran = sorted(os.path.relpath(r["container"], project) for r in report["runs"])
+    assert code == 0 and ran == [".", "group-0", "group-1"], report
+    assert "v=2" in (project / "summary" / "summary.txt").read_text()
+
+
 def test_a_broken_or_foreign_snapshot_means_a_full_load(tmp_path: Path) -> None:
     root, state = tmp_path / "p", tmp_path / "state"
     base_tree(root)
     snapshot.save(Index.load(root), state)
     path = snapshot.path_for(state, str(root))
     path.write_bytes(path.read_bytes()[:100])  # truncated
-    got, changes = snapshot.load(str(root), state)
+    got, changes, _runs = snapshot.load(str(root), state)
     assert changes is None
     assert snapshot_index(got) == snapshot_index(Index.load(root))
     other = tmp_path / "other"

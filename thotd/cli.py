@@ -108,8 +108,11 @@ def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
         from thotd import snapshot as snap
         from thotd.index import find_project_root
 
-        index, _since = snap.load(find_project_root(root), store.path.parent)
-        return Engine(index, store)
+        index, since, runs = snap.load(find_project_root(root), store.path.parent)
+        engine = Engine(index, store)
+        if since is not None and runs is not None:
+            engine.known_clean = snap.clean_runs(engine, since, runs)
+        return engine
     return Engine(_load(root), store)
 
 
@@ -121,8 +124,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run(args, engine)
     finally:
         # For the next run: the index as it is now, and the query answers it computed.
+        snapshot.save(engine.index, engine.store.path.parent, engine=engine, detach=_EXITING)
         engine.store.close()
-        snapshot.save(engine.index, engine.store.path.parent, detach=_EXITING)
 
 
 def _run(args: argparse.Namespace, engine: Any) -> int:

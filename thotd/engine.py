@@ -122,6 +122,10 @@ class Engine:
         self.rows: dict[RunKey, RunRow] = store.runs(self.project)
         self._plan_cache: tuple[tuple[Any, ...], list[Planned]] | None = None
         self.history_ids: dict[RunKey, int] = {}  # running runs' history rows
+        # Runs known to be up to date without looking (see thotd.snapshot.clean_runs), by
+        # container; a run's completion forgets those at or above its container.
+        self.known_clean: dict[str, set[RunKey]] = {}
+        self.completed = 0  # runs completed by this engine
 
     # ------------------------------------------------------------------ plan
 
@@ -170,6 +174,8 @@ class Engine:
 
     def reasons(self, key: RunKey) -> list[str]:
         """Why the run must execute, in words; empty when it is up to date."""
+        if key in self.known_clean.get(key[0], ()):
+            return []
         row = self.rows.get(key)
         if row is None or row.record is None:
             if row is not None and row.status in INTERRUPTED:
@@ -204,6 +210,19 @@ class Engine:
             elif data.get("stat") is not None and stat_of(info.get("file")) is None:
                 out.append(f"output {self.rel(info['file'])} missing")
         return list(dict.fromkeys(out))
+
+    def forget_clean(self, container: str) -> None:
+        """A run at ``container`` wrote something: the runs that can consume it (at that
+        container or above: a script sees only its own subtree) must really be checked."""
+        if not self.known_clean:
+            return
+        cur = container
+        while True:
+            self.known_clean.pop(cur, None)
+            parent = os.path.dirname(cur)
+            if parent == cur or not cur.startswith(self.project):
+                break
+            cur = parent
 
     def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:
         try:
@@ -284,6 +303,8 @@ class Engine:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(record_path)
         container, _script = key
+        self.completed += 1
+        self.forget_clean(container)
         if refresh_index:
             if rec.opaque:
                 self.index.update([], rescan=[container])

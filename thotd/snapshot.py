@@ -20,13 +20,17 @@ import marshal
 import operator
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thotd.digest import blake2b
-from thotd.index import Changes, Index, Node
+from thotd.index import RACY_NS, Changes, Index, Node, _sig
 from thotd.objectfile import ObjectError
+
+if TYPE_CHECKING:
+    from thotd.engine import Engine, RunKey
 
 FORMAT = 1
 #: What is stored of a node; anything else (children, metadata, views) is derived on load.
@@ -54,8 +58,9 @@ def path_for(state_dir: Path, root: str) -> Path:
     return state_dir / "snapshots" / f"{digest}.index"
 
 
-def load(root: str, state_dir: Path) -> tuple[Index, Changes | None]:
-    """The project's index, from the snapshot where it can be; ``None`` changes when there was
+def load(root: str, state_dir: Path) -> tuple[Index, Changes | None, dict[str, Any] | None]:
+    """The project's index, from the snapshot where it can be, what changed since, and what
+    the snapshot knew of the runs (for :func:`clean_runs`); ``None`` changes when there was
     no usable snapshot (everything was read)."""
     idx = Index(root)  # normalises the root the way the snapshot was keyed
     try:
@@ -64,25 +69,94 @@ def load(root: str, state_dir: Path) -> tuple[Index, Changes | None]:
         if saved.get("header") != _HEADER or saved.get("root") != idx.root:
             raise ValueError("another format or project")
         nodes = {row[0]: _unpack(row) for row in saved["nodes"]}
-        plain, answers = saved["plain"], saved["answers"]
+        # Files too fresh to trust when it was written are trusted once written again.
+        racy = any(n.sig is None or n.dsig is None for n in nodes.values())
+        plain, answers, runs = saved["plain"], saved["answers"], saved.get("runs")
     except Exception:  # noqa: BLE001 - a cache: whatever is wrong with it, read the tree
-        return Index.load(root), None
+        return Index.load(root), None, None
     index, changes = Index.reload(idx.root, nodes, plain)
     index.answers = answers
     index.forget(changes)
-    index.generation = 0 if not changes else 1
-    return index, changes
+    index.generation = 0 if not changes and not racy else 1
+    return index, changes, runs
 
 
-def save(index: Index, state_dir: Path, *, detach: bool = False) -> None:
+def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[str, set[RunKey]]:
+    """The runs that are up to date for certain, without reading their records.
+
+    When the snapshot was written, every run except ``runs["stale"]`` was up to date. A run
+    can only have gone stale since if its row changed (something ran it), its script
+    changed, or something changed in its container's subtree: its queries see nothing else,
+    its inputs and outputs are objects of that subtree, and an object whose data file
+    changed counts as changed. Those runs are checked for real; the others are not.
+    """
+    index = engine.index
+    dirty: set[str] = set()
+
+    def mark(nid: str) -> None:
+        cur = nid
+        while cur not in dirty and cur.startswith(index.root):
+            dirty.add(cur)
+            parent = os.path.dirname(cur)
+            if parent == cur:
+                break
+            cur = parent
+
+    for nid in changes.added | changes.removed | changes.modified:
+        mark(nid)
+    racy_from = time.time_ns() - RACY_NS
+    for file, then in runs["data"].items():
+        if then is None:
+            index.generation += 1  # worth writing again, once it can be trusted
+        if then is None or _file_sig(file, racy_from) != then:
+            for aid in index.by_file.get(file, ()):
+                mark(aid)
+    scripts = {s for s, then in runs["scripts"].items()
+               if then is not None and _file_sig(s, racy_from) == then}
+    stale, stamps = set(runs["stale"]), runs["stamps"]
+    out: dict[str, set[RunKey]] = {}
+    for key, row in engine.rows.items():
+        container, script = key
+        if (key in stale or container in dirty or script not in scripts
+                or stamps.get(key) != (row.status, row.finished)):
+            continue
+        out.setdefault(container, set()).add(key)
+    return out
+
+
+def _file_sig(path: str, racy_from: int) -> Any:
+    try:
+        return _sig(os.stat(path), racy_from)
+    except OSError:
+        return "missing"
+
+
+def _runs_info(engine: Engine) -> dict[str, Any]:
+    """What :func:`clean_runs` needs next time. The files' signatures are taken *before* the
+    runs are checked, so a change that slips in between shows next time as a changed file."""
+    index = engine.index
+    racy_from = time.time_ns() - RACY_NS
+    data = {f: _file_sig(f, racy_from) for f in index.by_file}
+    plan = engine.plan()
+    scripts = {p.script: _file_sig(p.script, racy_from) for p in plan}
+    engine.known_clean = {}
+    stale = [p.key for p in plan if engine.reasons(p.key)]
+    stamps = {key: (row.status, row.finished) for key, row in engine.rows.items()}
+    return {"data": data, "scripts": scripts, "stale": stale, "stamps": stamps}
+
+
+def save(index: Index, state_dir: Path, *, engine: Engine | None = None,
+         detach: bool = False) -> None:
     """Write the snapshot unless it would say what the one on disk says (best effort: a
     failure costs the next run its shortcut, nothing else).
 
     ``detach`` writes it from a forked child, for a process about to exit: the ~20 ms it
     takes then overlap with the user reading the result. A run started meanwhile reads the
     previous snapshot, which is just as valid (it only finds more changes), and the rename
-    keeps the file whole either way."""
-    if index.generation == 0:
+    keeps the file whole either way. With ``engine`` (whose index is ``index``) it also
+    keeps which runs are up to date, checked there and then (in the child, with ``detach``).
+    """
+    if index.generation == 0 and (engine is None or not engine.completed):
         return
     if detach:
         with warnings.catch_warnings():
@@ -100,20 +174,21 @@ def save(index: Index, state_dir: Path, *, detach: bool = False) -> None:
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
-                _write(index, state_dir)
+                _write(index, state_dir, engine)
             finally:
                 os._exit(0)
-    _write(index, state_dir)
+    _write(index, state_dir, engine)
 
 
-def _write(index: Index, state_dir: Path) -> None:
+def _write(index: Index, state_dir: Path, engine: Engine | None) -> None:
     target = path_for(state_dir, index.root)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
+        runs = _runs_info(engine) if engine is not None else None
         blob = marshal.dumps({
             "header": _HEADER, "root": index.root,
             "nodes": [_pack(n) for n in index.nodes.values()],
-            "plain": index._plain, "answers": index.answers,
+            "plain": index._plain, "answers": index.answers, "runs": runs,
         })
     except ValueError:
         return  # something marshal cannot hold: no snapshot, a full load next time
