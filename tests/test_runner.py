@@ -283,3 +283,22 @@ def test_ctrl_c_stops_the_running_script_and_records_it(tmp_path: Path) -> None:
         time.sleep(0.05)
     rows = Store(state).runs(str(project))
     assert [r.status for r in rows.values()] == ["killed"]
+
+
+def test_python_scripts_are_forked_unless_told_not_to(tmp_path: Path) -> None:
+    """`thot run` forks Python scripts from a preloaded interpreter (the library is already
+    imported before the script's first line); `--no-fork` starts a fresh one for each."""
+    out = tmp_path / "seen.txt"
+    project = make_tree(tmp_path / "p", {
+        "_container.json": {},
+        "_scripts.json": [{"script": "probe.py"}],
+        "probe.py": ("import sys\n"
+                     f"open({str(out)!r}, 'a').write(str('thot.thot' in sys.modules) + '\\n')\n"),
+    })
+    for extra in ([], ["--no-fork"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "thotd.cli", "--state", str(tmp_path / "s.sqlite3"), "run",
+             "--root", str(project), *extra], capture_output=True, text=True, timeout=120,
+            check=False)
+        assert done.returncode == 0, done.stderr
+    assert out.read_text().split() == ["True", "False"]

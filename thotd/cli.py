@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-j", "--jobs", type=int, default=1, help="independent subtrees in parallel")
     run.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
     run.add_argument("--json", action="store_true", help="machine-readable report")
+    run.add_argument("--no-fork", action="store_true",
+                     help="start every Python script in a fresh interpreter instead of forking "
+                     "a preloaded one (slower; see README)")
 
     val = sub.add_parser("validate", help="list invalid object files")
     val.add_argument("path", nargs="?", default=".")
@@ -119,16 +122,30 @@ def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from thotd import snapshot
 
-    engine = _engine(args.root, args.state, snapshot=True)
+    server = None
+    if not args.dry_run and not args.no_fork:
+        # Started first: it boots on the other core while the project loads.
+        from thotd.forkserver import ForkServer
+        from thotd.proc import script_env
+
+        server = ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
     try:
-        return _run(args, engine)
+        engine = _engine(args.root, args.state, snapshot=True)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
+    try:
+        return _run(args, engine, server)
     finally:
+        if server is not None:
+            server.close(wait=not _EXITING)
         # For the next run: the index as it is now, and the query answers it computed.
         snapshot.save(engine.index, engine.store.path.parent, engine=engine, detach=_EXITING)
         engine.store.close()
 
 
-def _run(args: argparse.Namespace, engine: Any) -> int:
+def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
     from thotd.runner import Progress, format_report, run_project
 
     for err in engine.index.errors():
@@ -154,7 +171,7 @@ def _run(args: argparse.Namespace, engine: Any) -> int:
     t0 = time.monotonic()
     report = run_project(
         engine, changed=args.changed, jobs=args.jobs, timeout_s=args.timeout,
-        progress=Progress(0, enabled=None if not args.json else False),
+        progress=Progress(0, enabled=None if not args.json else False), forkserver=server,
     )
     elapsed = time.monotonic() - t0
     if args.json:

@@ -702,7 +702,7 @@ class Index:
         start = norm(start)
         if start not in self.nodes:
             raise ValueError(f"{start} is not a container of the project {self.root}")
-        found = self.find(kind, search or {}, start)
+        found = [self.view(i) for i in self.query_ids(kind, search or {}, start)]
         return {"objects": found, "fingerprints": [self.fingerprint(o["_id"]) for o in found]}
 
     def find_containers(self, search: Mapping[str, Any] | None = None, start: str | None = None) -> list[ThotObject]:

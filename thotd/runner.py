@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from thotd.engine import Engine, Planned
 
 if TYPE_CHECKING:
+    from thotd.forkserver import ForkServer
     from thotd.proc import ProcResult
     from thotd.queryserver import QueryServer
 
@@ -112,8 +113,12 @@ def run_project(
     log_cap_bytes: int = 10 * 1024 * 1024,
     progress: Progress | None = None,
     trigger: str = "thot run",
+    forkserver: ForkServer | None = None,
 ) -> Report:
-    """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up."""
+    """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up.
+
+    With ``forkserver``, Python scripts are forked from it once it is ready (see
+    :mod:`thotd.forkserver`); until then, and whenever it refuses, they are exec'd."""
     plan = engine.plan()
     report = Report(considered=len(plan))
     starts = _subtree_starts(plan)
@@ -169,7 +174,7 @@ def run_project(
 
         def wait_for_it() -> None:
             try:
-                results.put((p.order, run_sync(spec, cancel)))
+                results.put((p.order, run_sync(spec, cancel, forkserver)))
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 results.put((p.order, exc))
 
