@@ -18,7 +18,6 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,19 @@ RunKey = tuple[str, str]  # (container id, absolute script path)
 INTERRUPTED = ("running", "killed")
 
 
-@dataclass
 class Planned:
     """One autorun association of one container, in run order."""
 
-    key: RunKey
-    priority: float
-    order: int  # position in the full run order: children before parents, then priority
-    depth: int
-    schedule: str | None = None
-    blocked: str | None = None  # why it must wait (an invalid object in its subtree)
+    __slots__ = ("key", "priority", "order", "depth", "schedule", "blocked")
+
+    def __init__(self, key: RunKey, priority: float, order: int, depth: int,
+                 schedule: str | None = None, blocked: str | None = None) -> None:
+        self.key = key
+        self.priority = priority
+        self.order = order  # position in the full run order: children first, then priority
+        self.depth = depth
+        self.schedule = schedule
+        self.blocked = blocked  # why it must wait (an invalid object in its subtree)
 
     @property
     def container(self) -> str:
@@ -50,6 +52,9 @@ class Planned:
     @property
     def script(self) -> str:
         return self.key[1]
+
+    def __repr__(self) -> str:
+        return f"Planned({self.key!r}, order={self.order}, blocked={self.blocked!r})"
 
 
 def _not_utf8(*paths: str) -> str | None:
@@ -75,12 +80,12 @@ def content_hash(path: str) -> str | None:
     return h.hexdigest()
 
 
-@dataclass
 class Hasher:
     """Content hashes cached by ``(path, size, mtime_ns)``: a file is hashed only when its
     size or mtime moved, so a big data set is read once, not on every check."""
 
-    cache: dict[tuple[str, int, int], str | None] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, int, int], str | None] = {}
 
     def hash(self, path: str, stat: list[int] | None) -> str | None:
         if stat is None:

@@ -19,7 +19,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from thotd import objectfile
@@ -45,31 +44,41 @@ _SHAPES = itertools.count()  # shape versions, unique across Index instances
 _VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
 
 
-@dataclass(slots=True)
 class Node:
-    """One object (container or asset) and what the index derived for it."""
+    """One object (container or asset) and what the index derived for it.
 
-    id: str
-    kind: str  # "container" | "asset"
-    parent: str | None
-    props: dict[str, Any]  # validated own properties, extras kept, defaults applied
-    scripts: list[dict[str, Any]] = field(default_factory=list)  # containers: resolved, ordered
-    notes: list[dict[str, Any]] = field(default_factory=list)
-    entries: list[str] = field(default_factory=list)  # child object ids, by folder name
-    metadata: dict[str, Any] = field(default_factory=dict)  # effective (inherited) metadata
-    errors: list[ObjectError] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    file: str | None = None  # assets: absolute data file
-    # What the node was read from: the object files' (size, mtime_ns, ctime_ns, inode), so a
-    # later load can reuse it without re-reading; None when that is not safe (see _sig).
-    sig: tuple[Any, ...] | None = None
-    # Its folder's signature when listed, which of the marker names it held, and its
-    # sub-folders: an unchanged folder need not be listed again.
-    dsig: tuple[int, int, int, int] | None = None
-    names: frozenset[str] = frozenset()
-    subdirs: list[str] = field(default_factory=list)
-    _view: ThotObject | None = None
-    _fp: str | None = None
+    A plain class, not a dataclass: ``dataclasses`` costs ~8 ms of every ``thot`` start-up
+    (it imports ``inspect``)."""
+
+    __slots__ = ("id", "kind", "parent", "props", "scripts", "notes", "entries", "metadata",
+                 "errors", "warnings", "file", "sig", "dsig", "names", "subdirs", "_view", "_fp")
+
+    def __init__(
+        self, id: str, kind: str, parent: str | None, props: dict[str, Any],  # noqa: A002
+        *, dsig: tuple[int, int, int, int] | None = None,
+        names: frozenset[str] = frozenset(), subdirs: list[str] | None = None,
+    ) -> None:
+        self.id = id
+        self.kind = kind  # "container" | "asset"
+        self.parent = parent
+        self.props = props  # validated own properties, extras kept, defaults applied
+        self.scripts: list[dict[str, Any]] = []  # containers: resolved, ordered
+        self.notes: list[dict[str, Any]] = []
+        self.entries: list[str] = []  # child object ids, by folder name
+        self.metadata: dict[str, Any] = {}  # effective (inherited) metadata
+        self.errors: list[ObjectError] = []
+        self.warnings: list[str] = []
+        self.file: str | None = None  # assets: absolute data file
+        # What the node was read from: the object files' (size, mtime_ns, ctime_ns, inode),
+        # so a later load can reuse it without re-reading; None when that is not safe.
+        self.sig: tuple[Any, ...] | None = None
+        # Its folder's signature when listed, which of the marker names it held, and its
+        # sub-folders: an unchanged folder need not be listed again.
+        self.dsig = dsig
+        self.names = names
+        self.subdirs: list[str] = subdirs if subdirs is not None else []
+        self._view: ThotObject | None = None
+        self._fp: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -78,6 +87,9 @@ class Node:
     def invalidate(self) -> None:
         self._view = None
         self._fp = None
+
+    def __repr__(self) -> str:
+        return f"Node({self.id!r}, {self.kind!r}, errors={len(self.errors)})"
 
 
 # One encoder for every cache key: json.dumps with options builds a new encoder per call.
@@ -799,17 +811,23 @@ class Index:
         return out
 
 
-@dataclass
 class Changes:
     """What one :meth:`Index.update` changed, by object id."""
 
-    added: set[str] = field(default_factory=set)
-    removed: set[str] = field(default_factory=set)
-    modified: set[str] = field(default_factory=set)
-    data: set[str] = field(default_factory=set)  # assets whose data file path was touched
+    __slots__ = ("added", "removed", "modified", "data")
+
+    def __init__(self) -> None:
+        self.added: set[str] = set()
+        self.removed: set[str] = set()
+        self.modified: set[str] = set()
+        self.data: set[str] = set()  # assets whose data file path was touched
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.modified or self.data)
+
+    def __repr__(self) -> str:
+        return (f"Changes(added={self.added!r}, removed={self.removed!r}, "
+                f"modified={self.modified!r}, data={self.data!r})")
 
     def ids(self) -> set[str]:
         return self.added | self.removed | self.modified | self.data
