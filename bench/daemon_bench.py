@@ -102,7 +102,7 @@ class DaemonProc:
     def start(self, timeout: float = 60) -> None:
         out = open(self.home / "daemon.out", "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "thotd.daemon_cli", "start", "--foreground"],
+            [str(eb.thot_python()), "-m", "thotd.daemon_cli", "start", "--foreground"],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -130,7 +130,7 @@ class DaemonProc:
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "thotd.ctl", *args],
+            [str(eb.thot_python()), "-m", "thotd.ctl", *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -333,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     work = WORK / f"daemon-{G}x{S}-{stamp}"
     work.mkdir(parents=True)
     machine = eb.machine_info()
+    machine["thotd_version"] = eb.ensure_thotd()  # measured as installed, like Snakemake
     daemons: list[DaemonProc] = []
     result: dict[str, Any] = {
         "bench": "daemon",

@@ -64,6 +64,7 @@ REPO = BENCH.parent
 WORK = BENCH / "work"
 RESULTS = BENCH / "results"
 SMK_VENV = BENCH / ".venvs" / "snakemake"
+THOT_VENV = BENCH / ".venvs" / "thotd"
 SNAKEMAKE_REQ = "snakemake==8.30.0"  # 8.x supports Python 3.11; pinned for comparable numbers
 
 sys.path.insert(0, str(BENCH))
@@ -204,8 +205,36 @@ def write_result(name: str, quick: bool, data: dict[str, Any]) -> Path:
 # --- thotd side ------------------------------------------------------------------------------
 
 
+def thot_python() -> Path:
+    return THOT_VENV / "bin" / "python"
+
+
+def ensure_thotd() -> str:
+    """Install this checkout into its own throwaway venv, the way a user installs it (and
+    the way Snakemake is measured): a regular ``pip install``, bytecode compiled, no
+    development import hook. Measured in the development interpreter instead, every
+    process of ours would also pay an editable install's finder and whatever ``.pth`` files
+    that interpreter carries (~20 ms each here) that a user's install does not. Returns the
+    installed version."""
+    py = thot_python()
+    if not py.exists():
+        print(f"creating {THOT_VENV} ...", flush=True)
+        THOT_VENV.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(THOT_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", str(REPO)], check=True)
+    else:  # the code under test moves: reinstall it (its dependencies stay)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO)],
+            check=True,
+        )
+    shutil.rmtree(REPO / "build", ignore_errors=True)  # what an in-tree build leaves
+    out = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('thotd'))"],
+                         capture_output=True, text=True, check=True, env=clean_env())
+    return out.stdout.strip()
+
+
 def thot_cmd(state: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "thotd.cli", "--state", str(state), *args]
+    return [str(thot_python()), "-m", "thotd.cli", "--state", str(state), *args]
 
 
 @dataclass
@@ -528,7 +557,7 @@ class SnakemakeSide:
             "--directory",
             str(self.work),
             "--config",
-            f"python={sys.executable}",
+            f"python={SMK_VENV / 'bin' / 'python'}",
         ]
 
     def invoke(self) -> dict[str, Any]:
@@ -631,7 +660,7 @@ def baseline(repeat: int = 5) -> dict[str, Any]:
 
     def timed(code: str) -> float:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, env=clean_env())
+        subprocess.run([str(thot_python()), "-c", code], check=True, env=clean_env())
         return time.perf_counter() - t0
 
     imports = "import thotd.cli, thotd.runner, thotd.engine, thotd.index, thotd.state"
@@ -665,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     work = WORK / f"engine-{G}x{S}-{stamp}"
     work.mkdir(parents=True)
     machine = machine_info()
+    machine["thotd_venv"] = str(THOT_VENV)
+    machine["thotd_version"] = ensure_thotd()
     rc = 0
     try:
         thot = ThotSide(work / "thot", G, S, jobs=args.jobs)
