@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 CONTAINER_FILE = "_container.json"
@@ -28,15 +27,61 @@ KNOWN_EXTRAS = frozenset(
 )
 
 
-@dataclass(frozen=True)
 class ObjectError:
-    """Why an object file could not be used: enough to find and fix it."""
+    """Why an object file could not be used: enough to find and fix it.
+
+    Immutable, compared and hashed by its fields (a plain class, not a frozen dataclass:
+    ``dataclasses`` costs every ``thot`` command and script ~5 ms to import).
+    """
+
+    __slots__ = ("path", "field", "reason", "line", "column")
 
     path: str  # the object file
     field: str | None  # JSON path such as ``scripts[1].priority``; None for the whole file
     reason: str
-    line: int | None = None
-    column: int | None = None
+    line: int | None
+    column: int | None
+
+    def __init__(
+        self,
+        path: str,
+        field: str | None,
+        reason: str,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        init = object.__setattr__
+        init(self, "path", path)
+        init(self, "field", field)
+        init(self, "reason", reason)
+        init(self, "line", line)
+        init(self, "column", column)
+
+    def _key(self) -> tuple[str, str | None, str, int | None, int | None]:
+        return (self.path, self.field, self.reason, self.line, self.column)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._key() == other._key()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(path={self.path!r}, field={self.field!r}, "
+            f"reason={self.reason!r}, line={self.line!r}, column={self.column!r})"
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[ObjectError], tuple[Any, ...]]:
+        return (self.__class__, self._key())  # pickle/copy without __setattr__
 
     def __str__(self) -> str:
         where = self.path

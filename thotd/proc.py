@@ -54,22 +54,22 @@ on its event loop.  Both follow the same rules (CONVENTIONS.md, "Running scripts
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import select
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# ``subprocess`` (~2 ms to import) and ``shutil`` (~2 ms) are imported where needed: ``thot``
+# imports this module at start-up, before it knows whether anything will run (``--dry-run``,
+# nothing stale), and ``shutil`` only serves R and shell scripts.
 if TYPE_CHECKING:
     import asyncio
+    import subprocess
 
     from thotd.forkserver import ForkedProcess, ForkServer
 
@@ -124,7 +124,6 @@ class ScriptError(Exception):
     """
 
 
-@dataclass
 class RunSpec:
     """Everything needed to launch one run.
 
@@ -136,21 +135,49 @@ class RunSpec:
     The last three fields are optional resource limits set by the trampoline; ``None``
     inherits the daemon's.  ``max_file_bytes`` is ``RLIMIT_FSIZE`` and applies to *every*
     file the script writes -- a disk guard, not a log cap (see the module docstring).
+
+    A plain class rather than a dataclass (``dataclasses`` costs ``thot run`` ~5 ms to
+    import); compared and shown field by field all the same.
     """
 
-    script: Path
-    cwd: Path
-    env: dict[str, str]
-    log_path: Path
-    timeout_s: float | None
-    log_cap_bytes: int
-    grace_s: float = 5.0
-    max_open_files: int | None = None
-    cpu_limit_s: int | None = None
-    max_file_bytes: int | None = None
+    __slots__ = (
+        "script", "cwd", "env", "log_path", "timeout_s", "log_cap_bytes", "grace_s",
+        "max_open_files", "cpu_limit_s", "max_file_bytes",
+    )
+
+    def __init__(
+        self,
+        script: Path,
+        cwd: Path,
+        env: dict[str, str],
+        log_path: Path,
+        timeout_s: float | None,
+        log_cap_bytes: int,
+        grace_s: float = 5.0,
+        max_open_files: int | None = None,
+        cpu_limit_s: int | None = None,
+        max_file_bytes: int | None = None,
+    ) -> None:
+        self.script = script
+        self.cwd = cwd
+        self.env = env
+        self.log_path = log_path
+        self.timeout_s = timeout_s
+        self.log_cap_bytes = log_cap_bytes
+        self.grace_s = grace_s
+        self.max_open_files = max_open_files
+        self.cpu_limit_s = cpu_limit_s
+        self.max_file_bytes = max_file_bytes
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _fields(self) == _fields(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return _repr(self)
 
 
-@dataclass
 class ProcResult:
     """Outcome of one run.
 
@@ -163,14 +190,48 @@ class ProcResult:
     ``log_truncated`` tells that output beyond ``log_cap_bytes`` was discarded.
     """
 
-    exit_code: int | None
-    status: str
-    started: float
-    finished: float
-    duration_s: float
-    signal: int | None
-    message: str
-    log_truncated: bool = False
+    __slots__ = (
+        "exit_code", "status", "started", "finished", "duration_s", "signal", "message",
+        "log_truncated",
+    )
+
+    def __init__(
+        self,
+        exit_code: int | None,
+        status: str,
+        started: float,
+        finished: float,
+        duration_s: float,
+        signal: int | None,
+        message: str,
+        log_truncated: bool = False,
+    ) -> None:
+        self.exit_code = exit_code
+        self.status = status
+        self.started = started
+        self.finished = finished
+        self.duration_s = duration_s
+        self.signal = signal
+        self.message = message
+        self.log_truncated = log_truncated
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return _fields(self) == _fields(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return _repr(self)
+
+
+def _fields(obj: RunSpec | ProcResult) -> tuple[Any, ...]:
+    return tuple(getattr(obj, name) for name in obj.__slots__)
+
+
+def _repr(obj: RunSpec | ProcResult) -> str:
+    """``RunSpec(script=..., cwd=..., ...)``, as the dataclass it replaces showed it."""
+    inner = ", ".join(f"{name}={getattr(obj, name)!r}" for name in obj.__slots__)
+    return f"{obj.__class__.__qualname__}({inner})"
 
 
 def interpreter_for(script: Path) -> list[str]:
@@ -202,6 +263,8 @@ def interpreter_for(script: Path) -> list[str]:
         return [sys.executable]
     program = _INTERPRETERS.get(suffix)
     if program is not None:
+        import shutil
+
         if shutil.which(program) is None:
             raise ScriptError(
                 f"cannot run {str(path)!r}: {program!r} is not installed or not on PATH "
@@ -321,6 +384,8 @@ def end_leftovers(record_paths: list[str], grace_s: float = 1.0) -> int:
 
 def _log_header(spec: RunSpec, when: float) -> bytes:
     """The first line of every log: what ran, where, and when (local time with offset)."""
+    import datetime  # loaded anyway by sqlite3 wherever runs are recorded
+
     iso = datetime.datetime.fromtimestamp(when).astimezone().isoformat(timespec="seconds")
     script, cwd = Path(spec.script).absolute(), Path(spec.cwd).absolute()
     return f"# thotd run: {script} in {cwd} at {iso}\n".encode(errors="replace")
@@ -596,6 +661,8 @@ def _pidfd_open(pid: int) -> int | None:
 def _popen_kwargs(run: _Run, spec: RunSpec, env: dict[str, str]) -> dict[str, Any]:
     """The same launch for both waits: log file as stdout and stderr, a session of its own
     (so the whole group can be signalled), the trampoline's status pipe passed through."""
+    import subprocess
+
     return {
         "stdin": subprocess.DEVNULL,
         "stdout": run.log_fd,
@@ -651,6 +718,8 @@ def run_sync(
     if forkserver is not None:
         proc = _fork_spawn(forkserver, run, env)
     forked = proc is not None
+    import subprocess  # Popen here, TimeoutExpired below (a forked run's wait raises it too)
+
     if proc is None:
         try:
             proc = subprocess.Popen(argv, **_popen_kwargs(run, spec, env))
@@ -708,6 +777,7 @@ async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcR
     straight to SIGKILL) and ``CancelledError`` propagates.
     """
     import asyncio
+    import subprocess
 
     run = _Run(spec)
     prepared = run.prepare()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 ENV_RECORD = "THOT_RECORD"
@@ -55,23 +54,60 @@ class Recorder:
         self._write({"event": "library", "mode": mode, "pid": os.getpid()})
 
 
-@dataclass
 class Query:
-    kind: str
-    search: Any
-    opaque: bool
-    ids: list[str]
+    """One query of the script, as recorded (plain classes here, not dataclasses: importing
+    ``dataclasses`` costs every run ~5 ms)."""
+
+    __slots__ = ("kind", "search", "opaque", "ids")
+
+    def __init__(self, kind: str, search: Any, opaque: bool, ids: list[str]) -> None:
+        self.kind = kind
+        self.search = search
+        self.opaque = opaque
+        self.ids = ids
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return (self.kind, self.search, self.opaque, self.ids) == (
+                other.kind, other.search, other.opaque, other.ids)  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__qualname__}(kind={self.kind!r}, search={self.search!r}, "
+                f"opaque={self.opaque!r}, ids={self.ids!r})")
 
 
-@dataclass
 class RunRecord:
     """A record read back by the engine after the run."""
 
-    used_library: bool = False
-    queries: list[Query] = field(default_factory=list)
-    consumed: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {fp, file, stat}
-    outputs: dict[str, str] = field(default_factory=dict)  # asset id -> data file
-    damaged: bool = False  # a line could not be understood: some inputs may be unknown
+    __slots__ = ("used_library", "queries", "consumed", "outputs", "damaged")
+
+    def __init__(
+        self,
+        used_library: bool = False,
+        queries: list[Query] | None = None,
+        consumed: dict[str, dict[str, Any]] | None = None,
+        outputs: dict[str, str] | None = None,
+        damaged: bool = False,
+    ) -> None:
+        self.used_library = used_library
+        self.queries: list[Query] = [] if queries is None else queries
+        self.consumed: dict[str, dict[str, Any]] = {} if consumed is None else consumed  # id -> {fp, file, stat}
+        self.outputs: dict[str, str] = {} if outputs is None else outputs  # asset id -> data file
+        self.damaged = damaged  # a line could not be understood: some inputs may be unknown
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.used_library, self.queries, self.consumed, self.outputs, self.damaged)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self._key() == other._key()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__qualname__}(used_library={self.used_library!r}, "
+                f"queries={self.queries!r}, consumed={self.consumed!r}, "
+                f"outputs={self.outputs!r}, damaged={self.damaged!r})")
 
     @property
     def opaque(self) -> bool:
