@@ -26,6 +26,7 @@ edit = st.one_of(
     st.tuples(st.just("break"), st.sampled_from(["", *GROUPS]), st.sampled_from(["", *SAMPLES])),
     st.tuples(st.just("fix"), st.sampled_from(["", *GROUPS]), st.sampled_from(["", *SAMPLES])),
     st.tuples(st.just("break_scripts"), st.sampled_from(GROUPS)),
+    st.tuples(st.just("scripts"), st.sampled_from(GROUPS), st.integers(0, 3)),
     st.tuples(st.just("both_files"), st.sampled_from(GROUPS), st.sampled_from(SAMPLES)),
     st.tuples(st.just("note"), st.sampled_from(GROUPS), st.integers(0, 2)),
     st.tuples(st.just("unmark_group"), st.sampled_from(GROUPS)),
@@ -102,6 +103,12 @@ def apply_edit(root: Path, e: tuple[Any, ...]) -> list[str]:
             return []
         (folder / "_scripts.json").write_text('[{"script": 5}]')
         return [str(folder / "_scripts.json")]
+    if kind == "scripts":  # rewrite (in place when it exists) with a valid association
+        folder = root / e[1]
+        if not (folder / "_container.json").exists():
+            return []
+        (folder / "_scripts.json").write_text(json.dumps([{"script": f"s{e[2]}.py"}]))
+        return [str(folder / "_scripts.json")]
     if kind == "both_files":
         folder = root / e[1] / e[2]
         if not (folder / "_container.json").exists():
@@ -154,7 +161,8 @@ def apply_edit(root: Path, e: tuple[Any, ...]) -> list[str]:
 def base_tree(root: Path) -> None:
     spec: dict[str, Any] = {"_container.json": {"metadata": {"top": 0, "m": 0}}}
     for g in GROUPS[:2]:
-        spec[g] = {"_container.json": {"type": "group", "metadata": {g: 1}}}
+        spec[g] = {"_container.json": {"type": "group", "metadata": {g: 1}},
+                   "_scripts.json": [{"script": "s9.py", "autorun": False}]}
         for s in SAMPLES[:2]:
             spec[g][s] = {
                 "_container.json": {"type": "sample"},

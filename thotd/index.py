@@ -131,6 +131,21 @@ def _scripts_sig(base: str, names: frozenset[str], kind: str, racy_from: int) ->
     return _sig(os.stat(base + SCRIPTS_FILE), racy_from)
 
 
+def _list_folder(folder: str) -> tuple[frozenset[str], list[str]]:
+    """The marker names (object files, ``_notes``) a folder holds and its sub-folders
+    (sorted, ``_notes`` left out), from one listing; raises ``OSError``."""
+    names: set[str] = set()
+    dirs: list[str] = []
+    with os.scandir(folder) as it:
+        for entry in it:
+            name = entry.name
+            if name in _MARKERS:
+                names.add(name)
+            if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
+                dirs.append(name)
+    return frozenset(names), sorted(dirs)
+
+
 def _read(path: str) -> bytes:
     return _read_stat(path)[0]
 
@@ -205,11 +220,11 @@ class Index:
         # Moves whenever objects or answers change; 0 means "as the snapshot on disk says"
         # (see thotd.snapshot), which a new index never is.
         self.generation = 1
-        # Of an earlier load (see reload): its nodes, and the folders that were no object
-        # (by signature); consumed as the walk meets them.
-        self._prior: dict[str, Node] = {}
-        self._prior_plain: dict[str, Any] = {}
-        self._plain: dict[str, Any] = {}  # folders met that are no object, for the next reload
+        # A live index (the daemon's) keeps a broken object's last good properties; a
+        # restored one must end exactly where a fresh load would.
+        self.keep_last_good = True
+        # Folders met that hold no object (by signature), for restore(): one may become one.
+        self._plain: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -253,113 +268,132 @@ class Index:
         return idx
 
     @classmethod
-    def reload(
-        cls, root: str, prior: dict[str, Node], plain: dict[str, Any] | None = None
+    def restore(
+        cls, root: str, nodes: dict[str, Node], plain: dict[str, Any] | None = None,
+        answers: dict[str, dict[tuple[str, str], tuple[str, ...]]] | None = None,
     ) -> tuple[Index, Changes]:
-        """Load ``root`` again, reusing the nodes of an earlier load (``prior``, consumed)
-        whose object files are unchanged; returns the index and what changed since.
+        """The index an earlier load left (``nodes``, with their entries and metadata, and
+        the ``plain`` folders it met), brought up to date with the disk; returns it and what
+        changed since.
 
-        Every folder is still listed and every object file stat'ed -- a one-shot process has
-        no watcher to tell it what moved -- but only changed files are read and parsed.
+        A one-shot process has no watcher to say what moved, so every folder and object file
+        is ``stat``-ed; only those whose signature moved are listed or read, through
+        :meth:`update` -- the same incremental path the daemon takes for its events.
         """
-        before = {nid: (n, n.parent, n.metadata, n._fp) for nid, n in prior.items()}
         idx = cls(root)
         if not os.path.isfile(os.path.join(idx.root, CONTAINER_FILE)):
             return cls.load(root), Changes()  # raises NotAProject
-        idx._prior, idx._prior_plain = prior, plain or {}
-        idx._load_subtree(idx.root, None, {})
-        idx._prior, idx._prior_plain = {}, {}
-        changes = Changes()
-        for nid, node in idx.nodes.items():
-            old = before.get(nid)
-            if old is None:
-                changes.added.add(nid)
+        idx.nodes = nodes
+        for node in nodes.values():
+            if node.file is not None:
+                idx.by_file.setdefault(node.file, set()).add(node.id)
+        idx._plain = dict(plain or {})
+        idx.answers = answers or {}
+        paths = idx._moved_paths()
+        # What a fresh load would give, now and for the rest of this index's life (the
+        # snapshot it is saved to must say what the files say).
+        idx.keep_last_good = False
+        return idx, (idx.update(paths) if paths else Changes())
+
+    def _moved_paths(self) -> list[str]:
+        """The paths whose signature differs from the one recorded, in the form
+        :meth:`update` takes: an object file (read the object again), a folder (sync it),
+        or a marker name that appeared or went (``_notes``, ``_scripts.json``...)."""
+        out: list[str] = []
+        stat = os.stat
+        for node in list(self.nodes.values()):
+            folder = node.id
+            try:
+                st = stat(folder)
+            except OSError:
+                out.append(folder)  # gone (or unreadable): update drops or re-reads it
                 continue
-            was, parent, meta, fp = old
-            same = node.parent == parent and node.metadata == meta
-            if was is not node:  # read again: the same only if it says the same
-                same = same and (was.kind, was.props, was.scripts, was.notes, was.errors,
-                                 was.file, was.warnings) == (node.kind, node.props, node.scripts,
-                                                             node.notes, node.errors, node.file,
-                                                             node.warnings)
-            if same:
-                node._fp = fp
-            else:
-                node._fp = None
-                changes.modified.add(nid)
-        changes.removed = set(before) - set(idx.nodes)
-        return idx, changes
+            if node.dsig is None or node.dsig != (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                  st.st_ino):
+                out.extend(self._listing_moved(node))
+            own = folder + os.sep + (CONTAINER_FILE if node.kind == "container" else ASSET_FILE)
+            if node.sig is None:  # not trusted (too fresh, unreadable, with notes): read again
+                out.append(own)
+                continue
+            then_own, then_scripts = node.sig
+            try:
+                st = stat(own)
+            except OSError:
+                out.append(own)
+                continue
+            if then_own != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                out.append(own)
+            elif type(then_scripts) is tuple:
+                spath = folder + os.sep + SCRIPTS_FILE
+                try:
+                    st = stat(spath)
+                    if then_scripts != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                        out.append(spath)
+                except OSError:
+                    out.append(spath)
+        for folder, then in list(self._plain.items()):
+            parent = self.nodes.get(os.path.dirname(folder))
+            if parent is None or parent.kind != "container":
+                del self._plain[folder]  # no longer where an object could be
+                continue
+            try:
+                st = stat(folder)
+            except OSError:
+                del self._plain[folder]
+                continue
+            if then is None or then != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                out.append(folder)  # it may have become an object
+        return out
+
+    def _listing_moved(self, node: Node) -> list[str]:
+        """A folder whose listing changed: what appeared or went among its marker names and
+        sub-folders. The node takes the new listing (update() re-reads it if needed)."""
+        racy_from = time.time_ns() - RACY_NS
+        try:
+            dsig = _sig(os.stat(node.id), racy_from)
+            names, dirs = _list_folder(node.id)
+        except OSError:
+            return [node.id]
+        base = node.id + os.sep
+        out = [base + name for name in names ^ node.names]
+        if node.kind == "container":
+            now = [base + d for d in dirs]
+            new, old = set(now), set(node.subdirs)
+            out += [p for p in now if p not in old] + [p for p in node.subdirs if p not in new]
+            node.subdirs = now
+        node.dsig, node.names = dsig, names
+        return out
 
     def _read_object(self, folder: str, parent: str | None) -> tuple[Node | None, list[str]]:
         """Read one folder's object files with a single listing of the folder.
 
         Returns the object (None when the folder is not one) and its sub-folders, which the
-        walk needs anyway: no ``stat`` per candidate file, each file parsed once. After
-        :meth:`reload`, a folder whose listing is unchanged is not listed again and an object
-        whose files are unchanged is not read again (a ``stat`` each tells).
+        walk needs anyway: no ``stat`` per candidate file, each file parsed once. The node
+        keeps the signatures of its folder and files for :meth:`restore`.
         """
         racy_from = time.time_ns() - RACY_NS
-        prior = self._prior.pop(folder, None)
         try:
             dsig = _sig(os.stat(folder), racy_from)
+            found, dirs = _list_folder(folder)
+        except PermissionError as exc:
+            if parent is None or os.path.basename(folder) == "lost+found":
+                return None, []
+            # It may hold objects: say so, and hold the runs that would see it, rather than
+            # run them as if its data did not exist.
+            node = Node(id=folder, kind="container", parent=parent, props={})
+            node.errors = [ObjectError(folder, None, f"cannot read this folder ({exc.strerror}); "
+                                       "what it holds is unknown: fix its permissions")]
+            return node, []
         except OSError:
-            dsig = None
-        if prior is not None and dsig is not None and dsig == prior.dsig:
-            listing: tuple[frozenset[str], list[str]] | None = (prior.names, prior.subdirs)
-        elif prior is None and dsig is not None and self._prior_plain.get(folder) == dsig:
-            self._plain[folder] = dsig
             return None, []
-        else:
-            listing = None
-        if listing is None:
-            names: set[str] = set()
-            dirs: list[str] = []
-            try:
-                with os.scandir(folder) as it:
-                    for entry in it:
-                        name = entry.name
-                        if name in _MARKERS:
-                            names.add(name)
-                        if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
-                            dirs.append(name)
-            except PermissionError as exc:
-                if parent is None or os.path.basename(folder) == "lost+found":
-                    return None, []
-                # It may hold objects: say so, and hold the runs that would see it, rather
-                # than run them as if its data did not exist.
-                node = Node(id=folder, kind="container", parent=parent, props={})
-                node.errors = [ObjectError(folder, None, f"cannot read this folder "
-                                           f"({exc.strerror}); what it holds is unknown: fix "
-                                           "its permissions")]
-                return node, []
-            except OSError:
-                return None, []
-            base = folder + os.sep if folder != os.sep else folder
-            kind_known = CONTAINER_FILE in names or ASSET_FILE in names
-            listing = (
-                frozenset(names),
-                [base + d for d in sorted(dirs)] if CONTAINER_FILE in names else [],
-            )
-            if not kind_known:
-                if dsig is not None:
-                    self._plain[folder] = dsig
-                return None, []
-        found, subdirs = listing
         base = folder + os.sep if folder != os.sep else folder
         has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
+        if not has_c and not has_a:
+            self._plain[folder] = dsig
+            return None, []
+        self._plain.pop(folder, None)
         kind = "container" if has_c else "asset"
-        if prior is not None and prior.sig is not None and prior.kind == kind:
-            try:
-                sig: Any = (
-                    _sig(os.stat(base + (CONTAINER_FILE if has_c else ASSET_FILE)), racy_from),
-                    _scripts_sig(base, found, kind, racy_from),
-                )
-            except OSError:
-                sig = None
-            if sig == prior.sig and not (has_a and has_c) and NOTES_DIR not in found:
-                prior.parent, prior.entries, prior._view = parent, [], None
-                prior.dsig, prior.names, prior.subdirs = dsig, found, subdirs
-                return prior, subdirs
+        subdirs = [base + d for d in dirs] if has_c else []
         node = Node(id=folder, kind=kind, parent=parent, props={}, dsig=dsig, names=found,
                     subdirs=subdirs)
         sigs: list[Any] = [None, 0]
@@ -615,7 +649,7 @@ class Index:
             return
         # Same kind: re-read only this folder's files; children keep their nodes.
         fresh.entries = old.entries
-        if fresh.errors and old.valid:
+        if fresh.errors and old.valid and self.keep_last_good:
             # Keep the last good version's properties: dependents must not run on garbage,
             # and queries keep answering as before until the file is fixed.
             fresh.props, fresh.scripts, fresh.file = old.props, old.scripts, old.file

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 FORMAT = 1
 #: What is stored of a node; anything else (children, metadata, views) is derived on load.
 _FIELDS = ("id", "kind", "parent", "props", "scripts", "notes", "warnings", "file", "sig",
-           "dsig", "names", "subdirs", "metadata", "_fp")
+           "dsig", "names", "subdirs", "metadata", "entries", "_fp")
 _HEADER = (FORMAT, _FIELDS, tuple(sys.version_info[:2]))
 
 
@@ -62,7 +62,7 @@ def _pack(node: Node) -> tuple[Any, ...]:
 def _unpack(row: tuple[Any, ...]) -> Node:
     node = Node(row[0], row[1], row[2], row[3])
     (node.scripts, node.notes, node.warnings, node.file, node.sig, node.dsig, node.names,
-     node.subdirs, node.metadata, node._fp, errors) = row[4:]
+     node.subdirs, node.metadata, node.entries, node._fp, errors) = row[4:]
     if errors:
         node.errors = [ObjectError(*e) for e in errors]
     return node
@@ -88,10 +88,10 @@ def load(root: str, state_dir: Path) -> tuple[Index, Changes | None, dict[str, A
         racy = any(n.sig is None or n.dsig is None for n in nodes.values())
         plain, answers, runs = saved["plain"], saved["answers"], saved.get("runs")
     except Exception:  # noqa: BLE001 - a cache: whatever is wrong with it, read the tree
-        return Index.load(root), None, None
-    index, changes = Index.reload(idx.root, nodes, plain)
-    index.answers = answers
-    index.forget(changes)
+        full = Index.load(root)
+        full.keep_last_good = False  # as restore(): the snapshot must say what files say
+        return full, None, None
+    index, changes = Index.restore(idx.root, nodes, plain, answers)
     index.generation = 0 if not changes and not racy else 1
     return index, changes, runs
 
