@@ -758,6 +758,8 @@ class Index:
         return self.find("asset", search, start)
 
     def errors(self) -> list[ObjectError]:
+        if not any(n.errors for n in self.nodes.values()):  # the usual case, 20x cheaper
+            return []
         return [e for n in self.walk(include_invalid=True) for e in n.errors]
 
     def warnings(self) -> list[str]:

@@ -119,15 +119,14 @@ def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[s
 
     for nid in changes.added | changes.removed | changes.modified:
         mark(nid)
-    racy_from = time.time_ns() - RACY_NS
     for file, then in runs["data"].items():
         if then is None:
             index.generation += 1  # worth writing again, once it can be trusted
-        if then is None or _file_sig(file, racy_from) != then:
-            for aid in index.by_file.get(file, ()):
-                mark(aid)
-    scripts = {s for s, then in runs["scripts"].items()
-               if then is not None and _file_sig(s, racy_from) == then}
+        elif _unmoved(file, then):
+            continue
+        for aid in index.by_file.get(file, ()):
+            mark(aid)
+    scripts = {s for s, then in runs["scripts"].items() if then is not None and _unmoved(s, then)}
     stale, stamps = set(runs["stale"]), runs["stamps"]
     out: dict[str, set[RunKey]] = {}
     for key, row in engine.rows.items():
@@ -137,6 +136,16 @@ def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[s
             continue
         out.setdefault(container, set()).add(key)
     return out
+
+
+def _unmoved(path: str, then: Any) -> bool:
+    """Whether a file still has the signature it had (``"missing"`` for one that was not
+    there). Only the signature recorded needed to be safe from racy timestamps."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return then == "missing"
+    return then == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _file_sig(path: str, racy_from: int) -> Any:
