@@ -74,7 +74,7 @@ def test_reload_after_random_edits_equals_a_fresh_load(
         root, state = Path(tmp) / "p", Path(tmp) / "state"
         base_tree(root)
         wait_past_racy_window(root)  # so the reload reuses what did not change
-        index = Index.load(root)
+        index = Index.load(root, signatures=True)
         answers(index, cached=True)  # fill the answer cache that the snapshot keeps
         snapshot.save(index, state)
         for e in first:
@@ -92,7 +92,7 @@ def test_unchanged_objects_are_not_read_again(tmp_path: Path) -> None:
     root = tmp_path / "p"
     base_tree(root)
     wait_past_racy_window(root)
-    index = Index.load(root)
+    index = Index.load(root, signatures=True)
     fps = {nid: index.fingerprint(nid) for nid in index.nodes}
     prior = dict(index.nodes)
     apply_edit(root, ("meta", "g0", 3))
@@ -112,7 +112,7 @@ def test_a_same_size_rewrite_with_the_old_mtime_is_seen(tmp_path: Path) -> None:
     root, state = tmp_path / "p", tmp_path / "state"
     base_tree(root)
     wait_past_racy_window(root)
-    snapshot.save(Index.load(root), state)
+    snapshot.save(Index.load(root, signatures=True), state)
     asset = root / "g0" / "s0" / "raw"
     apply_edit(root, ("sneaky", "g0", "s0"))
     wait_past_racy_window(root)  # an old change: only the inode change time tells now
@@ -129,7 +129,7 @@ def test_a_file_changed_just_before_it_was_read_is_not_trusted(tmp_path: Path) -
     wait_past_racy_window(root)
     fresh = root / "g1" / "s1" / "raw" / "_asset.json"
     fresh.write_text(fresh.read_text())
-    index = Index.load(root)
+    index = Index.load(root, signatures=True)
     done = time.time_ns()
     if fresh.stat().st_ctime_ns >= done - RACY_NS:  # read within the window (the usual case)
         assert index.nodes[str(fresh.parent)].sig is None
@@ -156,7 +156,7 @@ def test_what_a_run_made_is_checked_for_its_consumers_though_they_were_clean(tmp
 def test_a_broken_or_foreign_snapshot_means_a_full_load(tmp_path: Path) -> None:
     root, state = tmp_path / "p", tmp_path / "state"
     base_tree(root)
-    snapshot.save(Index.load(root), state)
+    snapshot.save(Index.load(root, signatures=True), state)
     path = snapshot.path_for(state, str(root))
     path.write_bytes(path.read_bytes()[:100])  # truncated
     got, changes, _runs = snapshot.load(str(root), state)
@@ -164,7 +164,7 @@ def test_a_broken_or_foreign_snapshot_means_a_full_load(tmp_path: Path) -> None:
     assert snapshot_index(got) == snapshot_index(Index.load(root))
     other = tmp_path / "other"
     base_tree(other)
-    snapshot.save(Index.load(other), state)
+    snapshot.save(Index.load(other, signatures=True), state)
     os.replace(snapshot.path_for(state, str(other)), path)  # another project's, misfiled
     assert snapshot.load(str(root), state)[1] is None
 

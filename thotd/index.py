@@ -223,16 +223,21 @@ class Index:
         # A live index (the daemon's) keeps a broken object's last good properties; a
         # restored one must end exactly where a fresh load would.
         self.keep_last_good = True
+        self.signatures = False  # record folder signatures (for a snapshot: see restore)
         # Folders met that hold no object (by signature), for restore(): one may become one.
         self._plain: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str], focus: str | None = None) -> Index:
+    def load(
+        cls, root: str | os.PathLike[str], focus: str | None = None, *, signatures: bool = False
+    ) -> Index:
         """Load the project at ``root``; with ``focus``, only that container's subtree plus the
-        chain of its ancestors (what a script can see, and the metadata it inherits)."""
+        chain of its ancestors (what a script can see, and the metadata it inherits).
+        ``signatures`` also records each folder's, for a snapshot (one more ``stat`` each)."""
         idx = cls(norm(root))
+        idx.signatures = signatures
         if not os.path.isfile(os.path.join(idx.root, CONTAINER_FILE)):
             raise NotAProject(
                 f"{idx.root} is not a Thot project: it has no {CONTAINER_FILE} "
@@ -289,6 +294,7 @@ class Index:
                 idx.by_file.setdefault(node.file, set()).add(node.id)
         idx._plain = dict(plain or {})
         idx.answers = answers or {}
+        idx.signatures = True
         paths = idx._moved_paths()
         # What a fresh load would give, now and for the rest of this index's life (the
         # snapshot it is saved to must say what the files say).
@@ -373,7 +379,7 @@ class Index:
         """
         racy_from = time.time_ns() - RACY_NS
         try:
-            dsig = _sig(os.stat(folder), racy_from)
+            dsig = _sig(os.stat(folder), racy_from) if self.signatures else None
             found, dirs = _list_folder(folder)
         except PermissionError as exc:
             if parent is None or os.path.basename(folder) == "lost+found":

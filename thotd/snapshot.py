@@ -88,7 +88,7 @@ def load(root: str, state_dir: Path) -> tuple[Index, Changes | None, dict[str, A
         racy = any(n.sig is None or n.dsig is None for n in nodes.values())
         plain, answers, runs = saved["plain"], saved["answers"], saved.get("runs")
     except Exception:  # noqa: BLE001 - a cache: whatever is wrong with it, read the tree
-        full = Index.load(root)
+        full = Index.load(root, signatures=True)
         full.keep_last_good = False  # as restore(): the snapshot must say what files say
         return full, None, None
     index, changes = Index.restore(idx.root, nodes, plain, answers)
