@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ __all__ = [
     "sample_values",
     "snapshot_index",
     "wait_past_racy_window",
+    "wait_until",
 ]
 
 THOT_VARS = (
@@ -80,6 +81,18 @@ def make_tree(root: Path, spec: Mapping[str, Any]) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(str(value), encoding="utf-8")
     return root
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``cond`` until it holds or ``timeout`` passes; return its last value. The
+    deadline is generous: only reached when something is broken."""
+    end = time.monotonic() + timeout
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= end:
+            return cond()
+        time.sleep(0.02)
 
 
 def wait_past_racy_window(root: Path) -> None:

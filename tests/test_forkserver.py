@@ -16,10 +16,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from corekit import wait_until
 
 from thotd.forkserver import LOST_RETURNCODE, ForkServer, startup_vars
 from thotd.proc import ProcResult, RunSpec, run_sync, script_env
@@ -30,17 +31,6 @@ DEADLINE_S = 10.0  # generous: only reached when something is broken
 
 #: In the server's start environment, never in a run's: it must vanish from forked runs.
 GONE_VAR = "THOTD_TEST_REMOVED_VAR"
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
-    """Poll ``cond`` until it holds or ``timeout`` passes; return its last value."""
-    end = time.monotonic() + timeout
-    while True:
-        if cond():
-            return True
-        if time.monotonic() >= end:
-            return cond()
-        time.sleep(0.02)
 
 
 def group_dead(pgid: int) -> bool:

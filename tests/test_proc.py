@@ -14,10 +14,10 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from corekit import wait_until
 
 from thotd.proc import (
     ProcResult,
@@ -32,17 +32,6 @@ from thotd.proc import (
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
 
 DEADLINE_S = 10.0  # generous: only reached when something is broken
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = DEADLINE_S) -> bool:
-    """Poll ``cond`` until it holds or ``timeout`` passes; return its last value."""
-    end = time.monotonic() + timeout
-    while True:
-        if cond():
-            return True
-        if time.monotonic() >= end:
-            return cond()
-        time.sleep(0.02)
 
 
 def group_gone(pgid: int) -> bool:

@@ -72,6 +72,9 @@ import types  # noqa: E402
 from collections.abc import Mapping, Sequence  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
+# The trampoline's own rules for limits (it is importable: nothing runs unless __main__).
+from thotd._trampoline import _apply_limit  # noqa: E402
+
 if TYPE_CHECKING:
     import subprocess
     import threading
@@ -456,27 +459,6 @@ def _pidfd_open(pid: int) -> int | None:
 # --------------------------------------------------------------------------------------
 # child
 # --------------------------------------------------------------------------------------
-
-
-def _apply_limit(name: str, value: int) -> None:
-    """Set one limit exactly as ``thotd._trampoline._apply_limit`` does (see there)."""
-    kind = {
-        "core": resource.RLIMIT_CORE,
-        "nofile": resource.RLIMIT_NOFILE,
-        "cpu": resource.RLIMIT_CPU,
-        "fsize": resource.RLIMIT_FSIZE,
-    }[name]
-    _soft, hard = resource.getrlimit(kind)
-
-    def capped(v: int) -> int:
-        return v if hard == resource.RLIM_INFINITY else min(v, hard)
-
-    if name == "fsize":
-        resource.setrlimit(kind, (capped(value), capped(value)))
-    elif name == "cpu":
-        resource.setrlimit(kind, (capped(value), capped(value + 5)))
-    else:
-        resource.setrlimit(kind, (capped(value), hard))
 
 
 def _close_fds_above_2() -> None:

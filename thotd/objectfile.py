@@ -14,6 +14,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from thotd.slotted import Slotted
+
 CONTAINER_FILE = "_container.json"
 ASSET_FILE = "_asset.json"
 SCRIPTS_FILE = "_scripts.json"
@@ -27,7 +29,7 @@ KNOWN_EXTRAS = frozenset(
 )
 
 
-class ObjectError:
+class ObjectError(Slotted):
     """Why an object file could not be used: enough to find and fix it.
 
     Immutable, compared and hashed by its fields (a plain class, not a frozen dataclass:
@@ -57,22 +59,8 @@ class ObjectError:
         init(self, "line", line)
         init(self, "column", column)
 
-    def _key(self) -> tuple[str, str | None, str, int | None, int | None]:
-        return (self.path, self.field, self.reason, self.line, self.column)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._key() == other._key()  # type: ignore[attr-defined]
-        return NotImplemented
-
     def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}(path={self.path!r}, field={self.field!r}, "
-            f"reason={self.reason!r}, line={self.line!r}, column={self.column!r})"
-        )
+        return hash(self._values())
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"cannot assign to field {name!r}")

@@ -64,6 +64,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thotd.slotted import Slotted
+
 # ``subprocess`` (~2 ms to import) and ``shutil`` (~2 ms) are imported where needed: ``thot``
 # imports this module at start-up, before it knows whether anything will run (``--dry-run``,
 # nothing stale), and ``shutil`` only serves R and shell scripts.
@@ -124,7 +126,7 @@ class ScriptError(Exception):
     """
 
 
-class RunSpec:
+class RunSpec(Slotted):
     """Everything needed to launch one run.
 
     ``env`` is the complete environment (build it with :func:`script_env`).  ``script`` and
@@ -169,16 +171,8 @@ class RunSpec:
         self.cpu_limit_s = cpu_limit_s
         self.max_file_bytes = max_file_bytes
 
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _fields(self) == _fields(other)
-        return NotImplemented
 
-    def __repr__(self) -> str:
-        return _repr(self)
-
-
-class ProcResult:
+class ProcResult(Slotted):
     """Outcome of one run.
 
     ``status`` is ``"ok"`` (exit 0), ``"failed"`` (non-zero exit or death by a signal the
@@ -214,24 +208,6 @@ class ProcResult:
         self.signal = signal
         self.message = message
         self.log_truncated = log_truncated
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return _fields(self) == _fields(other)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return _repr(self)
-
-
-def _fields(obj: RunSpec | ProcResult) -> tuple[Any, ...]:
-    return tuple(getattr(obj, name) for name in obj.__slots__)
-
-
-def _repr(obj: RunSpec | ProcResult) -> str:
-    """``RunSpec(script=..., cwd=..., ...)``, as the dataclass it replaces showed it."""
-    inner = ", ".join(f"{name}={getattr(obj, name)!r}" for name in obj.__slots__)
-    return f"{obj.__class__.__qualname__}({inner})"
 
 
 def interpreter_for(script: Path) -> list[str]:

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any
 
+from thotd.slotted import Slotted
+
 ENV_RECORD = "THOT_RECORD"
 
 
@@ -54,7 +56,7 @@ class Recorder:
         self._write({"event": "library", "mode": mode, "pid": os.getpid()})
 
 
-class Query:
+class Query(Slotted):
     """One query of the script, as recorded (plain classes here, not dataclasses: importing
     ``dataclasses`` costs every run ~5 ms)."""
 
@@ -66,18 +68,8 @@ class Query:
         self.opaque = opaque
         self.ids = ids
 
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return (self.kind, self.search, self.opaque, self.ids) == (
-                other.kind, other.search, other.opaque, other.ids)  # type: ignore[attr-defined]
-        return NotImplemented
 
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__qualname__}(kind={self.kind!r}, search={self.search!r}, "
-                f"opaque={self.opaque!r}, ids={self.ids!r})")
-
-
-class RunRecord:
+class RunRecord(Slotted):
     """A record read back by the engine after the run."""
 
     __slots__ = ("used_library", "queries", "consumed", "outputs", "damaged")
@@ -95,19 +87,6 @@ class RunRecord:
         self.consumed: dict[str, dict[str, Any]] = {} if consumed is None else consumed  # id -> {fp, file, stat}
         self.outputs: dict[str, str] = {} if outputs is None else outputs  # asset id -> data file
         self.damaged = damaged  # a line could not be understood: some inputs may be unknown
-
-    def _key(self) -> tuple[Any, ...]:
-        return (self.used_library, self.queries, self.consumed, self.outputs, self.damaged)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._key() == other._key()  # type: ignore[attr-defined]
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__qualname__}(used_library={self.used_library!r}, "
-                f"queries={self.queries!r}, consumed={self.consumed!r}, "
-                f"outputs={self.outputs!r}, damaged={self.damaged!r})")
 
     @property
     def opaque(self) -> bool:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from thotd.engine import Engine, Planned
+from thotd.slotted import Slotted
 
 if TYPE_CHECKING:
     from thotd.forkserver import ForkServer
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from thotd.queryserver import QueryServer
 
 
-class Outcome:
+class Outcome(Slotted):
     """One run's line in the report (a plain class: ``dataclasses`` costs ~5 ms to import)."""
 
     __slots__ = ("planned", "status", "reasons", "exit_code", "duration_s", "log", "message")
@@ -55,21 +56,6 @@ class Outcome:
         self.log = log
         self.message = message
 
-    def _key(self) -> tuple[Any, ...]:
-        return (self.planned, self.status, self.reasons, self.exit_code, self.duration_s,
-                self.log, self.message)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self._key() == other._key()  # type: ignore[attr-defined]
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__qualname__}(planned={self.planned!r}, "
-                f"status={self.status!r}, reasons={self.reasons!r}, "
-                f"exit_code={self.exit_code!r}, duration_s={self.duration_s!r}, "
-                f"log={self.log!r}, message={self.message!r})")
-
     def to_json(self) -> dict[str, Any]:
         return {
             "container": self.planned.container,
@@ -83,7 +69,7 @@ class Outcome:
         }
 
 
-class Report:
+class Report(Slotted):
     """What ``run_project`` did: one :class:`Outcome` per run started or skipped."""
 
     __slots__ = ("outcomes", "considered")
@@ -91,16 +77,6 @@ class Report:
     def __init__(self, outcomes: list[Outcome] | None = None, considered: int = 0) -> None:
         self.outcomes: list[Outcome] = [] if outcomes is None else outcomes
         self.considered = considered
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return (self.outcomes, self.considered) == (
-                other.outcomes, other.considered)  # type: ignore[attr-defined]
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return (f"{self.__class__.__qualname__}(outcomes={self.outcomes!r}, "
-                f"considered={self.considered!r})")
 
     @property
     def failed(self) -> list[Outcome]:
