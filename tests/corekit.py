@@ -37,6 +37,7 @@ __all__ = [
     "add_sample",
     "cli",
     "derived_assets",
+    "group_dead",
     "make_gs",
     "make_tree",
     "rel_runs",
@@ -93,6 +94,26 @@ def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
         if time.monotonic() >= end:
             return cond()
         time.sleep(0.02)
+
+
+def group_dead(pgid: int) -> bool:
+    """True once every process of the group has exited (zombies awaiting init count as dead:
+    some inits reap orphans only every second or two)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat_line[stat_line.rfind(b")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state not in (b"Z", b"X"):
+            return False
+    return True
 
 
 def wait_past_racy_window(root: Path) -> None:

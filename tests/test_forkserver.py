@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from corekit import wait_until
+from corekit import group_dead, wait_until
 
 from thotd.forkserver import LOST_RETURNCODE, ForkServer, startup_vars
 from thotd.proc import ProcResult, RunSpec, run_sync, script_env
@@ -31,25 +31,6 @@ DEADLINE_S = 10.0  # generous: only reached when something is broken
 
 #: In the server's start environment, never in a run's: it must vanish from forked runs.
 GONE_VAR = "THOTD_TEST_REMOVED_VAR"
-
-
-def group_dead(pgid: int) -> bool:
-    """True once every process of the group has exited (zombies awaiting init count as dead)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat_line[stat_line.rfind(b")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state not in (b"Z", b"X"):
-            return False
-    return True
 
 
 def pid_gone(pid: int) -> bool:

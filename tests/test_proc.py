@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from corekit import wait_until
+from corekit import group_dead, wait_until
 
 from thotd.proc import (
     ProcResult,
@@ -45,23 +45,6 @@ def group_gone(pgid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-def group_dead(pgid: int) -> bool:
-    """True once every process of the group has exited (zombies awaiting init count as dead)."""
-    if group_gone(pgid):
-        return True
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat_line = (entry / "stat").read_bytes()
-        except OSError:
-            continue
-        state, _ppid, pgrp = stat_line[stat_line.rfind(b")") + 2 :].split()[:3]
-        if int(pgrp) == pgid and state not in (b"Z", b"X"):
-            return False
-    return True
 
 
 def write_script(path: Path, text: str, executable: bool = False) -> Path:
