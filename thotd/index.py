@@ -18,7 +18,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from thotd import objectfile
@@ -56,7 +56,7 @@ class Node:
     def __init__(
         self, id: str, kind: str, parent: str | None, props: dict[str, Any],  # noqa: A002
         *, dsig: tuple[int, int, int, int] | None = None,
-        names: frozenset[str] = frozenset(), subdirs: list[str] | None = None,
+        names: frozenset[str] = frozenset(), subdirs: Sequence[str] = (),
     ) -> None:
         self.id = id
         self.kind = kind  # "container" | "asset"
@@ -76,7 +76,7 @@ class Node:
         # sub-folders: an unchanged folder need not be listed again.
         self.dsig = dsig
         self.names = names
-        self.subdirs: list[str] = subdirs if subdirs is not None else []
+        self.subdirs = subdirs
         self._view: ThotObject | None = None
         self._fp: str | None = None
 
@@ -377,9 +377,10 @@ class Index:
         walk needs anyway: no ``stat`` per candidate file, each file parsed once. The node
         keeps the signatures of its folder and files for :meth:`restore`.
         """
-        racy_from = time.time_ns() - RACY_NS
+        keep = self.signatures  # the snapshot's bookkeeping costs a cold load ~8 %
+        racy_from = time.time_ns() - RACY_NS if keep else 0
         try:
-            dsig = _sig(os.stat(folder), racy_from) if self.signatures else None
+            dsig = _sig(os.stat(folder), racy_from) if keep else None
             found, dirs = _list_folder(folder)
         except PermissionError as exc:
             if parent is None or os.path.basename(folder) == "lost+found":
@@ -395,13 +396,17 @@ class Index:
         base = folder + os.sep if folder != os.sep else folder
         has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
         if not has_c and not has_a:
-            self._plain[folder] = dsig
+            if keep:
+                self._plain[folder] = dsig
             return None, []
-        self._plain.pop(folder, None)
         kind = "container" if has_c else "asset"
         subdirs = [base + d for d in dirs] if has_c else []
-        node = Node(id=folder, kind=kind, parent=parent, props={}, dsig=dsig, names=found,
-                    subdirs=subdirs)
+        if keep:
+            self._plain.pop(folder, None)
+            node = Node(id=folder, kind=kind, parent=parent, props={}, dsig=dsig, names=found,
+                        subdirs=subdirs)
+        else:
+            node = Node(id=folder, kind=kind, parent=parent, props={})
         sigs: list[Any] = [None, 0]
         errors: list[ObjectError] = []
         if has_c and has_a:
@@ -416,7 +421,7 @@ class Index:
         own = base + own_name
         try:
             data, st = _read_stat(own)
-            sigs[0] = _sig(st, racy_from)
+            sigs[0] = _sig(st, racy_from) if keep else None
             node.props = objectfile.load(own_name, data, own)
         except ObjectFileError as exc:
             errors.extend(exc.errors)
@@ -432,7 +437,7 @@ class Index:
             else:
                 try:
                     data, st = _read_stat(spath)
-                    sigs[1] = _sig(st, racy_from)
+                    sigs[1] = _sig(st, racy_from) if keep else None
                     assocs = objectfile.load(SCRIPTS_FILE, data, spath)
                     node.scripts = self._resolve_scripts(assocs, folder)
                 except ObjectFileError as exc:
@@ -442,7 +447,7 @@ class Index:
         if NOTES_DIR in found:
             node.notes = _read_notes(base + NOTES_DIR)
         node.errors = errors
-        if None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
+        if keep and None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
             node.sig = (sigs[0], sigs[1])
         return node, subdirs
 
