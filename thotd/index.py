@@ -798,6 +798,8 @@ class Index:
         (a summary must not silently miss a sample) or an invalid container above it (whose
         metadata it would inherit). Walks from the few invalid objects, not every container."""
         out: dict[str, ObjectError] = {}
+        if not any(n.errors for n in self.nodes.values()):  # the usual case: no walk
+            return out
         for node in self.walk(include_invalid=True):
             if not node.errors:
                 continue
