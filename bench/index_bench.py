@@ -39,7 +39,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ WORK = BENCH / "work"
 RESULTS = BENCH / "results"
 
 sys.path.insert(0, str(BENCH))
+import engine_bench as eb  # noqa: E402
 import gen  # noqa: E402
 
 ORIGINAL_REQ = ["thot-data==0.0.2", "pymongo"]
@@ -189,31 +189,17 @@ def summarise(runs: list[dict], scale: float = 1.0) -> dict:
 
 
 def machine_info() -> dict:
-    info = {
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": sys.version.split()[0],
-        "python_original": subprocess.run(
+    """The engine bench's machine record, plus the original's Python."""
+    info = eb.machine_info()
+    info["python_original"] = (
+        subprocess.run(
             [str(venv_python()), "-I", "-c", "import sys; print(sys.version.split()[0])"],
             capture_output=True,
             text=True,
         ).stdout.strip()
         if venv_python().exists()
-        else None,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["mem_total_mb"] = int(line.split()[1]) // 1024
-                break
-    except OSError:
-        pass
+        else None
+    )
     return info
 
 
