@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO / "bench") not in sys.path:
     sys.path.insert(0, str(REPO / "bench"))
 
+from corekit import derived_assets  # noqa: E402 -- one oracle comparison for all suites
 from gen import add_sample, make_gs  # noqa: E402
 
 __all__ = [
@@ -432,20 +433,6 @@ def user_files(root: Path) -> dict[str, str]:
             path = os.path.join(dirpath, name)
             with open(path, "rb") as fh:
                 out[os.path.relpath(path, root)] = hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
-    return out
-
-
-def derived_assets(project: Path) -> dict[str, tuple[dict[str, Any], bytes | None]]:
-    """Every asset a script made: folder -> (its ``_asset.json`` minus ``creator``, data)."""
-    out: dict[str, tuple[dict[str, Any], bytes | None]] = {}
-    for dirpath, _dirs, files in os.walk(project):
-        if "_asset.json" not in files or not _is_script_asset(dirpath):
-            continue
-        props = json.loads(Path(dirpath, "_asset.json").read_text(encoding="utf-8"))
-        props.pop("creator", None)
-        data_path = Path(dirpath, str(props.get("file", "")))
-        data = data_path.read_bytes() if data_path.is_file() else None
-        out[os.path.relpath(dirpath, project)] = (props, data)
     return out
 
 
