@@ -1,11 +1,12 @@
 """The index as the last ``thot run`` left it, kept beside the state database.
 
 A one-shot ``thot run --changed`` has no watcher to tell it what moved since last time, so
-it must look at the whole tree; but looking is cheap (one listing per folder, one ``stat``
-per object file) while reading and validating every object file is not. The snapshot keeps
-each object's parsed node with the signature of the files it came from, and the answers to
-the scripts' queries; :meth:`Index.reload` reuses every node whose files are unchanged and
-reports what changed, and only the answers that change can affect are asked again.
+it must look at the whole tree; but looking is cheap (one ``stat`` per folder and object
+file) while reading and validating every object file is not. The snapshot keeps each
+object's parsed node with the signatures of the folder and files it came from, the answers
+to the scripts' queries, and what was known of the runs; :meth:`Index.restore` brings the
+nodes up to date (only what moved is read again), only the answers a change can affect are
+asked again, and :func:`clean_runs` names the runs that need no look at all.
 
 It is a cache, never the truth: anything unexpected (missing, truncated, another version,
 another root) means a full load, and it is replaced atomically, so a kill at any moment
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from thotd.engine import Engine, RunKey
 
 FORMAT = 1
-#: What is stored of a node; anything else (children, metadata, views) is derived on load.
+#: What is stored of a node (its view and the by-file map are derived on load).
 _FIELDS = ("id", "kind", "parent", "props", "scripts", "notes", "warnings", "file", "sig",
            "dsig", "names", "subdirs", "metadata", "entries", "_fp")
 _HEADER = (FORMAT, _FIELDS, tuple(sys.version_info[:2]))
