@@ -193,6 +193,7 @@ class Daemon:
             notify.ready(self.status_line())
             return {"reloaded": False, "error": str(exc)}
         self.config = new
+        self.watcher.retune(new.daemon.settle_ms / 1000, new.daemon.stable_checks)
         from thotd.paths import log_file
 
         configure_logging(new.log.level, log_file() if new.log.file else None)

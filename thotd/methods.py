@@ -129,7 +129,8 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
         return {
             "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
             "socket": str(daemon.socket_path), "state": str(daemon.store_path),
-            "workers": daemon.config.pool.workers, "quiet": daemon.quiet(),
+            "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
+            "quiet": daemon.quiet(),
             "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
             "projects": [project_status(daemon, p) for p in daemon.projects.values()],
         }

@@ -575,6 +575,18 @@ class Watcher:
             out[root] = entry
         return out
 
+    @property
+    def settle_s(self) -> float:
+        return self._settle_s
+
+    def retune(self, settle_s: float, stable_checks: int) -> None:
+        """A new settle period and number of stability looks (a configuration reload).
+        Batches already timing finish on their old timer; every later look uses the new
+        values."""
+        self._settle_s = max(0.001, float(settle_s))
+        self._stable_checks = max(1, int(stable_checks))
+        self._max_delay_s = max(self._settle_s, self._max_delay_s)
+
     def quiet(self) -> bool:
         """True when no event is waiting to be handed over, settled, or delivered.
 

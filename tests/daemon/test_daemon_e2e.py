@@ -241,15 +241,18 @@ def test_systemd_notify_ready_after_socket(daemon: Daemon, gs: Path, tmp_path: P
     assert daemon.stop() == 0
 
 
-def test_reload_with_bad_config_keeps_old(daemon: Daemon) -> None:
+def test_reload_with_bad_config_keeps_old_and_a_good_one_applies(daemon: Daemon) -> None:
     daemon.start()
     daemon.config.write_text("[pool]\nworkerz = 3\n")
     res = daemon.ctl("reload", "--wait")
     assert res.returncode == 1 and "workerz" in (res.stdout + res.stderr)
     assert daemon.ctl_json("status")["workers"] == 2
-    daemon.config.write_text("[pool]\nworkers = 1\n")
+    daemon.config.write_text("[pool]\nworkers = 1\n[daemon]\nsettle_ms = 250\n")
+    assert daemon.ctl_json("status")["settle_ms"] == 50
     assert daemon.ctl("reload", "--wait").returncode == 0
-    assert daemon.ctl_json("status")["workers"] == 1
+    status = daemon.ctl_json("status")
+    assert status["workers"] == 1
+    assert status["settle_ms"] == 250  # read back from the running watcher, not the config
 
 
 def test_sigterm_during_a_run_reruns_it_after_restart(daemon: Daemon, gs: Path) -> None:
