@@ -454,6 +454,10 @@ class Daemon:
             res = await run_async(spec, cancel)
             proj.running.pop(p.key, None)
             if proj.engine is None or self.projects.get(proj.root) is not proj:
+                # Removed while it ran: no run row to update, but its history row ends.
+                history_id = proj.engine.history_ids.pop(p.key, None) if proj.engine else None
+                if history_id is not None:
+                    self.store.finish_history(history_id, res.status, res.exit_code, res.finished)
                 return
             outputs = proj.engine.complete(
                 p.key, status=res.status, exit_code=res.exit_code, started=res.started,

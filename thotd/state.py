@@ -243,6 +243,14 @@ class Store:
                     (*values, project, container, script),
                 )
 
+    def finish_history(self, history_id: int, status: str, exit_code: int | None,
+                       finished: float) -> None:
+        """End a history row whose run has no run row to update any more (its project was
+        removed while it ran): the history must not say 'running' forever."""
+        with self.tx() as db:
+            db.execute("UPDATE history SET status=?, exit_code=?, finished=? WHERE id=?",
+                       (status, exit_code, finished, history_id))
+
     def interrupt_stale(self) -> int:
         """History rows left 'running' by a process that died: they were interrupted."""
         with self.tx() as db:

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -253,6 +254,29 @@ def test_reload_with_bad_config_keeps_old_and_a_good_one_applies(daemon: Daemon)
     status = daemon.ctl_json("status")
     assert status["workers"] == 1
     assert status["settle_ms"] == 250  # read back from the running watcher, not the config
+
+
+def test_remove_during_a_run_stops_it_and_ends_its_history(daemon: Daemon, gs: Path) -> None:
+    analysis = gs.parent / "analysis"
+    marker = gs.parent / "started"
+    (analysis / "slow.py").write_text(
+        "import os, time\nopen(os.environ['MARK'], 'a').write('x')\ntime.sleep(60)\n")
+    (gs / "_scripts.json").write_text(json.dumps([{"script": "root:/../analysis/slow.py"}]))
+    daemon.env["MARK"] = str(marker)
+    daemon.config.write_text("[daemon]\nsettle_ms = 50\n[pool]\nworkers = 2\n")
+    daemon.start()
+    daemon.ctl("add", str(gs))
+    wait_for(marker.exists, 60, "the slow script to start")
+    assert daemon.ctl("remove", str(gs)).returncode == 0
+    state = daemon.ctl_json("status")["state"]
+
+    def slow_history() -> list[str]:
+        with sqlite3.connect(state) as db:
+            return [r[0] for r in db.execute(
+                "SELECT status FROM history WHERE script LIKE '%slow.py' ORDER BY id")]
+
+    # the run is cancelled (TERM, then KILL after the grace) and its history row says so
+    wait_for(lambda: slow_history() == ["killed"], 60, "the removed project's run to end")
 
 
 def test_sigterm_during_a_run_reruns_it_after_restart(daemon: Daemon, gs: Path) -> None:
