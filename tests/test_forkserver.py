@@ -10,20 +10,30 @@ Real processes throughout, no mocks; waits poll a condition against a deadline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from corekit import group_dead, wait_until
 
 from thotd.forkserver import LOST_RETURNCODE, ForkServer, startup_vars
-from thotd.proc import ProcResult, RunSpec, run_sync, script_env
+from thotd.proc import (
+    PGID_SUFFIX,
+    ProcResult,
+    RunSpec,
+    end_leftovers,
+    run_async,
+    run_sync,
+    script_env,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork, process groups, /proc")
 
@@ -737,6 +747,44 @@ def test_server_killed_mid_run_does_not_hang_the_waiter(tmp_path: Path) -> None:
     assert fs.server_pid is not None and pid_gone(fs.server_pid)
 
 
+def test_a_hung_server_is_given_up_and_the_run_is_execed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that stops answering (here SIGSTOP) must not hang a run forever: after
+    SPAWN_REPLY_S the run takes the exec path and the server is killed."""
+    import thotd.forkserver as forkserver
+
+    monkeypatch.setattr(forkserver, "SPAWN_REPLY_S", 0.5)
+    fs = ForkServer.start(base_env())
+    try:
+        assert fs.wait_ready(DEADLINE_S)
+        assert fs.server_pid is not None
+        os.kill(fs.server_pid, signal.SIGSTOP)
+        script = tmp_path / "ok.py"
+        script.write_text("import sys\nprint('thot.thot' in sys.modules)\n")
+        res = run_sync(spec_for(script, tmp_path / "ok.log"), forkserver=fs)
+        assert res.status == "ok"
+        assert log_body(tmp_path / "ok.log") == "False\n"  # exec'd, not forked
+        assert not fs.ready() and "did not answer" in (fs.last_refusal or "")
+        pid = fs.server_pid
+
+        def dead() -> bool:  # killed: a zombie until close() reaps it, or gone
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_bytes()
+            except OSError:
+                return True
+            return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
+
+        assert wait_until(dead), "the hung server was not killed"
+        fs.close()
+        assert pid_gone(pid)
+    finally:
+        if fs.server_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(fs.server_pid, signal.SIGCONT)
+        fs.close()
+
+
 def test_close_leaves_no_process(tmp_path: Path) -> None:
     fs = ForkServer.start(base_env())
     assert fs.wait_ready(DEADLINE_S)
@@ -762,3 +810,170 @@ def test_start_failure_is_never_ready(tmp_path: Path) -> None:
         assert not broken.wait_ready(DEADLINE_S)  # the interpreter cannot even start
     finally:
         broken.close()
+
+
+# -- the daemon's way: run_async ---------------------------------------------------------------
+
+
+def run_async_forked(
+    server: ForkServer | None, spec: RunSpec, cancel: asyncio.Event | None = None
+) -> ProcResult:
+    """``run_async`` through the server on a fresh loop, asserting the fork path was taken."""
+    before = server.forked if server is not None else 0
+    res = asyncio.run(run_async(spec, cancel, forkserver=server))
+    if server is not None:
+        assert server.forked == before + 1, f"not forked: {server.last_refusal}"
+    return res
+
+
+async def await_until(cond: Callable[[], bool]) -> None:
+    end = time.monotonic() + DEADLINE_S
+    while not cond():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def test_async_fork_path_is_taken(server: ForkServer, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import sys\nprint('thot.thot' in sys.modules)\n")
+    fk = run_async_forked(server, spec_for(script, tmp_path / "fork.log"))
+    ex = asyncio.run(run_async(spec_for(script, tmp_path / "exec.log")))
+    assert ex.status == fk.status == "ok"
+    assert log_body(tmp_path / "fork.log") == "True\n"
+    assert log_body(tmp_path / "exec.log") == "False\n"
+
+
+@pytest.mark.parametrize("case", sorted(EXITS))
+def test_async_exit_status_and_output_match(server: ForkServer, tmp_path: Path, case: str) -> None:
+    source, status, code = EXITS[case]
+    script = tmp_path / "s.py"
+    script.write_text(source)
+    ex = asyncio.run(run_async(spec_for(script, tmp_path / "exec.log")))
+    fk = run_async_forked(server, spec_for(script, tmp_path / "fork.log"))
+    assert (ex.status, ex.exit_code) == (status, code)
+    same_outcome(ex, fk)
+    assert log_body(tmp_path / "fork.log") == log_body(tmp_path / "exec.log")
+
+
+def test_async_timeout_kills_the_group(server: ForkServer, tmp_path: Path) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text(GROUP_SCRIPT)
+    t0 = time.monotonic()
+    res = run_async_forked(server, spec_for(script, tmp_path / "hang.log", timeout_s=1.0))
+    assert time.monotonic() - t0 < 1.0 + 0.5 + 2.0
+    assert (res.status, res.signal) == ("timeout", signal.SIGTERM), res
+    assert (tmp_path / "started").exists()
+    pgid = read_pid(tmp_path / "pid")
+    assert wait_until(lambda: group_dead(pgid)), "processes of the run are left"
+
+
+def test_async_leftover_is_ended(server: ForkServer, tmp_path: Path) -> None:
+    script = tmp_path / "bg.py"
+    script.write_text(
+        "import os, subprocess\nopen('pid', 'w').write(str(os.getpid()))\n"
+        "subprocess.Popen(['sleep', '100'])\n"
+    )
+    t0 = time.monotonic()
+    res = run_async_forked(server, spec_for(script, tmp_path / "bg.log", grace_s=5.0))
+    assert res.status == "ok"
+    assert time.monotonic() - t0 < 1.5  # neither the sleep's 100 s nor the 5 s grace
+    pgid = read_pid(tmp_path / "pid")
+    assert wait_until(lambda: group_dead(pgid)), "leftover child was not killed"
+
+
+def test_async_cancel_event_gives_killed(server: ForkServer, tmp_path: Path) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text(GROUP_SCRIPT)
+    spec = spec_for(script, tmp_path / "hang.log", timeout_s=None)
+
+    async def main() -> ProcResult:
+        cancel = asyncio.Event()
+        task = asyncio.create_task(run_async(spec, cancel, forkserver=server))
+        await await_until((tmp_path / "started").exists)
+        cancel.set()
+        return await asyncio.wait_for(task, DEADLINE_S)
+
+    before = server.forked
+    res = asyncio.run(main())
+    assert (res.status, res.signal) == ("killed", signal.SIGTERM)
+    assert server.forked == before + 1
+    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+
+
+def test_async_task_cancellation_stops_the_group(server: ForkServer, tmp_path: Path) -> None:
+    script = tmp_path / "hang.py"
+    script.write_text(GROUP_SCRIPT)
+    spec = spec_for(script, tmp_path / "hang.log", timeout_s=None)
+
+    async def main() -> None:
+        task = asyncio.create_task(run_async(spec, forkserver=server))
+        await await_until((tmp_path / "started").exists)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, DEADLINE_S)
+
+    before = server.forked
+    asyncio.run(main())
+    assert server.forked == before + 1
+    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+
+
+def test_async_pgid_file_lets_end_leftovers_find_a_forked_run(
+    server: ForkServer, tmp_path: Path
+) -> None:
+    """After a daemon crash a forked main process is found by ``<record>.pgid``: its /proc
+    environ is the server's, without the run's THOT_RECORD."""
+    record = str(tmp_path / "run.log.record")
+    script = tmp_path / "hang.py"
+    script.write_text("import os, time\nopen('started', 'w').close()\ntime.sleep(100)\n")
+    spec = spec_for(script, tmp_path / "hang.log", timeout_s=None, env=run_env(THOT_RECORD=record))
+    pgid_file = Path(record + PGID_SUFFIX)
+
+    async def main() -> tuple[ProcResult, int, int]:
+        task = asyncio.create_task(run_async(spec, forkserver=server))
+        await await_until((tmp_path / "started").exists)
+        pgid = int(pgid_file.read_text().split()[0])
+        assert f"THOT_RECORD={record}".encode() not in Path(f"/proc/{pgid}/environ").read_bytes()
+        ended = await asyncio.to_thread(end_leftovers, [record], 5.0)
+        return await asyncio.wait_for(task, DEADLINE_S), pgid, ended
+
+    before = server.forked
+    res, pgid, ended = asyncio.run(main())
+    assert server.forked == before + 1
+    assert ended == 1
+    assert (res.status, res.signal) == ("failed", signal.SIGTERM)
+    assert wait_until(lambda: group_dead(pgid))
+    assert not pgid_file.exists()
+
+
+def test_async_pgid_file_removed_after_a_normal_run(server: ForkServer, tmp_path: Path) -> None:
+    record = str(tmp_path / "run.log.record")
+    script = tmp_path / "s.py"
+    # The daemon writes the file right after the fork, while the script may already run.
+    script.write_text(
+        "import os, time\npath = os.environ['THOT_RECORD'] + '.pgid'\n"
+        "end = time.monotonic() + 10\n"
+        "while not os.path.exists(path) and time.monotonic() < end:\n"
+        "    time.sleep(0.005)\n"
+        "print(open(path).read().split()[0] == str(os.getpid()))\n"
+    )
+    res = run_async_forked(
+        server, spec_for(script, tmp_path / "s.log", env=run_env(THOT_RECORD=record))
+    )
+    assert res.status == "ok", log_body(tmp_path / "s.log")
+    assert log_body(tmp_path / "s.log") == "True\n"  # the main process's own group
+    assert not Path(record + PGID_SUFFIX).exists()
+
+
+def test_async_server_not_ready_takes_the_exec_path(tmp_path: Path) -> None:
+    fs = ForkServer.start(base_env())
+    try:
+        script = tmp_path / "s.py"
+        script.write_text("import sys\nprint('thot.thot' in sys.modules)\n")
+        assert not fs.ready()  # still booting: not waited for on the loop
+        res = asyncio.run(run_async(spec_for(script, tmp_path / "s.log"), forkserver=fs))
+        assert res.status == "ok"
+        assert log_body(tmp_path / "s.log") == "False\n"
+        assert fs.forked == 0
+    finally:
+        fs.close()

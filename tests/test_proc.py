@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -20,9 +21,11 @@ import pytest
 from corekit import group_dead, wait_until
 
 from thotd.proc import (
+    PGID_SUFFIX,
     ProcResult,
     RunSpec,
     ScriptError,
+    end_leftovers,
     interpreter_for,
     run_async,
     run_sync,
@@ -443,3 +446,46 @@ def test_async_task_cancellation_stops_group(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+
+
+# -- end_leftovers and pgid files (forked runs of a crashed daemon) -----------------------------
+
+
+def _own_group_sleeper() -> subprocess.Popen[bytes]:
+    """A process in a group of its own, without THOT_RECORD anywhere in its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "THOT_RECORD"}
+    return subprocess.Popen(["sleep", "100"], start_new_session=True, env=env)
+
+
+def _start_time(pid: int) -> str:
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    return data[data.rfind(b")") + 2 :].split()[19].decode()
+
+
+def test_end_leftovers_ends_the_group_of_a_pgid_file(tmp_path: Path) -> None:
+    record = str(tmp_path / "run.log.record")
+    proc = _own_group_sleeper()
+    try:
+        Path(record + PGID_SUFFIX).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        assert end_leftovers([record], grace_s=2.0) == 1
+        assert proc.wait(DEADLINE_S) == -signal.SIGTERM
+        assert not Path(record + PGID_SUFFIX).exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("content", ["{pid} 1\n", "{pid}\n", "garbage\n", "1 {start}\n"])
+def test_end_leftovers_never_ends_a_reused_pid(tmp_path: Path, content: str) -> None:
+    record = str(tmp_path / "run.log.record")
+    proc = _own_group_sleeper()
+    try:
+        Path(record + PGID_SUFFIX).write_text(
+            content.format(pid=proc.pid, start=_start_time(proc.pid))
+        )
+        assert end_leftovers([record], grace_s=0.1) == 0  # another start time: not ours
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,7 +31,14 @@ from thotd.record import stat_of
 from thotd.state import Store
 from thotd.watch import Batch, Watcher
 
+if TYPE_CHECKING:
+    from thotd.forkserver import ForkServer
+
 log = structlog.get_logger("thotd")
+
+#: A fork server that died is replaced at the next run; one that died without ever getting
+#: ready is replaced at most this often (one that cannot start would cost an interpreter per run).
+FORKSERVER_RESTART_S = 10.0
 
 #: Triggers that queue a run whatever its staleness; a file event must not undo them.
 FORCED_TRIGGERS = ("rerun", "schedule", "retry")
@@ -114,6 +121,10 @@ class Daemon:
         self._kick = asyncio.Event()
         self._applying = 0
         self.loop: asyncio.AbstractEventLoop
+        self.forkserver: ForkServer | None = None
+        self._forkserver_started = 0.0  # monotonic
+        self._forkserver_worked = False  # the current server has been seen ready
+        self._fork_counts = [0, 0]  # forked, refused: by servers replaced so far
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,6 +137,7 @@ class Daemon:
         faulthandler.enable()
         self.loop = asyncio.get_running_loop()
         self.lock_fd = acquire_lock(lock_path())
+        self.forkserver_for_run()  # boots while the projects load
         self.store = Store(self.store_path)
         self.store.interrupt_stale()
         self.watcher = Watcher(self.loop, self.on_batch, settle_s=self.config.daemon.settle_ms / 1000,
@@ -158,6 +170,7 @@ class Daemon:
         dispatcher.cancel()
         health.cancel()
         await self._drain_running(self.config.daemon.shutdown_grace_s)
+        await self._close_forkserver()
         self.scheduler.shutdown(wait=False)
         self.watcher.close()
         await self.server.close()
@@ -180,6 +193,76 @@ class Daemon:
                     r.cancel.set()  # TERM the process group, then KILL after its grace
             await asyncio.wait(pending, timeout=grace + 10)
 
+    # ------------------------------------------------------------------ fork server
+
+    def forkserver_for_run(self) -> ForkServer | None:
+        """The fork server runs should use, (re)started as needed; None when forking is off.
+
+        Its start environment is what every run's environment has in common (see
+        :meth:`_start`: ``script_env(os.environ, env_for(...))``, where only ``THOT_*``
+        and ``PYTHONUNBUFFERED=1`` are added), so the server refuses no ordinary run.
+        A server still starting is left to start (runs are exec'd meanwhile); one that
+        died is replaced (at most every :data:`FORKSERVER_RESTART_S` if it never got ready).
+        """
+        fs = self.forkserver
+        if not self.config.pool.fork:
+            self._retire_disabled_forkserver()
+            return None
+        if fs is not None:
+            if fs.ready():
+                self._forkserver_worked = True
+                return fs
+            if not fs.gone():
+                return fs  # still starting
+            if (not self._forkserver_worked
+                    and time.monotonic() - self._forkserver_started < FORKSERVER_RESTART_S):
+                return None
+            log.warning("fork server died; starting a new one", pid=fs.server_pid)
+            self._retire_forkserver()
+        from thotd.forkserver import ForkServer
+
+        self.forkserver = ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
+        self._forkserver_started = time.monotonic()
+        self._forkserver_worked = False
+        return self.forkserver
+
+    def _retire_disabled_forkserver(self) -> None:
+        """``fork = false`` since a reload: close the server once no run is in flight.
+
+        Not before: a run it forked would lose its exit status with it (the server is
+        the run's parent).
+        """
+        if self.forkserver is not None and not self.config.pool.fork and not self._in_flight():
+            self._retire_forkserver()
+
+    def _retire_forkserver(self) -> None:
+        """Close the current server in a worker thread (its runs, if any, go on)."""
+        fs, self.forkserver = self.forkserver, None
+        if fs is None:
+            return
+        self._fork_counts[0] += fs.forked
+        self._fork_counts[1] += fs.refused
+        self.loop.run_in_executor(None, fs.close)
+
+    async def _close_forkserver(self) -> None:
+        fs, self.forkserver = self.forkserver, None
+        if fs is not None:
+            self._fork_counts[0] += fs.forked
+            self._fork_counts[1] += fs.refused
+            await asyncio.to_thread(fs.close)
+
+    def fork_status(self) -> dict[str, Any]:
+        """For ``thotctl status``: is forking on, and how often it was used."""
+        fs = self.forkserver
+        return {
+            "enabled": self.config.pool.fork,
+            "ready": bool(fs is not None and fs.ready()),
+            "server_pid": fs.server_pid if fs is not None else None,
+            "forked": self._fork_counts[0] + (fs.forked if fs is not None else 0),
+            "refused": self._fork_counts[1] + (fs.refused if fs is not None else 0),
+            "last_refusal": fs.last_refusal if fs is not None else None,
+        }
+
     async def reload(self) -> dict[str, Any]:
         """SIGHUP / ``thotctl reload``: swap in a new config only if it is fully valid."""
         from thotd.config import ConfigError, load_config
@@ -194,6 +277,7 @@ class Daemon:
             return {"reloaded": False, "error": str(exc)}
         self.config = new
         self.watcher.retune(new.daemon.settle_ms / 1000, new.daemon.stable_checks)
+        self._retire_disabled_forkserver()  # [pool] fork may have been turned off
         from thotd.paths import log_file
 
         configure_logging(new.log.level, log_file() if new.log.file else None)
@@ -451,8 +535,9 @@ class Daemon:
                    reasons: list[str], trigger: str, log_path: str, record: str) -> None:
         with structlog.contextvars.bound_contextvars(project=proj.root, run=f"{p.container}::{p.script}"):
             log.info("run started", reasons=reasons)
-            res = await run_async(spec, cancel)
+            res = await run_async(spec, cancel, self.forkserver_for_run())
             proj.running.pop(p.key, None)
+            self._retire_disabled_forkserver()
             if proj.engine is None or self.projects.get(proj.root) is not proj:
                 # Removed while it ran: no run row to update, but its history row ends.
                 history_id = proj.engine.history_ids.pop(p.key, None) if proj.engine else None

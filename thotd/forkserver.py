@@ -95,6 +95,10 @@ PREIMPORTS: tuple[str, ...] = (
     "thotd.locate",
 )
 
+#: How long a spawn waits for the server's answer before giving the server up as hung (a
+#: fork and its reply take ~1-3 ms).
+SPAWN_REPLY_S = 10.0
+
 #: Largest request the server accepts; the environment dominates it.  A bigger one cannot be
 #: sent (``EMSGSIZE``) and the run takes the exec path.
 _MAX_MSG = 1 << 20
@@ -957,6 +961,11 @@ class ForkServer:
         """True when spawns can be forked (the server has preimported and is alive)."""
         return self._ready.is_set() and not self._dead
 
+    def gone(self) -> bool:
+        """True once the server is gone for good (crashed, hung and given up, closed, or it
+        never started), as opposed to still booting."""
+        return self._dead
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until :meth:`ready` or the server is gone; return :meth:`ready`."""
         self._ready.wait(timeout)
@@ -1005,7 +1014,7 @@ class ForkServer:
                 self._pending.pop(rid, None)
             return None
         try:
-            slot.event.wait()
+            answered = slot.event.wait(SPAWN_REPLY_S)
         except BaseException:
             with self._lock:
                 slot.abandoned = True
@@ -1013,6 +1022,22 @@ class ForkServer:
             if orphan is not None:  # forked after all, and nobody will manage it
                 _kill_group(orphan.pid)
             raise
+        if not answered:
+            # A server that does not answer a fork within seconds is hung (stopped, stuck):
+            # give it up -- this run is exec'd, later ones too until a new server is
+            # started -- and kill whatever it forks late, which nobody would manage.
+            with self._lock:
+                slot.abandoned = True
+                orphan = slot.result
+                self.refused += 1
+                self.last_refusal = f"fork server did not answer in {SPAWN_REPLY_S:g} s"
+            if orphan is not None:
+                _kill_group(orphan.pid)
+            if self._proc is not None:
+                with contextlib.suppress(OSError):
+                    self._proc.kill()  # the reader then sees EOF and marks it dead
+            self._mark_dead()
+            return None
         with self._lock:
             if slot.result is None:
                 self.refused += 1

@@ -130,7 +130,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
             "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
             "socket": str(daemon.socket_path), "state": str(daemon.store_path),
             "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
-            "quiet": daemon.quiet(),
+            "quiet": daemon.quiet(), "fork": daemon.fork_status(),
             "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
             "projects": [project_status(daemon, p) for p in daemon.projects.values()],
         }

@@ -20,8 +20,8 @@ on its event loop.  Both follow the same rules (CONVENTIONS.md, "Running scripts
   parent right after spawn would save it, but races with the script (which may already
   run, crash and dump core before the parent gets there) and cannot reset the signal
   dispositions the daemon's children inherit; see :mod:`thotd._trampoline`.
-* **Python scripts may be forked instead** (:mod:`thotd.forkserver`): ``run_sync`` given a
-  ready ``ForkServer`` has it fork a preloaded interpreter (site done, ``thot`` imported)
+* **Python scripts may be forked instead** (:mod:`thotd.forkserver`): ``run_sync`` or
+  ``run_async`` given a ready ``ForkServer`` has it fork a preloaded interpreter (site done, ``thot`` imported)
   that becomes ``python script.py`` -- a few ms per run instead of 70-90.  Everything
   below holds the same (own session, log as stdout/stderr, limits, TERM/grace/KILL of the
   group, leftovers ended); only the trampoline's status pipe has no use (there is no
@@ -334,6 +334,12 @@ def end_leftovers(record_paths: list[str], grace_s: float = 1.0) -> int:
     if not wanted:
         return 0
     groups: set[int] = set()
+    # A forked run's main process shows the fork server's start environment in /proc: it
+    # is found through the pgid file its run wrote instead (see _write_pgid_file).
+    for record in record_paths:
+        pgid = _pgid_from_file(record + PGID_SUFFIX)
+        if pgid is not None:
+            groups.add(pgid)
     try:
         pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
     except OSError:
@@ -355,7 +361,72 @@ def end_leftovers(record_paths: list[str], grace_s: float = 1.0) -> int:
         time.sleep(0.05)
     for pgid in groups:
         _signal_group(pgid, signal.SIGKILL)
+    for record in record_paths:
+        with contextlib.suppress(OSError):
+            os.unlink(record + PGID_SUFFIX)
     return len(groups)
+
+
+#: Beside a daemon run's record file (``THOT_RECORD``), while a forked run lasts: its
+#: process group id and its main process's start time, so that :func:`end_leftovers` can
+#: find it after a daemon crash (its /proc environ is the fork server's, not the run's).
+PGID_SUFFIX = ".pgid"
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of ``/proc/PID/stat`` (start time in clock ticks since boot), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()  # fields[0] is field 3 (state)
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+def _write_pgid_file(record: str | None, pgid: int) -> str | None:
+    """Write ``<record>.pgid`` for a forked run; return its path (None if not written)."""
+    if not record:
+        return None
+    started = _start_time(pgid)
+    if started is None:
+        return None  # already gone (or no /proc): nothing a crash could leave behind
+    path = record + PGID_SUFFIX
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(f"{pgid} {started}\n")
+        os.replace(tmp, path)  # whole or absent, whenever the daemon dies
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
+    return path
+
+
+def _pgid_from_file(path: str) -> int | None:
+    """The group of a pgid file, if its leader still runs with the start time written there.
+
+    A pid reused since (another process, another start time) is never signalled.  A group
+    whose leader has exited is left to the ``THOT_RECORD`` search: its other members were
+    exec'd by the script and show the run's environment.
+    """
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().split()
+        pgid, started = int(text[0]), text[1]
+    except (OSError, ValueError, IndexError):
+        return None
+    if pgid <= 1 or _start_time(pgid) != started:
+        return None
+    try:
+        if os.getpgid(pgid) != pgid:
+            return None
+    except OSError:
+        return None
+    return pgid
 
 
 def _log_header(spec: RunSpec, when: float) -> bytes:
@@ -742,7 +813,45 @@ def run_sync(
 # --------------------------------------------------------------------------------------
 
 
-async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcResult:
+def _forked_waiter(loop: asyncio.AbstractEventLoop, proc: ForkedProcess) -> asyncio.Future[int]:
+    """A future of the forked run's exit, woken by the fork server's report.
+
+    The run is the server's child, not ours: no child watcher sees it.  One thread per
+    run blocks in ``proc.wait()`` (woken by the client's reader thread the moment the
+    status arrives, or watching the pid if the server died) and hands the result to the
+    loop -- what 3.11's ``ThreadedChildWatcher`` does for an exec'd child.  Not the loop's
+    default executor: a run may last hours and must not hold one of its few workers.
+    """
+    fut: asyncio.Future[int] = loop.create_future()
+
+    def settle(code: int) -> None:
+        if not fut.done():
+            fut.set_result(code)
+
+    def wait() -> None:
+        code = proc.wait()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, code)
+
+    threading.Thread(target=wait, name=f"thotd-run-{proc.pid}", daemon=True).start()
+    return fut
+
+
+def _abandon_spawn(fut: asyncio.Future[ForkedProcess | None], run: _Run) -> None:
+    """A fork requested by a task cancelled meanwhile: kill what it started, close the run."""
+    proc = None
+    if not fut.cancelled() and fut.exception() is None:
+        proc = fut.result()
+    if proc is not None:
+        _signal_group(proc.pid, signal.SIGKILL)
+    run.close()
+
+
+async def run_async(
+    spec: RunSpec,
+    cancel: asyncio.Event | None = None,
+    forkserver: ForkServer | None = None,
+) -> ProcResult:
     """Run ``spec`` on the running event loop and return its result.
 
     Uses ``asyncio.create_subprocess_exec`` (asyncio is imported here: ``thot run`` never
@@ -751,6 +860,12 @@ async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcR
     stops the run with status ``"killed"``.  If the awaiting task itself is cancelled, the
     group is stopped the same way (a second cancellation during the grace period skips
     straight to SIGKILL) and ``CancelledError`` propagates.
+
+    With ``forkserver``, a ``.py`` script is forked from it when it is ready and accepts
+    (as in :func:`run_sync`); a server still starting is not waited for (the loop must not
+    block): the run is exec'd.  The request goes through a worker thread, and a forked
+    run's exit is awaited through :func:`_forked_waiter`.  While a forked run lasts,
+    ``<THOT_RECORD>.pgid`` names its process group for :func:`end_leftovers`.
     """
     import asyncio
     import subprocess
@@ -760,14 +875,41 @@ async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcR
     if isinstance(prepared, ProcResult):
         return prepared
     argv, env = prepared
-    try:
-        proc = await asyncio.create_subprocess_exec(*argv, **_popen_kwargs(run, spec, env))
-    except OSError as exc:
-        return run.error(f"cannot start {argv[0]!r}: {exc.strerror or exc}")
-    except (ValueError, subprocess.SubprocessError) as exc:
-        return run.error(f"cannot start the script: {exc}")
-    run.spawned(proc.pid)
-    waiter = asyncio.create_task(proc.wait())
+    loop = asyncio.get_running_loop()
+    forked: ForkedProcess | None = None
+    if (
+        forkserver is not None
+        and Path(spec.script).suffix.lower() == ".py"
+        and forkserver.ready()  # so _fork_spawn's wait_ready returns at once
+    ):
+        try:
+            spawning = loop.run_in_executor(None, _fork_spawn, forkserver, run, env)
+        except RuntimeError:  # the executor is shut down: the loop is closing
+            spawning = None
+        if spawning is not None:
+            try:
+                # Shielded: the request runs on in its thread whatever happens to us, and
+                # uses the log fd; a cancellation hands the outcome to _abandon_spawn.
+                forked = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                spawning.add_done_callback(lambda fut: _abandon_spawn(fut, run))
+                raise
+    proc: asyncio.subprocess.Process | ForkedProcess
+    pgid_file: str | None = None
+    if forked is not None:
+        proc = forked
+        run.spawned(proc.pid)
+        pgid_file = _write_pgid_file(spec.env.get("THOT_RECORD"), proc.pid)
+        waiter: asyncio.Future[Any] = _forked_waiter(loop, forked)
+    else:
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, **_popen_kwargs(run, spec, env))
+        except OSError as exc:
+            return run.error(f"cannot start {argv[0]!r}: {exc.strerror or exc}")
+        except (ValueError, subprocess.SubprocessError) as exc:
+            return run.error(f"cannot start the script: {exc}")
+        run.spawned(proc.pid)
+        waiter = asyncio.ensure_future(proc.wait())
     cancel_waiter = asyncio.create_task(cancel.wait()) if cancel is not None else None
     try:
         while True:
@@ -796,5 +938,8 @@ async def run_async(spec: RunSpec, cancel: asyncio.Event | None = None) -> ProcR
             cancel_waiter.cancel()
         if not waiter.done():  # only when we are being cancelled; the watcher still reaps
             waiter.cancel()
+        if pgid_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(pgid_file)
     assert proc.returncode is not None
-    return run.finish(proc.returncode)
+    return run.finish(proc.returncode, getattr(proc, "lost", None))
