@@ -519,11 +519,19 @@ def read_pid(path: Path) -> int:
     return int(path.read_text().strip())
 
 
-def test_timeout_kills_the_group(server: ForkServer, tmp_path: Path) -> None:
+@pytest.fixture(params=["sync", "async"])
+def forked_runner(request: pytest.FixtureRequest) -> Callable[[ForkServer, RunSpec], ProcResult]:
+    """The same run through run_sync and through run_async (the daemon's path)."""
+    return run_forked if request.param == "sync" else run_async_forked
+
+
+def test_timeout_kills_the_group(
+    server: ForkServer, tmp_path: Path, forked_runner: Callable[[ForkServer, RunSpec], ProcResult]
+) -> None:
     script = tmp_path / "hang.py"
     script.write_text(GROUP_SCRIPT)
     t0 = time.monotonic()
-    res = run_forked(server, spec_for(script, tmp_path / "hang.log", timeout_s=1.0))
+    res = forked_runner(server, spec_for(script, tmp_path / "hang.log", timeout_s=1.0))
     assert time.monotonic() - t0 < 1.0 + 0.5 + 2.0
     assert (res.status, res.signal) == ("timeout", signal.SIGTERM), res
     assert (tmp_path / "started").exists()
@@ -531,14 +539,16 @@ def test_timeout_kills_the_group(server: ForkServer, tmp_path: Path) -> None:
     assert wait_until(lambda: group_dead(pgid)), "processes of the run are left"
 
 
-def test_leftover_is_ended(server: ForkServer, tmp_path: Path) -> None:
+def test_leftover_is_ended(
+    server: ForkServer, tmp_path: Path, forked_runner: Callable[[ForkServer, RunSpec], ProcResult]
+) -> None:
     script = tmp_path / "bg.py"
     script.write_text(
         "import os, subprocess\nopen('pid', 'w').write(str(os.getpid()))\n"
         "subprocess.Popen(['sleep', '100'])\n"
     )
     t0 = time.monotonic()
-    res = run_forked(server, spec_for(script, tmp_path / "bg.log", grace_s=5.0))
+    res = forked_runner(server, spec_for(script, tmp_path / "bg.log", grace_s=5.0))
     assert res.status == "ok"
     assert time.monotonic() - t0 < 1.5  # neither the sleep's 100 s nor the 5 s grace
     pgid = read_pid(tmp_path / "pid")
@@ -853,32 +863,6 @@ def test_async_exit_status_and_output_match(server: ForkServer, tmp_path: Path, 
     assert (ex.status, ex.exit_code) == (status, code)
     same_outcome(ex, fk)
     assert log_body(tmp_path / "fork.log") == log_body(tmp_path / "exec.log")
-
-
-def test_async_timeout_kills_the_group(server: ForkServer, tmp_path: Path) -> None:
-    script = tmp_path / "hang.py"
-    script.write_text(GROUP_SCRIPT)
-    t0 = time.monotonic()
-    res = run_async_forked(server, spec_for(script, tmp_path / "hang.log", timeout_s=1.0))
-    assert time.monotonic() - t0 < 1.0 + 0.5 + 2.0
-    assert (res.status, res.signal) == ("timeout", signal.SIGTERM), res
-    assert (tmp_path / "started").exists()
-    pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid)), "processes of the run are left"
-
-
-def test_async_leftover_is_ended(server: ForkServer, tmp_path: Path) -> None:
-    script = tmp_path / "bg.py"
-    script.write_text(
-        "import os, subprocess\nopen('pid', 'w').write(str(os.getpid()))\n"
-        "subprocess.Popen(['sleep', '100'])\n"
-    )
-    t0 = time.monotonic()
-    res = run_async_forked(server, spec_for(script, tmp_path / "bg.log", grace_s=5.0))
-    assert res.status == "ok"
-    assert time.monotonic() - t0 < 1.5  # neither the sleep's 100 s nor the 5 s grace
-    pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid)), "leftover child was not killed"
 
 
 def test_async_cancel_event_gives_killed(server: ForkServer, tmp_path: Path) -> None:
