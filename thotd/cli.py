@@ -125,10 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     server = None
     if not args.dry_run and not args.no_fork:
         # Started first: it boots on the other core while the project loads.
-        from thotd.forkserver import ForkServer
-        from thotd.proc import script_env
+        from thotd.proc import start_forkserver
 
-        server = ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
+        server = start_forkserver()
     try:
         engine = _engine(args.root, args.state, snapshot=True)
     except BaseException:

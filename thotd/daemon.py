@@ -26,7 +26,7 @@ from thotd import notify
 from thotd.config import Config
 from thotd.engine import Engine, Planned, RunKey
 from thotd.index import Index, NotAProject, norm
-from thotd.proc import RunSpec, end_leftovers, run_async, script_env
+from thotd.proc import RunSpec, end_leftovers, run_async, script_env, start_forkserver
 from thotd.record import stat_of
 from thotd.state import Store
 from thotd.watch import Batch, Watcher
@@ -198,10 +198,8 @@ class Daemon:
     def forkserver_for_run(self) -> ForkServer | None:
         """The fork server runs should use, (re)started as needed; None when forking is off.
 
-        Its start environment is what every run's environment has in common (see
-        :meth:`_start`: ``script_env(os.environ, env_for(...))``, where only ``THOT_*``
-        and ``PYTHONUNBUFFERED=1`` are added), so the server refuses no ordinary run.
-        A server still starting is left to start (runs are exec'd meanwhile); one that
+        Started by :func:`thotd.proc.start_forkserver`, whose environment every run's is
+        built on, so the server refuses no ordinary run. A server still starting is left to start (runs are exec'd meanwhile); one that
         died is replaced (at most every :data:`FORKSERVER_RESTART_S` if it never got ready).
         """
         fs = self.forkserver
@@ -219,9 +217,7 @@ class Daemon:
                 return None
             log.warning("fork server died; starting a new one", pid=fs.server_pid)
             self._retire_forkserver()
-        from thotd.forkserver import ForkServer
-
-        self.forkserver = ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
+        self.forkserver = start_forkserver()
         self._forkserver_started = time.monotonic()
         self._forkserver_worked = False
         return self.forkserver

@@ -23,6 +23,7 @@ from typing import Any
 
 from thotd.digest import blake2b
 from thotd.index import Index
+from thotd.locate import upward
 from thotd.record import RunRecord, read_record, stat_of
 from thotd.search import SearchError
 from thotd.state import RunRow, Store
@@ -221,13 +222,8 @@ class Engine:
         container or above: a script sees only its own subtree) must really be checked."""
         if not self.known_clean:
             return
-        cur = container
-        while True:
-            self.known_clean.pop(cur, None)
-            parent = os.path.dirname(cur)
-            if parent == cur or not cur.startswith(self.project):
-                break
-            cur = parent
+        for folder in upward(container, self.project):
+            self.known_clean.pop(folder, None)
 
     def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:
         try:
@@ -261,6 +257,7 @@ class Engine:
             "THOT_PROJECT_ROOT": self.index.root,
             "THOT_RECORD": record_path,
             # Output reaches the log as it is printed, and is not lost when a timeout kills it.
+            # (thotd.proc.start_forkserver starts its server with the same value.)
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from thotd import objectfile
 from thotd.digest import blake2b
-from thotd.locate import NotAProject, find_project_root, norm, resolve_path
+from thotd.locate import NotAProject, find_project_root, norm, resolve_path, upward
 from thotd.objectfile import (
     ASSET_FILE,
     CONTAINER_FILE,
@@ -115,10 +115,17 @@ MAX_OBJECT_BYTES = 16 * 1024 * 1024
 RACY_NS = 100_000_000
 
 
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a file is unchanged: size, mtime, ctime (which no ``touch -d`` can set
+    back) and inode (a replacement by rename)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def _sig(st: os.stat_result, racy_from: int) -> tuple[int, int, int, int] | None:
+    """:func:`stat_key`, or None when the file changed too recently to trust it."""
     if st.st_ctime_ns >= racy_from or st.st_mtime_ns >= racy_from:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return stat_key(st)
 
 
 def _scripts_sig(base: str, names: frozenset[str], kind: str, racy_from: int) -> Any:
@@ -314,8 +321,7 @@ class Index:
             except OSError:
                 out.append(folder)  # gone (or unreadable): update drops or re-reads it
                 continue
-            if node.dsig is None or node.dsig != (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                  st.st_ino):
+            if node.dsig is None or node.dsig != stat_key(st):
                 out.extend(self._listing_moved(node))
             own = folder + os.sep + (CONTAINER_FILE if node.kind == "container" else ASSET_FILE)
             if node.sig is None:  # not trusted (too fresh, unreadable, with notes): read again
@@ -327,13 +333,13 @@ class Index:
             except OSError:
                 out.append(own)
                 continue
-            if then_own != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            if then_own != stat_key(st):
                 out.append(own)
             elif type(then_scripts) is tuple:
                 spath = folder + os.sep + SCRIPTS_FILE
                 try:
                     st = stat(spath)
-                    if then_scripts != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+                    if then_scripts != stat_key(st):
                         out.append(spath)
                 except OSError:
                     out.append(spath)
@@ -347,7 +353,7 @@ class Index:
             except OSError:
                 del self._plain[folder]
                 continue
-            if then is None or then != (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
+            if then is None or then != stat_key(st):
                 out.append(folder)  # it may have become an object
         return out
 
@@ -566,13 +572,8 @@ class Index:
         if not self.answers:
             return
         for nid in changes.added | changes.removed | changes.modified:
-            cur = nid
-            while cur.startswith(self.root):
-                self.answers.pop(cur, None)
-                parent = os.path.dirname(cur)
-                if parent == cur:
-                    break
-                cur = parent
+            for folder in upward(nid, self.root):
+                self.answers.pop(folder, None)
 
     def query_ids(self, kind: str, search: Any, start: str) -> list[str]:
         """The ids a ``find_*`` (or, with kind ``*``, every object) in ``start``'s subtree

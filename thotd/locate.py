@@ -7,6 +7,7 @@ pydantic models), which would cost every run a tenth of a second.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 ROOT_PREFIX = "root:"
 _CONTAINER_FILE = "_container.json"  # the same name as thotd.model.CONTAINER_FILE
@@ -40,4 +41,18 @@ def find_project_root(start: str | os.PathLike[str]) -> str:
         parent = os.path.dirname(cur)
         if parent == cur or not os.path.isfile(os.path.join(parent, _CONTAINER_FILE)):
             return cur
+        cur = parent
+
+
+def upward(path: str, root: str) -> Iterator[str]:
+    """``path`` and every folder above it, up to and including ``root`` (nothing when
+    ``path`` is not inside ``root``): the containers whose view of the tree a change at
+    ``path`` can reach."""
+    inside = root.rstrip(os.sep) + os.sep
+    cur = path
+    while cur == root or cur.startswith(inside):
+        yield cur
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            return
         cur = parent

@@ -85,6 +85,7 @@ __all__ = [
     "run_async",
     "run_sync",
     "script_env",
+    "start_forkserver",
 ]
 
 #: Variables systemd hands to the daemon that belong to the daemon alone.  A script that
@@ -252,6 +253,17 @@ def interpreter_for(script: Path) -> list[str]:
     raise ScriptError(
         f"script {str(path)!r} is not executable; chmod +x it or use a .py/.R/.sh extension"
     )
+
+
+def start_forkserver() -> ForkServer:
+    """A fork server for this process's script runs (``thot run``'s, the daemon's).
+
+    Its start environment is the one every run's is built on: ``script_env`` of this
+    process's plus ``PYTHONUNBUFFERED=1``, which ``Engine.env_for`` gives every run; the
+    rest (``THOT_*``) the server may differ in. Anything else would make it refuse runs."""
+    from thotd.forkserver import ForkServer
+
+    return ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
 
 
 def script_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

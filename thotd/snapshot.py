@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thotd.digest import blake2b
-from thotd.index import RACY_NS, Changes, Index, Node, _sig
+from thotd.index import RACY_NS, Changes, Index, Node, _sig, stat_key
+from thotd.locate import norm, upward
 from thotd.objectfile import ObjectError
 
 if TYPE_CHECKING:
@@ -78,11 +79,11 @@ def load(root: str, state_dir: Path) -> tuple[Index, Changes | None, dict[str, A
     """The project's index, from the snapshot where it can be, what changed since, and what
     the snapshot knew of the runs (for :func:`clean_runs`); ``None`` changes when there was
     no usable snapshot (everything was read)."""
-    idx = Index(root)  # normalises the root the way the snapshot was keyed
+    root = norm(root)
     try:
-        with open(path_for(state_dir, idx.root), "rb") as fh:
+        with open(path_for(state_dir, root), "rb") as fh:
             saved: dict[str, Any] = marshal.loads(fh.read())  # load(fh) reads piecemeal: 8x slower
-        if saved.get("header") != _HEADER or saved.get("root") != idx.root:
+        if saved.get("header") != _HEADER or saved.get("root") != root:
             raise ValueError("another format or project")
         nodes = {row[0]: _unpack(row) for row in saved["nodes"]}
         # Files too fresh to trust when it was written are trusted once written again.
@@ -92,7 +93,7 @@ def load(root: str, state_dir: Path) -> tuple[Index, Changes | None, dict[str, A
         full = Index.load(root, signatures=True)
         full.keep_last_good = False  # as restore(): the snapshot must say what files say
         return full, None, None
-    index, changes = Index.restore(idx.root, nodes, plain, answers)
+    index, changes = Index.restore(root, nodes, plain, answers)
     index.generation = 0 if not changes and not racy else 1
     return index, changes, runs
 
@@ -110,13 +111,10 @@ def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[s
     dirty: set[str] = set()
 
     def mark(nid: str) -> None:
-        cur = nid
-        while cur not in dirty and cur.startswith(index.root):
-            dirty.add(cur)
-            parent = os.path.dirname(cur)
-            if parent == cur:
-                break
-            cur = parent
+        for folder in upward(nid, index.root):
+            if folder in dirty:
+                break  # and so is everything above it
+            dirty.add(folder)
 
     for nid in changes.added | changes.removed | changes.modified:
         mark(nid)
@@ -143,10 +141,9 @@ def _unmoved(path: str, then: Any) -> bool:
     """Whether a file still has the signature it had (``"missing"`` for one that was not
     there). Only the signature recorded needed to be safe from racy timestamps."""
     try:
-        st = os.stat(path)
+        return then == stat_key(os.stat(path))
     except OSError:
         return then == "missing"
-    return then == (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def _file_sig(path: str, racy_from: int) -> Any:
