@@ -815,10 +815,6 @@ class Index:
                     out.setdefault(below.id, err)
         return out
 
-    def invalid_in(self, start: str) -> list[ObjectError]:
-        """Errors in ``start``'s subtree: a run there must wait until they are fixed."""
-        return [e for n in self.walk(start, include_invalid=True) for e in n.errors]
-
     def containers_postorder(self, start: str | None = None) -> list[Node]:
         """Containers children-first (depth first, siblings by folder name): the run order."""
         order: list[Node] = []
