@@ -169,7 +169,7 @@ def test_a_broken_or_foreign_snapshot_means_a_full_load(tmp_path: Path) -> None:
     assert snapshot.load(str(root), state)[1] is None
 
 
-def test_thot_run_keeps_a_snapshot_and_a_noop_reads_nothing(tmp_path: Path) -> None:
+def test_thot_run_keeps_a_snapshot_then_runs_only_what_changed(tmp_path: Path) -> None:
     """End to end: `thot run` leaves a snapshot (written by a detached child: wait for it);
     the next `--changed` uses it, and a new sample then runs exactly its three runs."""
     project = make_gs(tmp_path / "tree", 2, 2)
