@@ -10,7 +10,7 @@ at least 10× faster than the Snakemake reaction. Report the ratio.
 What it does:
 
 1. ``make_gs(G, S)`` under ``bench/work/daemon-<G>x<S>-<stamp>/``; starts
-   ``python -m thotd.daemon_cli start --foreground`` isolated in a temporary home
+   ``python -m thotd.cli.thotd start --foreground`` isolated in a temporary home
    (``XDG_RUNTIME_DIR``, ``XDG_STATE_HOME``, ``XDG_CONFIG_HOME``, ``THOTD_SOCKET``,
    ``THOTD_CONFIG`` → ``[daemon] settle_ms = 100``, ``[pool] workers = 2``);
    ``thotctl add P``; ``thotctl wait`` through the initial full run (every run once).
@@ -102,7 +102,7 @@ class DaemonProc:
     def start(self, timeout: float = 60) -> None:
         out = open(self.home / "daemon.out", "ab")  # noqa: SIM115 - lives with the process
         self.proc = subprocess.Popen(
-            [str(eb.thot_python()), "-m", "thotd.daemon_cli", "start", "--foreground"],
+            [str(eb.thot_python()), "-m", "thotd.cli.thotd", "start", "--foreground"],
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -130,7 +130,7 @@ class DaemonProc:
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(eb.thot_python()), "-m", "thotd.ctl", *args],
+            [str(eb.thot_python()), "-m", "thotd.cli.thotctl", *args],
             env=self.env,
             capture_output=True,
             text=True,

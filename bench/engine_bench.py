@@ -234,7 +234,7 @@ def ensure_thotd() -> str:
 
 
 def thot_cmd(state: Path, *args: str) -> list[str]:
-    return [str(thot_python()), "-m", "thotd.cli", "--state", str(state), *args]
+    return [str(thot_python()), "-m", "thotd.cli.thot", "--state", str(state), *args]
 
 
 @dataclass
@@ -663,7 +663,7 @@ def baseline(repeat: int = 5) -> dict[str, Any]:
         subprocess.run([str(thot_python()), "-c", code], check=True, env=clean_env())
         return time.perf_counter() - t0
 
-    imports = "import thotd.cli, thotd.runner, thotd.engine, thotd.index, thotd.state"
+    imports = "import thotd.cli.thot, thotd.engine.oneshot, thotd.engine.staleness, thotd.project.index, thotd.engine.state"
     return {
         "python_start_s_median": med([timed("pass") for _ in range(repeat)]),
         "python_thotd_imports_s_median": med([timed(imports) for _ in range(repeat)]),

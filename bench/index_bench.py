@@ -11,7 +11,7 @@ What is measured, per side, in a fresh subprocess (so nothing is cached in-proce
   ``p.find_containers({})``; ``p.find_assets({})``.  Run with the throwaway venv's python in
   isolated mode (``-I``) from a temporary cwd, so the other ``thot`` (ours, in /work/main)
   cannot shadow it.
-* thotd: ``from thotd.index import load_project``; ``idx = load_project(root)``;
+* thotd: ``from thotd.project.index import load_project``; ``idx = load_project(root)``;
   ``idx.find_containers({})``; ``idx.find_assets({})``.
 
 ``load`` = construct + both finds, timed inside the child with ``perf_counter`` after imports;
@@ -80,7 +80,7 @@ _CHILD_OURS = r"""
 import json, resource, sys, time
 root = sys.argv[1]
 t0 = time.perf_counter()
-from thotd.index import load_project
+from thotd.project.index import load_project
 import thotd
 t1 = time.perf_counter()
 idx = load_project(root)

@@ -117,10 +117,10 @@ def group_dead(pgid: int) -> bool:
 
 
 def wait_past_racy_window(root: Path) -> None:
-    """Let the clock move past the racy window (``thotd.index.RACY_NS``) of everything under
+    """Let the clock move past the racy window (``thotd.project.index.RACY_NS``) of everything under
     ``root``, so a snapshot may trust those files' signatures: a wait on the clock, the one
     condition here, not a sleep in the hope of an event."""
-    from thotd.index import RACY_NS
+    from thotd.project.index import RACY_NS
 
     newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns
                  for d, dirs, files in os.walk(root) for n in [*dirs, *files, "."])
@@ -135,7 +135,7 @@ def wait_past_racy_window(root: Path) -> None:
 
 def cli(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
     """Run ``thot ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    from thotd.cli import main
+    from thotd.cli.thot import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -49,7 +49,7 @@ def test_seed_example_runs_unchanged(tmp_path: Path, state: Path) -> None:
     assert (work / "analysis" / "stats.py").read_bytes() == SEED_STATS.read_bytes()
     assert b"from thot.thot import LocalProject" in SEED_STATS.read_bytes()
     thot = shutil.which("thot", path=os.path.dirname(sys.executable)) or shutil.which("thot")
-    command = [thot] if thot else [sys.executable, "-m", "thotd.cli"]
+    command = [thot] if thot else [sys.executable, "-m", "thotd.cli.thot"]
     proc = subprocess.run(
         [*command, "--state", str(state), "run", "--root", str(work / "project")],
         capture_output=True, text=True, timeout=120,

@@ -25,9 +25,9 @@ from corekit import (
     run_json,
 )
 
-from thotd.engine import Engine
-from thotd.index import Index
-from thotd.state import Store
+from thotd.engine.staleness import Engine
+from thotd.project.index import Index
+from thotd.engine.state import Store
 
 G, S = 3, 3
 SAMPLE_RUNS = [(f"group-{g}/sample-{s:03d}", "sample.py") for g in range(G) for s in range(S)]
@@ -437,7 +437,7 @@ def test_state_survives_reopen(gs3: GS) -> None:
     store.close()
     # a new process sees the same: nothing to do
     proc = subprocess.run(
-        [sys.executable, "-m", "thotd.cli", "--state", str(gs3.state), "run", "--root",
+        [sys.executable, "-m", "thotd.cli.thot", "--state", str(gs3.state), "run", "--root",
          str(gs3.project), "--changed", "--json"],
         capture_output=True, text=True, timeout=120,
     )

@@ -1,6 +1,6 @@
-"""Tests for thotd.forkserver: a forked run must be indistinguishable from ``python script.py``.
+"""Tests for thotd.executor.forkserver: a forked run must be indistinguishable from ``python script.py``.
 
-Most tests run the same script through :func:`thotd.proc.run_sync` twice -- the exec path
+Most tests run the same script through :func:`thotd.executor.process.run_sync` twice -- the exec path
 (trampoline + fresh interpreter) and the fork server -- and compare what the script saw and
 did.  Every such comparison also checks that the fork path was really taken (the server's
 ``forked`` counter), so a silent fallback cannot make an equivalence test pass vacuously.
@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from corekit import group_dead, wait_until
 
-from thotd.forkserver import LOST_RETURNCODE, ForkServer, startup_vars
-from thotd.proc import (
+from thotd.executor.forkserver import LOST_RETURNCODE, ForkServer, startup_vars
+from thotd.executor.process import (
     PGID_SUFFIX,
     ProcResult,
     RunSpec,
@@ -762,7 +762,7 @@ def test_a_hung_server_is_given_up_and_the_run_is_execed(
 ) -> None:
     """A server that stops answering (here SIGSTOP) must not hang a run forever: after
     SPAWN_REPLY_S the run takes the exec path and the server is killed."""
-    import thotd.forkserver as forkserver
+    import thotd.executor.forkserver as forkserver
 
     monkeypatch.setattr(forkserver, "SPAWN_REPLY_S", 0.5)
     fs = ForkServer.start(base_env())

@@ -16,7 +16,7 @@ from editkit import apply_edit, base_tree, edit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thotd.index import Index, NotAProject, find_project_root
+from thotd.project.index import Index, NotAProject, find_project_root
 
 NOTE_MTIME = 1_600_000_000.25
 

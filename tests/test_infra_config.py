@@ -1,4 +1,4 @@
-"""thotd.config: defaults, strict validation, error messages, the example file."""
+"""thotd.service.config: defaults, strict validation, error messages, the example file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from thotd.config import (
+from thotd.service.config import (
     EXIT_CONFIG,
     Config,
     ConfigError,

@@ -1,4 +1,4 @@
-"""The control socket: JSON-RPC server (thotd.control) and client (thotd.rpc), real sockets.
+"""The control socket: JSON-RPC server (thotd.service.control) and client (thotd.service.rpc), real sockets.
 
 The server runs on its own event loop in a thread so the tests can use plain blocking
 sockets, the real client, and other processes, exactly like ``thotctl`` would.
@@ -27,14 +27,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thotd.control import (
+from thotd.service.control import (
     AlreadyRunning,
     ClientGone,
     Connection,
     ControlServer,
     acquire_lock,
 )
-from thotd.rpc import (
+from thotd.service.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -574,7 +574,7 @@ def test_second_lock_fails(sockdir: Path) -> None:
         # And from another process, which is how it happens in practice.
         code = (
             "import sys\n"
-            "from thotd.control import acquire_lock, AlreadyRunning\n"
+            "from thotd.service.control import acquire_lock, AlreadyRunning\n"
             "try:\n    acquire_lock(sys.argv[1])\nexcept AlreadyRunning as e:\n"
             "    print(e); sys.exit(3)\n"
         )
@@ -664,7 +664,7 @@ def test_other_uid_is_rejected(start_server: Callable[..., Running], sockdir: Pa
     client_code = (
         "import sys\n"
         "sys.path.insert(0, sys.argv[2])\n"
-        "from thotd.rpc import Client, RpcError\n"
+        "from thotd.service.rpc import Client, RpcError\n"
         "try:\n"
         "    Client(sys.argv[1], timeout=10).call('hello')\n"
         "except RpcError as e:\n"

@@ -1,4 +1,4 @@
-"""thotd.logs: output format per destination, levels, stdlib routing, reconfiguration."""
+"""thotd.service.logs: output format per destination, levels, stdlib routing, reconfiguration."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from thotd.logs import configure_logging
+from thotd.service.logs import configure_logging
 
 
 class FakeTTY(io.StringIO):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from thotd import paths
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -124,7 +123,7 @@ def test_socket_path_too_long_from_env(xdg: Path, monkeypatch: pytest.MonkeyPatc
         paths.socket_path()
 
 
-@pytest.mark.parametrize("module", ["thotd.paths", "thotd.rpc"])
+@pytest.mark.parametrize("module", ["thotd.paths", "thotd.service.rpc"])
 def test_client_side_modules_import_light(module: str) -> None:
     """thotctl imports these on every call: no asyncio, pydantic, structlog, watchdog."""
     code = (

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from thotd import service
-from thotd.config import EXIT_CONFIG, Config
+from thotd.service import unit as service
+from thotd.service.config import EXIT_CONFIG, Config
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT_FILE = REPO / "systemd" / "thotd.service"

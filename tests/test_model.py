@@ -11,8 +11,8 @@ from corekit import EXAMPLE, cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thotd.index import Index
-from thotd.model import (
+from thotd.project.index import Index
+from thotd.project.model import (
     ASSET_FILE,
     CONTAINER_FILE,
     SCRIPTS_FILE,

@@ -1,4 +1,4 @@
-"""Tests for thotd.proc with real scripts in tmp_path.
+"""Tests for thotd.executor.process with real scripts in tmp_path.
 
 Nothing here sleeps and hopes: every wait polls a condition against a deadline, and the
 timeouts under test are 1 s with a 0.5 s grace so the file runs in a few seconds.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from corekit import group_dead, wait_until
 
-from thotd.proc import (
+from thotd.executor.process import (
     PGID_SUFFIX,
     ProcResult,
     RunSpec,

@@ -221,7 +221,7 @@ def test_python_m_thot_runner(tmp_path: Path, state: Path) -> None:
 def test_state_flag_comes_before_the_command_for_python_m(tmp_path: Path, state: Path) -> None:
     root, log = tree_with_log(tmp_path, {})
     proc = subprocess.run(
-        [sys.executable, "-m", "thotd.cli", "--state", str(state), "run", "--root", str(root)],
+        [sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run", "--root", str(root)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -246,7 +246,7 @@ def test_ctrl_c_stops_the_running_script_and_records_it(tmp_path: Path) -> None:
     import signal
     import time
 
-    from thotd.state import Store
+    from thotd.engine.state import Store
 
     pidfile = tmp_path / "script.pid"
     project = make_tree(tmp_path / "p", {
@@ -257,7 +257,7 @@ def test_ctrl_c_stops_the_running_script_and_records_it(tmp_path: Path) -> None:
     })
     state = tmp_path / "state.sqlite3"
     thot = subprocess.Popen(
-        [sys.executable, "-m", "thotd.cli", "--state", str(state), "run", "--root", str(project)],
+        [sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run", "--root", str(project)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -297,7 +297,7 @@ def test_python_scripts_are_forked_unless_told_not_to(tmp_path: Path) -> None:
     })
     for extra in ([], ["--no-fork"]):
         done = subprocess.run(
-            [sys.executable, "-m", "thotd.cli", "--state", str(tmp_path / "s.sqlite3"), "run",
+            [sys.executable, "-m", "thotd.cli.thot", "--state", str(tmp_path / "s.sqlite3"), "run",
              "--root", str(project), *extra], capture_output=True, text=True, timeout=120,
             check=False)
         assert done.returncode == 0, done.stderr

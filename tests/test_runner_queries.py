@@ -35,7 +35,7 @@ def _project(tmp_path: Path) -> Path:
 def _run(project: Path, state: Path, dump: Path, **env: str) -> None:
     dump.mkdir()
     res = subprocess.run(
-        [sys.executable, "-m", "thotd.cli", "--state", str(state), "run", "--root", str(project)],
+        [sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run", "--root", str(project)],
         env={**os.environ, "DUMP_DIR": str(dump), **env}, capture_output=True, text=True,
     )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thotd.search import SearchError, compile_search, encode, matches
+from thotd.project.search import SearchError, compile_search, encode, matches
 
 OBJ: dict[str, Any] = {
     "_id": "/p/b1/s1",
@@ -229,7 +229,7 @@ def test_ne_is_the_complement_of_equality(obj: dict[str, Any], key: str, value: 
 
 @given(objects, st.sampled_from(["n", "metadata.x"]), st.integers(-5, 5))
 def test_comparisons_agree_with_python(obj: dict[str, Any], key: str, bound: int) -> None:
-    from thotd.search import lookup
+    from thotd.project.search import lookup
 
     value = lookup(obj, key)
     numeric = isinstance(value, int | float) and not isinstance(value, bool)

@@ -18,8 +18,8 @@ from editkit import apply_edit, base_tree, edit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thotd import snapshot
-from thotd.index import RACY_NS, Index, _sig
+from thotd.engine import snapshot
+from thotd.project.index import RACY_NS, Index, _sig
 
 QUERIES: list[tuple[str, Any]] = [
     ("asset", {"type": "raw"}),
@@ -177,7 +177,7 @@ def test_thot_run_keeps_a_snapshot_then_runs_only_what_changed(tmp_path: Path) -
     # a real `thot` process, its output read through a pipe: the detached writer must not
     # hold the pipe open
     done = subprocess.run(
-        [sys.executable, "-m", "thotd.cli", "--state", str(state), "run", "--root",
+        [sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run", "--root",
          str(project), "--json"], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["counts"] == {"ok": 7}

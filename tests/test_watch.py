@@ -1,4 +1,4 @@
-"""Tests for thotd.watch: real folders, the real inotify observer, a real asyncio loop.
+"""Tests for thotd.service.watch: real folders, the real inotify observer, a real asyncio loop.
 
 No sleep-and-hope: every test polls for a condition with a deadline (generous, for a
 loaded machine) and asserts on what was delivered. The only sleeps are in writers
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from thotd import watch as watch_mod
-from thotd.watch import Batch, Watcher
+from thotd.service import watch as watch_mod
+from thotd.service.watch import Batch, Watcher
 
 DEADLINE_S = 10.0
 

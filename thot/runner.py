@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from thotd.cli import main
+from thotd.cli.thot import main
 
 
 def run() -> int:

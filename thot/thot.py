@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from thotd.objects import ThotObject
-from thotd.record import Recorder, stat_of
+from thotd.project.objects import ThotObject
+from thotd.engine.record import Recorder, stat_of
 
 ENV_CONTAINER = "THOT_CONTAINER_ID"
 ENV_SCRIPT = "THOT_SCRIPT_ID"
@@ -50,8 +50,8 @@ def _plain_name(_id: str) -> str:
 def _check_asset(data: bytes, target: str) -> None:
     """Refuse properties that would make an invalid ``_asset.json`` (pydantic is loaded
     only when the file is not plainly well-formed, to word the error)."""
-    from thotd.objectfile import ASSET_FILE as _AF
-    from thotd.objectfile import ObjectFileError, load
+    from thotd.project.objectfile import ASSET_FILE as _AF
+    from thotd.project.objectfile import ObjectFileError, load
 
     try:
         load(_AF, data, target)
@@ -88,7 +88,7 @@ class LocalProject:
 
     def _local_index(self) -> Any:
         if self._index is None:
-            from thotd.index import Index, find_project_root
+            from thotd.project.index import Index, find_project_root
 
             top = self._project_root or find_project_root(self.root)
             self._index = Index.load(top, focus=self.root)
@@ -98,7 +98,7 @@ class LocalProject:
         return self._index
 
     def _query(self, kind: str, search: Mapping[str, Any] | None) -> list[ThotObject]:
-        from thotd.search import compile_search, encode
+        from thotd.project.search import compile_search, encode
 
         encoded, opaque = encode(search)
         test = compile_search(search)  # raises early on an unknown operator
@@ -120,7 +120,7 @@ class LocalProject:
 
     def _remote(self, kind: str, search: Any) -> tuple[list[ThotObject], dict[str, str]]:
         if self._client is None:
-            from thotd.rpc import Client
+            from thotd.service.rpc import Client
 
             self._client = Client(self._socket)  # one connection for all of the script's queries
         result = self._client.call("query", project=self._project_root, start=self.root, kind=kind, search=search)
@@ -150,7 +150,7 @@ class LocalProject:
     ) -> str:
         """Create (or replace) the asset folder ``<active container>/<_id>``; return the
         absolute path where the script should write the asset's ``file``."""
-        from thotd.locate import find_project_root, resolve_path
+        from thotd.project.locate import find_project_root, resolve_path
 
         props = dict(properties)
         if _id is None:

@@ -1,0 +1,16 @@
+"""thotd: Thot projects whose analysis keeps itself up to date.
+
+Rooms, one way down (a module imports only from its own room or the ones below it;
+``tests/test_layers.py`` enforces it)::
+
+    cli       the thot, thotd and thotctl commands
+    service   the daemon: lifecycle, watcher, control socket, config, logs, systemd
+    engine    runs and records: fingerprints, staleness, dispatch, explain, state, snapshot
+    executor  how a run happens: process control, the fork server
+    project   what a project is: object files, model, index, search
+
+The modules beside this file (``paths``, ``slotted``, ``digest``) are leaves every room may
+use; they import nothing from thotd.  Every ``__init__.py`` stays free of imports: the
+``thot`` script API imports parts of ``project`` and ``engine``, and a script must not pay
+for what it does not use.
+"""

@@ -52,7 +52,7 @@ class Daemon:
     def start(self, *extra: str, check: bool = True) -> subprocess.Popen[bytes]:
         out = open(self.home / "daemon.out", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "thotd.daemon_cli", "start", "--foreground", *extra],
+            [sys.executable, "-m", "thotd.cli.thotd", "start", "--foreground", *extra],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.procs.append(self.proc)
@@ -67,7 +67,7 @@ class Daemon:
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "thotd.ctl", *args], env=self.env, capture_output=True,
+            [sys.executable, "-m", "thotd.cli.thotctl", *args], env=self.env, capture_output=True,
             text=True, timeout=timeout,
         )
 

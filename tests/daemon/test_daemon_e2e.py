@@ -357,7 +357,7 @@ def test_logs_follow_streams_a_running_log(daemon: Daemon, gs: Path) -> None:
     daemon.ctl("add", str(gs))
     run = wait_for(lambda: next((r for r in daemon.runs() if r["script"].endswith("chatty.py")
                                  and r["status"] == "running"), None), 60, "chatty to run")
-    follower = subprocess.Popen([sys.executable, "-m", "thotd.ctl", "logs", "-f", str(run["id"])],
+    follower = subprocess.Popen([sys.executable, "-m", "thotd.cli.thotctl", "logs", "-f", str(run["id"])],
                                 env=daemon.env, stdout=subprocess.PIPE, text=True)
     try:
         assert follower.stdout is not None
@@ -399,4 +399,4 @@ def test_daemon_run_scripts_do_not_load_pydantic(daemon: Daemon, gs: Path) -> No
     daemon.start()
     _register(daemon, gs)
     loaded = (gs / "group-0" / "light" / "light.txt").read_text()
-    assert "thotd.rpc" in loaded and "pydantic" not in loaded and "thotd.index" not in loaded
+    assert "thotd.service.rpc" in loaded and "pydantic" not in loaded and "thotd.project.index" not in loaded

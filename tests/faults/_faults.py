@@ -292,7 +292,7 @@ class Daemon:
     def start(self, *extra: str, check: bool = True, timeout: float = 60) -> subprocess.Popen[bytes]:
         out = open(self.home / "daemon.out", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "thotd.daemon_cli", "start", "--foreground",
+            [*self.prefix, sys.executable, "-m", "thotd.cli.thotd", "start", "--foreground",
              *extra],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
@@ -340,7 +340,7 @@ class Daemon:
     def ctl(self, *args: str, timeout: float = 120,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "thotd.ctl", *args], env={**self.env, **(env or {})},
+            [sys.executable, "-m", "thotd.cli.thotctl", *args], env={**self.env, **(env or {})},
             capture_output=True, text=True, errors="replace", timeout=timeout,
         )
 
@@ -448,7 +448,7 @@ def oracle(work: Path, project_name: str, scratch: Path) -> dict[str, tuple[dict
     shutil.copytree(work, scratch, ignore=skip)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("THOT_", "THOTD_"))}
     res = subprocess.run(
-        [sys.executable, "-m", "thotd.cli", "--state", str(scratch / "oracle.sqlite3"), "run",
+        [sys.executable, "-m", "thotd.cli.thot", "--state", str(scratch / "oracle.sqlite3"), "run",
          "--root", str(scratch / project_name), "-j", "2"],
         env=env, capture_output=True, text=True, timeout=600,
     )

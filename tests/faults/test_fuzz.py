@@ -21,9 +21,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from thotd.index import Index
-from thotd.objectfile import ASSET_FILE, CONTAINER_FILE, SCRIPTS_FILE, ObjectFileError, load
-from thotd.search import SearchError
+from thotd.project.index import Index
+from thotd.project.objectfile import ASSET_FILE, CONTAINER_FILE, SCRIPTS_FILE, ObjectFileError, load
+from thotd.project.search import SearchError
 
 from ._faults import Daemon, Prober, Report, make_gs, pick
 
@@ -255,8 +255,8 @@ _record_lines = st.one_of(
 def test_fuzz_run_records(tmp_path: Path, reliability: Report) -> None:
     """A script writes its own run record: whatever it writes, finishing the run works and
     the engine can say whether it is stale."""
-    from thotd.engine import Engine
-    from thotd.state import Store
+    from thotd.engine.staleness import Engine
+    from thotd.engine.state import Store
 
     budget = pick(400, 4000)
     row = reliability.row(f"fuzzed run records read back by the engine (hypothesis, {budget})")

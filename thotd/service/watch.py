@@ -106,7 +106,7 @@ from watchdog.observers.polling import PollingObserver
 
 __all__ = ["Batch", "Watcher"]
 
-log = structlog.get_logger("thotd.watch")
+log = structlog.get_logger("thotd.service.watch")
 
 # Only events that mean "something changed". DirModifiedEvent is left out on purpose:
 # it repeats, for the parent folder, every create/delete/move already reported.

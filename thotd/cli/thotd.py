@@ -59,9 +59,9 @@ def run_foreground(args: argparse.Namespace) -> int:
     import asyncio
 
     from thotd import paths
-    from thotd.config import EXIT_CONFIG, ConfigError, load_config
-    from thotd.control import AlreadyRunning
-    from thotd.logs import configure_logging
+    from thotd.service.config import EXIT_CONFIG, ConfigError, load_config
+    from thotd.service.control import AlreadyRunning
+    from thotd.service.logs import configure_logging
 
     try:
         config = load_config(Path(args.config) if args.config else None)
@@ -72,7 +72,7 @@ def run_foreground(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, paths.log_file() if config.log.file else None)
     if args.project:
         config = config.model_copy(update={"projects": [*config.projects, *map(Path, args.project)]})
-    from thotd.daemon import Daemon
+    from thotd.service.daemon import Daemon
 
     store = Path(args.state) if args.state else paths.database_path()
     daemon = Daemon(config, store_path=store, socket_path=sock,
@@ -86,7 +86,7 @@ def run_foreground(args: argparse.Namespace) -> int:
 
 def start_detached(args: argparse.Namespace) -> int:
     from thotd import paths
-    from thotd.rpc import Client, DaemonNotRunning
+    from thotd.service.rpc import Client, DaemonNotRunning
 
     sock = paths.socket_path(args.socket)
     with Client(sock, timeout=2) as probe:
@@ -96,7 +96,7 @@ def start_detached(args: argparse.Namespace) -> int:
             return EXIT_OK
         except (DaemonNotRunning, OSError):
             pass
-    cmd = [sys.executable, "-m", "thotd.daemon_cli", "start", "--foreground"]
+    cmd = [sys.executable, "-m", "thotd.cli.thotd", "start", "--foreground"]
     for flag in ("config", "state"):
         if getattr(args, flag):
             cmd += [f"--{flag}", str(Path(getattr(args, flag)).absolute())]
@@ -131,7 +131,7 @@ def _tail(path: Path, n: int = 20) -> str:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from thotd import paths
-    from thotd.rpc import Client, DaemonNotRunning
+    from thotd.service.rpc import Client, DaemonNotRunning
 
     sock = paths.socket_path(args.socket)
     try:
@@ -153,7 +153,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from thotd.service import render_unit, unit_install_path
+    from thotd.service.unit import render_unit, unit_install_path
 
     text = render_unit()
     if args.print:
@@ -171,7 +171,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Copy the example, start the daemon on it, and say what to try."""
-    example = Path(__file__).parent / "example"
+    example = Path(__file__).parent.parent / "example"
     dest = Path(args.dir).absolute()
     if not dest.exists():
         shutil.copytree(example, dest)
@@ -184,7 +184,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rc = start_detached(start)
     if rc != EXIT_OK:
         return rc
-    from thotd.ctl import main as ctl
+    from thotd.cli.thotctl import main as ctl
 
     ctl(["add", str(project)])
     ctl(["wait", "--timeout", "120"])

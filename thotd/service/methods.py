@@ -1,6 +1,6 @@
 """The control socket's methods: what ``thotctl`` and daemon-run scripts may ask.
 
-Each handler reads or changes :class:`~thotd.daemon.Daemon` state on the loop thread and
+Each handler reads or changes :class:`~thotd.service.daemon.Daemon` state on the loop thread and
 returns plain JSON. Results only ever gain fields (clients ignore what they do not know).
 """
 
@@ -12,12 +12,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from thotd.index import norm
-from thotd.rpc import INVALID_PARAMS, RpcError
+from thotd.project.index import norm
+from thotd.service.rpc import INVALID_PARAMS, RpcError
 
 if TYPE_CHECKING:
-    from thotd.control import Connection, ControlServer
-    from thotd.daemon import Daemon, Project
+    from thotd.service.control import Connection, ControlServer
+    from thotd.service.daemon import Daemon, Project
 
 TAIL_LINES = 15
 
@@ -92,7 +92,7 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
         {"container": k[0], "script": k[1], "reason": p.blocked}
         for k, p in proj.plan.items() if p.blocked
     ]
-    from thotd.daemon import schedule_job_id
+    from thotd.service.daemon import schedule_job_id
 
     out["schedules"] = []
     for key, p in proj.plan.items():
@@ -189,7 +189,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
 
     @method("why")
     async def why(params: dict[str, Any], conn: Connection) -> Any:
-        from thotd.cli import why_info
+        from thotd.cli.thot import why_info
 
         path = _param(params, "path", str)
         proj = _project_for(daemon, path)
@@ -215,7 +215,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
 
     @method("graph")
     async def graph(params: dict[str, Any], conn: Connection) -> Any:
-        from thotd.cli import graph_data, render_graph
+        from thotd.cli.thot import graph_data, render_graph
 
         proj = _project_for(daemon, _param(params, "path", str))
         if proj.engine is None:

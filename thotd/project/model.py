@@ -2,7 +2,7 @@
 
 Object files are written by people and by older Thot versions, so every model keeps unknown
 fields (``extra="allow"``) and treats ``null`` as "use the default". These models are the
-definition (JSON Schemas, error messages, every lax case); :mod:`thotd.objectfile` reads the
+definition (JSON Schemas, error messages, every lax case); :mod:`thotd.project.objectfile` reads the
 common well-formed file without importing pydantic and defers to them for anything else.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from thotd.objectfile import (  # noqa: F401 - re-exported: the models' public vocabulary
+from thotd.project.objectfile import (  # noqa: F401 - re-exported: the models' public vocabulary
     ASSET_FILE,
     CONTAINER_FILE,
     KNOWN_EXTRAS,

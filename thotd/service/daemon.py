@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from thotd import notify
-from thotd.config import Config
-from thotd.engine import Engine, Planned, RunKey
-from thotd.index import Index, NotAProject, norm
-from thotd.proc import RunSpec, end_leftovers, run_async, script_env, start_forkserver
-from thotd.record import stat_of
-from thotd.state import Store
-from thotd.watch import Batch, Watcher
+from thotd.service import notify
+from thotd.service.config import Config
+from thotd.engine.staleness import Engine, Planned, RunKey
+from thotd.project.index import Index, NotAProject, norm
+from thotd.executor.process import RunSpec, end_leftovers, run_async, script_env, start_forkserver
+from thotd.engine.record import stat_of
+from thotd.engine.state import Store
+from thotd.service.watch import Batch, Watcher
 
 if TYPE_CHECKING:
-    from thotd.forkserver import ForkServer
+    from thotd.executor.forkserver import ForkServer
 
 log = structlog.get_logger("thotd")
 
@@ -131,7 +131,7 @@ class Daemon:
     async def run(self) -> int:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        from thotd.control import ControlServer, acquire_lock
+        from thotd.service.control import ControlServer, acquire_lock
         from thotd.paths import lock_path
 
         faulthandler.enable()
@@ -150,7 +150,7 @@ class Daemon:
             paused = any(p["root"] == root and p["paused"] for p in self.store.projects())
             await self.open_project(root, paused=paused)
         self.server = ControlServer()
-        from thotd.methods import register_methods
+        from thotd.service.methods import register_methods
 
         register_methods(self.server, self)
         await self.server.start(self.socket_path)
@@ -198,7 +198,7 @@ class Daemon:
     def forkserver_for_run(self) -> ForkServer | None:
         """The fork server runs should use, (re)started as needed; None when forking is off.
 
-        Started by :func:`thotd.proc.start_forkserver`, whose environment every run's is
+        Started by :func:`thotd.executor.process.start_forkserver`, whose environment every run's is
         built on, so the server refuses no ordinary run. A server still starting is left to start (runs are exec'd meanwhile); one that
         died is replaced (at most every :data:`FORKSERVER_RESTART_S` if it never got ready).
         """
@@ -261,8 +261,8 @@ class Daemon:
 
     async def reload(self) -> dict[str, Any]:
         """SIGHUP / ``thotctl reload``: swap in a new config only if it is fully valid."""
-        from thotd.config import ConfigError, load_config
-        from thotd.logs import configure_logging
+        from thotd.service.config import ConfigError, load_config
+        from thotd.service.logs import configure_logging
 
         notify.reloading()
         try:

@@ -38,7 +38,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from thotd.paths import check_socket_path
-from thotd.rpc import (
+from thotd.service.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -62,7 +62,7 @@ __all__ = [
     "peer_credentials",
 ]
 
-log = structlog.get_logger("thotd.control")
+log = structlog.get_logger("thotd.service.control")
 
 Handler = Callable[[dict[str, Any], "Connection"], Awaitable[Any]]
 
@@ -154,12 +154,6 @@ def _encode(message: dict[str, Any]) -> bytes:
 
 
 def _package_version() -> str:
-    try:
-        from thotd import __version__  # type: ignore[attr-defined]
-
-        return str(__version__)
-    except ImportError:
-        pass
     from importlib.metadata import PackageNotFoundError, version
 
     try:

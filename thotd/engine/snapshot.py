@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thotd.digest import blake2b
-from thotd.index import RACY_NS, Changes, Index, Node, _sig, stat_key
-from thotd.locate import norm, upward
-from thotd.objectfile import ObjectError
+from thotd.project.index import RACY_NS, Changes, Index, Node, _sig, stat_key
+from thotd.project.locate import norm, upward
+from thotd.project.objectfile import ObjectError
 
 if TYPE_CHECKING:
-    from thotd.engine import Engine, RunKey
+    from thotd.engine.staleness import Engine, RunKey
 
 FORMAT = 1
 #: What is stored of a node (its view and the by-file map are derived on load).

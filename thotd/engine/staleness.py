@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from thotd.digest import blake2b
-from thotd.index import Index
-from thotd.locate import upward
-from thotd.record import RunRecord, read_record, stat_of
-from thotd.search import SearchError
-from thotd.state import RunRow, Store
+from thotd.project.index import Index
+from thotd.project.locate import upward
+from thotd.engine.record import RunRecord, read_record, stat_of
+from thotd.project.search import SearchError
+from thotd.engine.state import RunRow, Store
 
 RunKey = tuple[str, str]  # (container id, absolute script path)
 INTERRUPTED = ("running", "killed")
@@ -128,7 +128,7 @@ class Engine:
         self.rows: dict[RunKey, RunRow] = store.runs(self.project)
         self._plan_cache: tuple[tuple[Any, ...], list[Planned]] | None = None
         self.history_ids: dict[RunKey, int] = {}  # running runs' history rows
-        # Runs known to be up to date without looking (see thotd.snapshot.clean_runs), by
+        # Runs known to be up to date without looking (see thotd.engine.snapshot.clean_runs), by
         # container; a run's completion forgets those at or above its container.
         self.known_clean: dict[str, set[RunKey]] = {}
         self.completed = 0  # runs completed by this engine
@@ -257,7 +257,7 @@ class Engine:
             "THOT_PROJECT_ROOT": self.index.root,
             "THOT_RECORD": record_path,
             # Output reaches the log as it is printed, and is not lost when a timeout kills it.
-            # (thotd.proc.start_forkserver starts its server with the same value.)
+            # (thotd.executor.process.start_forkserver starts its server with the same value.)
             "PYTHONUNBUFFERED": "1",
         }
 

@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from thotd import objectfile
+from thotd.project import objectfile
 from thotd.digest import blake2b
-from thotd.locate import NotAProject, find_project_root, norm, resolve_path, upward
-from thotd.objectfile import (
+from thotd.project.locate import NotAProject, find_project_root, norm, resolve_path, upward
+from thotd.project.objectfile import (
     ASSET_FILE,
     CONTAINER_FILE,
     NOTES_DIR,
@@ -33,8 +33,8 @@ from thotd.objectfile import (
     ObjectError,
     ObjectFileError,
 )
-from thotd.objects import ThotObject
-from thotd.search import compile_search
+from thotd.project.objects import ThotObject
+from thotd.project.search import compile_search
 
 __all__ = ["Changes", "Index", "Node", "NotAProject", "find_project_root", "load_project", "norm",
            "resolve_path"]
@@ -225,7 +225,7 @@ class Index:
         # container at or above a changed object (see forget), so they never go stale.
         self.answers: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
         # Moves whenever objects or answers change; 0 means "as the snapshot on disk says"
-        # (see thotd.snapshot), which a new index never is.
+        # (see thotd.engine.snapshot), which a new index never is.
         self.generation = 1
         # A live index (the daemon's) keeps a broken object's last good properties; a
         # restored one must end exactly where a fresh load would.
@@ -754,7 +754,7 @@ class Index:
     def answer(self, kind: str, search: Any, start: str) -> dict[str, Any]:
         """A script's ``find_*`` asked over a socket (daemon or runner): the objects and their
         fingerprints, exactly what a local walk would give. Raises ``ValueError`` (a
-        :class:`~thotd.search.SearchError` for a bad search) on a bad question."""
+        :class:`~thotd.project.search.SearchError` for a bad search) on a bad question."""
         if kind not in ("container", "asset"):
             raise ValueError("kind must be 'container' or 'asset'")
         start = norm(start)
@@ -785,8 +785,7 @@ class Index:
                 files.append(SCRIPTS_FILE)
             for name in files:
                 path = os.path.join(node.id, name)
-                from thotd import model
-
+                from thotd.project import model
                 try:
                     parsed = model.parse(name, _read(path), path)
                 except (ObjectFileError, OSError):

@@ -1,6 +1,6 @@
 """Exec trampoline: set resource limits and a clean signal state, then become the script.
 
-Run by :mod:`thotd.proc` as ``python -I -S _trampoline.py OPTION... -- ARGV...``; it is
+Run by :mod:`thotd.executor.process` as ``python -I -S trampoline.py OPTION... -- ARGV...``; it is
 never imported by the daemon.  It exists because limits must be set *in the child before
 the script starts* and ``preexec_fn`` is unsafe in the daemon, which has threads (a fork
 in a threaded process may deadlock in the child on a lock held by another thread).

@@ -10,7 +10,7 @@ on its event loop.  Both follow the same rules (CONVENTIONS.md, "Running scripts
 * **Output straight into the per-run log file**, opened by the parent and handed down as
   stdout/stderr.  No pipes: a pipe must be drained, and a grandchild that inherited it
   would keep the drain (and the run) waiting long after the script has exited.
-* **Limits through an exec trampoline** (:mod:`thotd._trampoline`): ``RLIMIT_CORE=0`` and
+* **Limits through an exec trampoline** (:mod:`thotd.executor.trampoline`): ``RLIMIT_CORE=0`` and
   the optional limits are set in the child before the script starts, then it ``exec``\\s
   the script (same pid, so the process group and the exit status are the script's).
   Measured cost: 9-14 ms per run, all of it ``python -I -S`` start-up (2-vCPU VM:
@@ -19,8 +19,8 @@ on its event loop.  Both follow the same rules (CONVENTIONS.md, "Running scripts
   start-up and the seconds an analysis takes.  ``resource.prlimit(pid, ...)`` from the
   parent right after spawn would save it, but races with the script (which may already
   run, crash and dump core before the parent gets there) and cannot reset the signal
-  dispositions the daemon's children inherit; see :mod:`thotd._trampoline`.
-* **Python scripts may be forked instead** (:mod:`thotd.forkserver`): ``run_sync`` or
+  dispositions the daemon's children inherit; see :mod:`thotd.executor.trampoline`.
+* **Python scripts may be forked instead** (:mod:`thotd.executor.forkserver`): ``run_sync`` or
   ``run_async`` given a ready ``ForkServer`` has it fork a preloaded interpreter (site done, ``thot`` imported)
   that becomes ``python script.py`` -- a few ms per run instead of 70-90.  Everything
   below holds the same (own session, log as stdout/stderr, limits, TERM/grace/KILL of the
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     import asyncio
     import subprocess
 
-    from thotd.forkserver import ForkedProcess, ForkServer
+    from thotd.executor.forkserver import ForkedProcess, ForkServer
 
 __all__ = [
     "STRIPPED_ENV",
@@ -103,7 +103,7 @@ STRIPPED_ENV: frozenset[str] = frozenset(
     }
 )
 
-_TRAMPOLINE = Path(__file__).with_name("_trampoline.py")
+_TRAMPOLINE = Path(__file__).with_name("trampoline.py")
 
 #: How often a running script's log size is checked (and the wait re-armed).  Bounds the
 #: log overshoot to what a script can write in this time; a few stat calls per second per
@@ -261,7 +261,7 @@ def start_forkserver() -> ForkServer:
     Its start environment is the one every run's is built on: ``script_env`` of this
     process's plus ``PYTHONUNBUFFERED=1``, which ``Engine.env_for`` gives every run; the
     rest (``THOT_*``) the server may differ in. Anything else would make it refuse runs."""
-    from thotd.forkserver import ForkServer
+    from thotd.executor.forkserver import ForkServer
 
     return ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
 
@@ -451,7 +451,7 @@ def _log_header(spec: RunSpec, when: float) -> bytes:
 
 
 def _trampoline_argv(spec: RunSpec, command: list[str], status_fd: int) -> list[str]:
-    """Build ``python -I -S _trampoline.py OPTIONS -- command`` for this spec."""
+    """Build ``python -I -S trampoline.py OPTIONS -- command`` for this spec."""
     opts = [f"status={status_fd}", "core=0"]
     if spec.max_open_files is not None:
         opts.append(f"nofile={int(spec.max_open_files)}")
@@ -459,7 +459,7 @@ def _trampoline_argv(spec: RunSpec, command: list[str], status_fd: int) -> list[
         opts.append(f"cpu={int(spec.cpu_limit_s)}")
     if spec.max_file_bytes is not None:
         opts.append(f"fsize={int(spec.max_file_bytes)}")
-    # Undo CPython's locale coercion in the trampoline (see _trampoline's docstring).
+    # Undo CPython's locale coercion in the trampoline (see the trampoline's docstring).
     if "LC_CTYPE" in spec.env:
         opts.append(f"setenv=LC_CTYPE={spec.env['LC_CTYPE']}")
     else:

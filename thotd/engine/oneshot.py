@@ -1,6 +1,6 @@
 """The one-shot runner behind ``thot run``: evaluate a project bottom-up, or only what is stale.
 
-Scripts run as their own processes (see :mod:`thotd.proc`), each waited for by a thread of
+Scripts run as their own processes (see :mod:`thotd.executor.process`), each waited for by a thread of
 its own that reports to one queue; the index, the engine and the SQLite store stay on the
 calling thread, so nothing needs a lock. (A thread per run rather than
 ``concurrent.futures``: runs are few and long, and its import alone costs ~7 ms of every
@@ -24,13 +24,13 @@ except ImportError:  # pragma: no cover -- CPython always has it
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from thotd.engine import Engine, Planned
+from thotd.engine.staleness import Engine, Planned
 from thotd.slotted import Slotted
 
 if TYPE_CHECKING:
-    from thotd.forkserver import ForkServer
-    from thotd.proc import ProcResult
-    from thotd.queryserver import QueryServer
+    from thotd.executor.forkserver import ForkServer
+    from thotd.executor.process import ProcResult
+    from thotd.engine.queryserver import QueryServer
 
 
 class Outcome(Slotted):
@@ -139,7 +139,7 @@ def run_project(
     """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up.
 
     With ``forkserver``, Python scripts are forked from it once it is ready (see
-    :mod:`thotd.forkserver`); until then, and whenever it refuses, they are exec'd."""
+    :mod:`thotd.executor.forkserver`); until then, and whenever it refuses, they are exec'd."""
     plan = engine.plan()
     report = Report(considered=len(plan))
     starts = _subtree_starts(plan)
@@ -174,10 +174,10 @@ def run_project(
         if not reasons:
             finish(p)
             return
-        from thotd.proc import RunSpec, run_sync, script_env
+        from thotd.executor.process import RunSpec, run_sync, script_env
 
         if server is None:
-            from thotd.queryserver import QueryServer
+            from thotd.engine.queryserver import QueryServer
 
             # Without it scripts walk the disk themselves: slower, the same answers.
             with contextlib.suppress(OSError):

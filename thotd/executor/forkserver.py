@@ -13,7 +13,7 @@ pays anyway (a fresh interpreter that imported ``thot`` spends longer in it).
 Both sides live here; stdlib only, and the server side imports as little as it can (every
 module the server loads is in every run's ``sys.modules``).
 
-**Server** (``python -m thotd.forkserver FD``, started by :meth:`ForkServer.start` with the
+**Server** (``python -m thotd.executor.forkserver FD``, started by :meth:`ForkServer.start` with the
 runs' common environment, site enabled so user scripts see site-packages).  ``FD`` is its end
 of a ``SOCK_SEQPACKET`` socketpair (one message = one JSON object; fds travel with
 ``SCM_RIGHTS``).  It reads a ``hello`` (the exact environment it was started with, so it can
@@ -73,7 +73,7 @@ from collections.abc import Mapping, Sequence  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 # The trampoline's own rules for limits (it is importable: nothing runs unless __main__).
-from thotd._trampoline import _apply_limit  # noqa: E402
+from thotd.executor.trampoline import _apply_limit  # noqa: E402
 
 if TYPE_CHECKING:
     import subprocess
@@ -82,17 +82,17 @@ if TYPE_CHECKING:
 __all__ = ["PREIMPORTS", "ForkServer", "ForkedProcess", "startup_vars"]
 
 #: What the server imports once so that no run pays for it: the script library and what it
-#: uses.  Nothing here may start a thread or import pydantic (``thotd.objectfile`` loads
-#: ``thotd.model`` only to word an error).
+#: uses.  Nothing here may start a thread or import pydantic (``thotd.project.objectfile`` loads
+#: ``thotd.project.model`` only to word an error).
 PREIMPORTS: tuple[str, ...] = (
     "thot",
     "thot.thot",
-    "thotd.record",
-    "thotd.objects",
-    "thotd.search",
-    "thotd.rpc",
-    "thotd.objectfile",
-    "thotd.locate",
+    "thotd.engine.record",
+    "thotd.project.objects",
+    "thotd.project.search",
+    "thotd.service.rpc",
+    "thotd.project.objectfile",
+    "thotd.project.locate",
 )
 
 #: How long a spawn waits for the server's answer before giving the server up as hung (a
@@ -108,7 +108,7 @@ _MAX_MSG = 1 << 20
 _ARG_STRLEN = 32 * 4096
 _ARG_TOTAL = (os.sysconf("SC_ARG_MAX") if "SC_ARG_MAX" in os.sysconf_names else 1 << 21) // 2
 
-#: Limits a request may ask for; ``core`` is always 0 (see ``thotd._trampoline``).
+#: Limits a request may ask for; ``core`` is always 0 (see ``thotd.executor.trampoline``).
 _LIMITS = frozenset({"nofile", "cpu", "fsize"})
 
 #: What ``ForkedProcess.returncode`` is when the server died before reporting the exit.
@@ -310,7 +310,7 @@ class _Server:
         )
         self.bare_dirs = _bare_dir_shadowable(self.shadowable)
         if "threading" in sys.modules and sys.modules["threading"].active_count() != 1:
-            raise RuntimeError("thotd.forkserver: a thread was started; forking is unsafe")
+            raise RuntimeError("thotd.executor.forkserver: a thread was started; forking is unsafe")
         _fresh_signals()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, _on_sigchld)
@@ -930,7 +930,7 @@ class ForkServer:
             # thotd (and thot) whether or not it is installed; each child replaces the
             # entry with its script's folder.
             server._proc = subprocess.Popen(
-                [sys.executable, "-m", "thotd.forkserver", str(child.fileno())],
+                [sys.executable, "-m", "thotd.executor.forkserver", str(child.fileno())],
                 env=server.env,
                 cwd=_PACKAGE_PARENT,
                 stdin=subprocess.DEVNULL,
@@ -1171,7 +1171,7 @@ def _kill_group(pgid: int) -> None:
 
 
 #: The folder holding the ``thotd`` package (see :meth:`ForkServer.start`).
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ``thotctl`` runs once per command, so this module imports only light standard-library
 modules (no asyncio): start-up time is most of a ``thotctl status``. It also defines the
-protocol constants and ``RpcError``, shared with the asyncio server in ``thotd.control``.
+protocol constants and ``RpcError``, shared with the asyncio server in ``thotd.service.control``.
 
 Wire format: one JSON object per line (UTF-8, ``\\n``-terminated), requests capped at
 ``MAX_LINE`` bytes. A streaming method (``subscribe``) sends notifications on the same

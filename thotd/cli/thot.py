@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from thotd.index import NotAProject
+    from thotd.project.index import NotAProject
 
     try:
         return int(COMMANDS[args.cmd](args))
@@ -97,19 +97,19 @@ def quiet_broken_pipe() -> int:
 
 
 def _load(path: str) -> Any:
-    from thotd.index import Index, find_project_root
+    from thotd.project.index import Index, find_project_root
 
     return Index.load(find_project_root(path))
 
 
 def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
-    from thotd.engine import Engine
-    from thotd.state import Store
+    from thotd.engine.staleness import Engine
+    from thotd.engine.state import Store
 
     store = Store(state)
     if snapshot:
-        from thotd import snapshot as snap
-        from thotd.index import find_project_root
+        from thotd.engine import snapshot as snap
+        from thotd.project.index import find_project_root
 
         index, since, runs = snap.load(find_project_root(root), store.path.parent)
         engine = Engine(index, store)
@@ -120,12 +120,11 @@ def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from thotd import snapshot
-
+    from thotd.engine import snapshot
     server = None
     if not args.dry_run and not args.no_fork:
         # Started first: it boots on the other core while the project loads.
-        from thotd.proc import start_forkserver
+        from thotd.executor.process import start_forkserver
 
         server = start_forkserver()
     try:
@@ -148,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
-    from thotd.runner import Progress, format_report, run_project
+    from thotd.engine.oneshot import Progress, format_report, run_project
 
     for err in engine.index.errors():
         print(f"thot: invalid: {err}", file=sys.stderr)
@@ -245,7 +244,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from thotd.model import write_schemas
+    from thotd.project.model import write_schemas
 
     for path in write_schemas(Path(args.out)):
         print(path)
@@ -254,7 +253,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def why_info(engine: Any, path: str) -> dict[str, Any]:
     """Provenance of an asset or container, shared by ``thot why`` and ``thotctl why``."""
-    from thotd.index import norm
+    from thotd.project.index import norm
 
     target = norm(path)
     node = engine.index.nodes.get(target)
@@ -288,7 +287,7 @@ def why_info(engine: Any, path: str) -> dict[str, Any]:
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from thotd.index import find_project_root
+    from thotd.project.index import find_project_root
 
     start = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
     root = args.root or _outermost(start)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from thotd.rpc import Client, DaemonNotRunning, RpcError
+from thotd.service.rpc import Client, DaemonNotRunning, RpcError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -201,7 +201,7 @@ def logs(args: argparse.Namespace, c: Client) -> int:
 
 
 def why(args: argparse.Namespace, c: Client) -> int:
-    from thotd.cli import render_why
+    from thotd.cli.thot import render_why
 
     res = c.call("why", path=_abs(args.path))
     return _out(args, res, render_why(res))

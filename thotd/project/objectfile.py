@@ -4,7 +4,7 @@ Importing pydantic and building the models costs ~0.15 s, paid by every ``thot``
 every locally run script. Most object files are plainly well-formed, so :func:`load` checks
 them with a strict, stdlib-only reader whose result equals the models' output; anything it is
 not sure of (a wrong type, lax coercions like ``"priority": "1"``, broken JSON) goes to the
-pydantic models in :mod:`thotd.model`, which give the error messages. A property test holds
+pydantic models in :mod:`thotd.project.model`, which give the error messages. A property test holds
 the two to the same answers.
 """
 
@@ -217,6 +217,5 @@ def load(filename: str, data: bytes, path: str = "") -> Any:
     fast = fast_load(filename, data)
     if fast is not None:
         return fast
-    from thotd import model  # the definition: error messages and every lax case
-
+    from thotd.project import model  # the definition: error messages and every lax case
     return plain(model.parse(filename, data, path))

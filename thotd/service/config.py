@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from thotd import paths
-from thotd.model import format_loc
+from thotd.project.model import format_loc
 
 #: Exit status for "bad configuration" (sysexits ``EX_CONFIG``); the unit lists it in
 #: ``RestartPreventExitStatus=`` so systemd does not restart-loop on a broken file.

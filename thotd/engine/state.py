@@ -96,7 +96,6 @@ class RunRow:
 
 def default_path() -> Path:
     from thotd import paths
-
     return paths.database_path()
 
 

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 
 ROOT_PREFIX = "root:"
-_CONTAINER_FILE = "_container.json"  # the same name as thotd.model.CONTAINER_FILE
+_CONTAINER_FILE = "_container.json"  # the same name as thotd.project.model.CONTAINER_FILE
 
 
 class NotAProject(Exception):

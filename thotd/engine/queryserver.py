@@ -15,7 +15,7 @@ import socket
 import threading
 from typing import Any
 
-from thotd.index import Index
+from thotd.project.index import Index
 
 MAX_LINE = 1 << 20
 

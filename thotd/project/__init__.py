@@ -1,0 +1,5 @@
+"""What a project is: object files, their pydantic models, the in-memory index and search.
+
+May import: the leaf modules beside ``thotd/__init__.py`` (``paths``, ``slotted``,
+``digest``). Imported by every room above and by the ``thot`` script API.
+"""
