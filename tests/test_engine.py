@@ -26,8 +26,8 @@ from corekit import (
 )
 
 from thotd.engine.staleness import Engine
-from thotd.project.index import Index
 from thotd.engine.state import Store
+from thotd.project.index import Index
 
 G, S = 3, 3
 SAMPLE_RUNS = [(f"group-{g}/sample-{s:03d}", "sample.py") for g in range(G) for s in range(S)]

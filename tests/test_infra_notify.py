@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from thotd.service import notify
+
+
 @pytest.fixture
 def listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
     """A datagram socket at a filesystem path, exported as NOTIFY_SOCKET."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from thotd import paths
+
 REPO = Path(__file__).resolve().parents[1]
 
 

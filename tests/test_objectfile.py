@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thotd.project import model
+from thotd.project import model, objectfile
 
-from thotd.project import objectfile
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
                     st.text(max_size=4))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)

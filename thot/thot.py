@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from thotd.project.objects import ThotObject
 from thotd.engine.record import Recorder, stat_of
+from thotd.project.objects import ThotObject
 
 ENV_CONTAINER = "THOT_CONTAINER_ID"
 ENV_SCRIPT = "THOT_SCRIPT_ID"

@@ -28,9 +28,9 @@ from thotd.engine.staleness import Engine, Planned
 from thotd.slotted import Slotted
 
 if TYPE_CHECKING:
+    from thotd.engine.queryserver import QueryServer
     from thotd.executor.forkserver import ForkServer
     from thotd.executor.process import ProcResult
-    from thotd.engine.queryserver import QueryServer
 
 
 class Outcome(Slotted):

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from thotd.digest import blake2b
+from thotd.engine.record import RunRecord, read_record, stat_of
+from thotd.engine.state import RunRow, Store
 from thotd.project.index import Index
 from thotd.project.locate import upward
-from thotd.engine.record import RunRecord, read_record, stat_of
 from thotd.project.search import SearchError
-from thotd.engine.state import RunRow, Store
 
 RunKey = tuple[str, str]  # (container id, absolute script path)
 INTERRUPTED = ("running", "killed")

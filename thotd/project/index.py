@@ -21,8 +21,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from thotd.project import objectfile
 from thotd.digest import blake2b
+from thotd.project import objectfile
 from thotd.project.locate import NotAProject, find_project_root, norm, resolve_path, upward
 from thotd.project.objectfile import (
     ASSET_FILE,

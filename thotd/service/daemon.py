@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from thotd.engine.record import stat_of
+from thotd.engine.staleness import Engine, Planned, RunKey
+from thotd.engine.state import Store
+from thotd.executor.process import RunSpec, end_leftovers, run_async, script_env, start_forkserver
+from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
-from thotd.engine.staleness import Engine, Planned, RunKey
-from thotd.project.index import Index, NotAProject, norm
-from thotd.executor.process import RunSpec, end_leftovers, run_async, script_env, start_forkserver
-from thotd.engine.record import stat_of
-from thotd.engine.state import Store
 from thotd.service.watch import Batch, Watcher
 
 if TYPE_CHECKING:
@@ -131,8 +131,8 @@ class Daemon:
     async def run(self) -> int:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-        from thotd.service.control import ControlServer, acquire_lock
         from thotd.paths import lock_path
+        from thotd.service.control import ControlServer, acquire_lock
 
         faulthandler.enable()
         self.loop = asyncio.get_running_loop()
