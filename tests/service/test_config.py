@@ -21,7 +21,7 @@ from thotd.service.config import (
     load_config,
 )
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
 
 
 @pytest.fixture(autouse=True)

@@ -583,7 +583,7 @@ def test_second_lock_fails(sockdir: Path) -> None:
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=Path(__file__).resolve().parents[2],
         )
         assert proc.returncode == 3, proc.stderr
         assert f"pid {os.getpid()}" in proc.stdout
@@ -670,7 +670,7 @@ def test_other_uid_is_rejected(start_server: Callable[..., Running], sockdir: Pa
         "except RpcError as e:\n"
         "    print(e.code, e.message)\n"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", python]
         + ["-c", client_code, str(running.path), str(repo)],

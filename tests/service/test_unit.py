@@ -14,7 +14,7 @@ import pytest
 from thotd.service import unit as service
 from thotd.service.config import EXIT_CONFIG, Config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNIT_FILE = REPO / "systemd" / "thotd.service"
 
 
