@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from thotd.executor.processgroup import start_time, stop_groups
+from thotd.executor.processgroup import groups_with_env, proc_stat, start_time, stop_groups
 
 __all__ = ["PGID_SUFFIX", "end_leftovers", "write_pgid_file"]
 
@@ -51,18 +51,7 @@ def _groups_of(record_paths: list[str]) -> set[int]:
         pgid = _pgid_from_file(record + PGID_SUFFIX)
         if pgid is not None:
             groups.add(pgid)
-    try:
-        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return groups
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-            if wanted.intersection(env):
-                groups.add(os.getpgid(pid))
-        except (OSError, ProcessLookupError):
-            continue
+    groups |= groups_with_env(wanted)
     groups.discard(os.getpgrp())
     return groups
 
@@ -100,11 +89,7 @@ def _pgid_from_file(path: str) -> int | None:
         pgid, started = int(text[0]), text[1]
     except (OSError, ValueError, IndexError):
         return None
-    if pgid <= 1 or start_time(pgid) != started:
-        return None
-    try:
-        if os.getpgid(pgid) != pgid:
-            return None
-    except OSError:
+    stat = proc_stat(pgid) if pgid > 1 else None
+    if stat is None or not stat.running or stat.start_time != started or stat.pgrp != pgid:
         return None
     return pgid

@@ -9,8 +9,9 @@ on its event loop.  Both follow the same rules:
 * **Output straight into the per-run log file**, opened by the parent and handed down as
   stdout/stderr.  No pipes: a pipe must be drained, and a grandchild that inherited it
   would keep the drain (and the run) waiting long after the script has exited.
-* **Limits through an exec trampoline** (:mod:`thotd.executor.trampoline`): ``RLIMIT_CORE=0`` and
-  the optional limits are set in the child before the script starts, then it ``exec``\\s
+* **Limits through an exec trampoline** (:mod:`thotd.executor.trampoline`):
+  ``RLIMIT_CORE=0`` and the optional limits are set in the child before the script
+  starts, then it ``exec``\\s
   the script (same pid, so the process group and the exit status are the script's).
   Measured cost: 9-14 ms per run, all of it ``python -I -S`` start-up (2-vCPU VM:
   ``/bin/true`` 0.6 ms direct, 8.9 ms through it; a trivial ``.sh`` run 1.8 ms bare vs
@@ -22,15 +23,15 @@ on its event loop.  Both follow the same rules:
 * **Python scripts may be forked instead** (:mod:`thotd.executor.forkserver`): ``run_sync``
   or ``run_async`` given a ready ``ForkServer`` has it fork a preloaded interpreter (site
   done, ``thot`` imported) that becomes ``python script.py`` -- a few ms per run instead of
-  70-90.  Everything
-  below holds the same (own session, log as stdout/stderr, limits, TERM/grace/KILL of the
-  group, leftovers ended); only the trampoline's status pipe has no use (there is no
-  exec).  Whenever the server cannot give an equivalent run it refuses and the run takes
-  the exec path.
+  70-90.  Everything below holds the same (own session, log as stdout/stderr, limits,
+  TERM/grace/KILL of the group, leftovers ended); only the trampoline's status pipe has
+  no use (there is no exec).  Whenever the server cannot give an equivalent run it
+  refuses and the run takes the exec path.
 * **The log is capped by the parent, not by ``RLIMIT_FSIZE``.**  ``RLIMIT_FSIZE`` limits
   *every* file the process writes, not just stdout: an analysis writing a 200 MB result
   would fail with EFBIG because of a 10 MB log cap.  Instead the parent checks the log's
-  size every ``POLL_S`` (:mod:`thotd.executor.runstate`) while the run lasts and cuts it back to the cap; the log is opened
+  size every ``POLL_S`` (:mod:`thotd.executor.runstate`) while the run lasts and cuts it
+  back to the cap; the log is opened
   ``O_APPEND``, so later writes land at the (cut) end and the first ``log_cap_bytes`` bytes
   are never touched.  The script keeps running unaware (a chatty but correct analysis
   still succeeds); the disk use is bounded by the cap plus what the script writes in one
@@ -104,6 +105,12 @@ __all__ = [
 
 #: How long a run waits for a fork server that is still starting (it normally takes ~50 ms).
 _FORK_READY_WAIT_S = 3.0
+
+if TYPE_CHECKING:
+    #: A started async run: its process, a future of its exit, and its pgid file (if any).
+    _Started = tuple[
+        asyncio.subprocess.Process | ForkedProcess, asyncio.Future[Any], str | None
+    ]
 
 
 def start_forkserver() -> ForkServer:
@@ -206,7 +213,10 @@ def run_sync(
     run.spawned(proc.pid)
     pidfd = None if forked else pidfd_open(proc.pid)
     try:
-        while (wait := run.step(proc.poll() is not None, cancel is not None and cancel.is_set())) is not None:
+        while True:
+            wait = run.step(proc.poll() is not None, cancel is not None and cancel.is_set())
+            if wait is None:
+                break
             _nap(proc, pidfd, wait)
     except BaseException:
         try:
@@ -327,7 +337,7 @@ def _abandon_spawn(fut: asyncio.Future[ForkedProcess | None], run: RunState) -> 
 
 async def _start_async(
     run: RunState, argv: list[str], env: dict[str, str], forked: ForkedProcess | None
-) -> tuple[asyncio.subprocess.Process | ForkedProcess, asyncio.Future[Any], str | None] | ProcResult:
+) -> _Started | ProcResult:
     """The run's process, a future of its exit and its pgid file; or the ``"error"`` result."""
     import asyncio
     import subprocess
@@ -352,7 +362,10 @@ async def _wait_async(
 
     cancel_waiter = asyncio.create_task(cancel.wait()) if cancel is not None else None
     try:
-        while (wait := run.step(waiter.done(), cancel is not None and cancel.is_set())) is not None:
+        while True:
+            wait = run.step(waiter.done(), cancel is not None and cancel.is_set())
+            if wait is None:
+                return
             await _nap_async(waiter, wait, cancel_waiter)
     finally:
         if cancel_waiter is not None:

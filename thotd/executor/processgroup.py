@@ -45,6 +45,7 @@ __all__ = [
     "fork_and_forget",
     "fork_in_new_session",
     "group_alive",
+    "groups_with_env",
     "kill_group",
     "pid_alive",
     "pidfd_open",
@@ -307,6 +308,26 @@ def group_alive(pgid: int) -> bool:
         if stat.running:
             return True
     return not found_member
+
+
+def groups_with_env(entries: set[bytes]) -> set[int]:
+    """The process groups of every process whose environment holds one of ``entries``
+    (``b"NAME=value"``), as ``/proc/<pid>/environ`` shows it: the environment the process
+    was exec'd with.  Empty without ``/proc``."""
+    groups: set[int] = set()
+    try:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return groups
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+            if entries.intersection(env):
+                groups.add(os.getpgid(pid))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return groups
 
 
 def pidfd_open(pid: int) -> int | None:

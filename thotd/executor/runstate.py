@@ -131,7 +131,8 @@ class RunState:
     # -- while it runs -------------------------------------------------------------------
 
     def enforce_cap(self) -> None:
-        """Cut the log back to the cap if the script wrote past it (see :mod:`thotd.executor.process`)."""
+        """Cut the log back to the cap if the script wrote past it (the rule: see
+        :mod:`thotd.executor.process`)."""
         try:
             if os.fstat(self.log_fd).st_size > self.spec.log_cap_bytes:
                 os.ftruncate(self.log_fd, self.spec.log_cap_bytes)

@@ -66,8 +66,10 @@ def _close_fds_above_2() -> None:
                 os.close(fd)
 
 
-def _make_stdio(fd: int, write: bool, name: str, encoding: str, errors: str, buffered: bool) -> io.TextIOWrapper:
-    """One standard stream, built like CPython's ``create_stdio`` (pylifecycle.c)."""
+def _make_stdio(
+    fd: int, write: bool, name: str, encoding: str, errors: str, buffered: bool
+) -> io.TextIOWrapper:
+    """One standard stream, built like the interpreter's own (CPython's ``create_stdio``)."""
     buffering = 0 if (write and not buffered) else -1
     buf = io.open(fd, "wb" if write else "rb", buffering, None, None, None, False)  # noqa: UP020, SIM115
     raw = buf.raw if isinstance(buf, io.BufferedReader | io.BufferedWriter) else buf
@@ -127,7 +129,9 @@ ExitPlan = int | str | None | _BySigint
 class Child:
     """The forked child, becoming ``python script`` step by step."""
 
-    def __init__(self, req: Mapping[str, Any], log_fd: int, delta: Mapping[str, str | None]) -> None:
+    def __init__(
+        self, req: Mapping[str, Any], log_fd: int, delta: Mapping[str, str | None]
+    ) -> None:
         self.argv: list[str] = list(req["argv"])
         self.script = self.argv[0]
         self.cwd: str = req["cwd"]
@@ -287,8 +291,8 @@ class Child:
     def leave(self) -> None:
         """End the process the way the script ended; return for a normal end.
 
-        The script's namespace is let go first: this module's globals are frozen
-        (``gc.freeze``) and live to the end, and the interpreter's shutdown must find the
+        The script's namespace is let go first: this object lives to the end (the server's
+        ``__main__`` module holds it), and the interpreter's shutdown must find the
         script's objects unreferenced, as it does after ``python script.py`` (``__del__``
         methods run, unclosed files are flushed).
         """

@@ -124,13 +124,11 @@ class ForkedProcess:
         end = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             left = None if end is None else end - time.monotonic()
-            if self._orphaned:
-                if self._gone(left):
-                    self._lose()
-                    break
-                raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
-            if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout)  # type: ignore[arg-type]
+            if self._orphaned and self._gone(left):
+                self._lose()
+                break
+            if left is not None and (left <= 0 or self._orphaned):
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
             self._event.wait(left)
         assert self.returncode is not None
         return self.returncode

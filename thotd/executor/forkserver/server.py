@@ -43,7 +43,6 @@ import importlib  # noqa: E402
 import importlib.machinery  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import resource  # noqa: E402, F401 -- loaded here so that no child loads it (see child.py)
 import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -215,7 +214,8 @@ class _Server:
         return True
 
     def serve(self) -> Child | None:
-        """Serve until EOF (returns None) or, in a forked child, return its :class:`~thotd.executor.forkserver.child.Child`."""
+        """Serve until EOF (returns None) or, in a forked child, return its
+        :class:`~thotd.executor.forkserver.child.Child`."""
         try:
             return self._loop()
         except (BrokenPipeError, ConnectionResetError):
