@@ -385,3 +385,35 @@ def test_async_task_cancellation_stops_group(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+
+
+def test_cancelling_a_run_during_its_timeout_grace_kills_at_once(tmp_path: Path) -> None:
+    """A stop under way (timeout, long grace, TERM ignored) that is interrupted goes
+    straight to SIGKILL: the caller is not held for the rest of the grace."""
+    script = write_script(
+        tmp_path / "stubborn.py",
+        "import os, signal, time\n"
+        "def noted(*_):\n"
+        "    open('got-term', 'w').close()\n"
+        "signal.signal(signal.SIGTERM, noted)\n"
+        "open('pid', 'w').write(str(os.getpid()))\n"
+        "time.sleep(100)\n"
+        "time.sleep(100)\n",
+    )
+    grace = 60.0
+
+    async def main() -> float:
+        spec = make_spec(tmp_path, script, timeout_s=0.2, grace_s=grace)
+        task = asyncio.create_task(run_async(spec))
+        end = time.monotonic() + DEADLINE_S
+        while not (tmp_path / "got-term").exists():  # timed out: the grace has begun
+            assert time.monotonic() < end, "the timeout's SIGTERM never came"
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - t0
+
+    assert asyncio.run(main()) < DEADLINE_S < grace
+    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))

@@ -170,10 +170,15 @@ class RunState:
         return wait
 
     def stop(self) -> Generator[float, None, None]:
-        """The steps of this run's stop: the one begun, or a new one (the caller is being
-        interrupted); close it to end the stop with ``SIGKILL`` at once."""
-        if self.stopping is None:
-            self.stopping = escalation([self.pgid], self.spec.grace_s)
+        """The steps of a stop for a caller being interrupted, which drives them itself
+        (:meth:`step` is not called any more); close it to ``SIGKILL`` at once.
+
+        A stop already under way (a timeout) is interrupted too: its ``SIGKILL`` goes out
+        now, and the new stop only waits for the group to go.
+        """
+        if self.stopping is not None:
+            self.stopping.close()
+        self.stopping = escalation([self.pgid], self.spec.grace_s)
         return self.stopping
 
     def _stop_reason(self, cancelled: bool, now: float) -> str | None:
