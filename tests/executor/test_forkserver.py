@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from corekit import group_dead, wait_until
 
-from thotd.executor.forkserver import LOST_RETURNCODE, ForkServer, startup_vars
+from thotd.executor.forkserver.client import LOST_RETURNCODE, ForkServer, startup_vars
 from thotd.executor.process import (
     PGID_SUFFIX,
     ProcResult,
@@ -637,15 +637,34 @@ def test_local_thot_module_is_refused(server: ForkServer, tmp_path: Path) -> Non
     assert log_body(tmp_path / "s.log") == "False\nthe local thot\n"
 
 
+def thot_found_on_sys_path(cwd: Path) -> bool:
+    """Whether a run finds ``thot`` by searching ``sys.path`` (PYTHONPATH, site-packages), as
+    opposed to through an editable install's finder, which comes after every path entry."""
+    probe = ("import importlib.machinery as m, sys\n"
+             "spec = m.PathFinder.find_spec('thot', sys.path[1:])\n"
+             "print(spec is not None and spec.origin is not None)\n")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", probe], env=base_env(), cwd=cwd,
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip() == "True"
+
+
 @pytest.mark.parametrize("shadow", ["json.py", "thotd/__init__.py", "thot/data.csv"])
 def test_other_shadowing_files_are_refused(server: ForkServer, tmp_path: Path, shadow: str) -> None:
+    # A plain folder (no __init__) named thot loses to a thot found later on sys.path, and
+    # only captures ``import thot`` when thot is not on sys.path at all (editable install).
+    shadows = shadow != "thot/data.csv" or not thot_found_on_sys_path(tmp_path)
     (tmp_path / shadow).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / shadow).write_text("")
     script = tmp_path / "s.py"
     script.write_text("pass\n")
-    before = server.refused
+    before = (server.forked, server.refused)
     assert run_sync(spec_for(script, tmp_path / "s.log"), forkserver=server).status == "ok"
-    assert server.refused == before + 1
+    if shadows:
+        assert (server.forked, server.refused) == (before[0], before[1] + 1)
+    else:
+        assert (server.forked, server.refused) == (before[0] + 1, before[1])
 
 
 def test_plain_data_folder_is_not_a_shadow(server: ForkServer, tmp_path: Path) -> None:
@@ -762,7 +781,7 @@ def test_a_hung_server_is_given_up_and_the_run_is_execed(
 ) -> None:
     """A server that stops answering (here SIGSTOP) must not hang a run forever: after
     SPAWN_REPLY_S the run takes the exec path and the server is killed."""
-    import thotd.executor.forkserver as forkserver
+    import thotd.executor.forkserver.client as forkserver
 
     monkeypatch.setattr(forkserver, "SPAWN_REPLY_S", 0.5)
     fs = ForkServer.start(base_env())

@@ -11,7 +11,6 @@ import errno
 import os
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -20,17 +19,7 @@ from pathlib import Path
 import pytest
 from corekit import group_dead, wait_until
 
-from thotd.executor.process import (
-    PGID_SUFFIX,
-    ProcResult,
-    RunSpec,
-    ScriptError,
-    end_leftovers,
-    interpreter_for,
-    run_async,
-    run_sync,
-    script_env,
-)
+from thotd.executor.process import ProcResult, RunSpec, run_async, run_sync, script_env
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="process groups, /proc")
 
@@ -77,56 +66,6 @@ def read_pid(path: Path) -> int:
     """Wait for a script to publish its pid (= its process group id) and return it."""
     assert wait_until(lambda: path.exists() and path.read_text().strip().isdigit())
     return int(path.read_text().strip())
-
-
-# -- interpreter_for / script_env ----------------------------------------------------------
-
-
-def test_interpreter_for_known_extensions(tmp_path: Path) -> None:
-    assert interpreter_for(write_script(tmp_path / "a.py", "")) == [sys.executable]
-    assert interpreter_for(write_script(tmp_path / "a.sh", "")) == ["bash"]
-    tool = write_script(tmp_path / "tool", "#!/bin/sh\n", executable=True)
-    assert interpreter_for(tool) == []
-
-
-def test_interpreter_for_missing_script_names_path(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.py"
-    with pytest.raises(ScriptError, match="nope.py"):
-        interpreter_for(missing)
-
-
-def test_interpreter_for_non_executable_unknown_extension(tmp_path: Path) -> None:
-    script = write_script(tmp_path / "job.txt", "echo hi\n")
-    with pytest.raises(
-        ScriptError, match=r"is not executable; chmod \+x it or use a \.py/\.R/\.sh"
-    ):
-        interpreter_for(script)
-
-
-def test_interpreter_for_missing_rscript_says_which(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    for name in ("fit.R", "fit.r"):
-        with pytest.raises(ScriptError, match="Rscript"):
-            interpreter_for(write_script(tmp_path / name, "cat('x')\n"))
-
-
-def test_script_env_strips_daemon_vars_and_adds_extra() -> None:
-    base = {
-        "PATH": "/usr/bin",
-        "NOTIFY_SOCKET": "/run/x",
-        "WATCHDOG_USEC": "1",
-        "WATCHDOG_PID": "2",
-        "LISTEN_FDS": "1",
-        "LISTEN_PID": "3",
-        "LISTEN_FDNAMES": "a",
-    }
-    env = script_env(base, {"THOT_PROJECT": "/p", "PATH": "/opt/bin"})
-    assert env == {"PATH": "/opt/bin", "THOT_PROJECT": "/p"}
-    assert "NOTIFY_SOCKET" in base  # the input is not modified
 
 
 # -- outcomes ------------------------------------------------------------------------------
@@ -448,44 +387,33 @@ def test_async_task_cancellation_stops_group(tmp_path: Path) -> None:
     assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
-# -- end_leftovers and pgid files (forked runs of a crashed daemon) -----------------------------
+def test_cancelling_a_run_during_its_timeout_grace_kills_at_once(tmp_path: Path) -> None:
+    """A stop under way (timeout, long grace, TERM ignored) that is interrupted goes
+    straight to SIGKILL: the caller is not held for the rest of the grace."""
+    script = write_script(
+        tmp_path / "stubborn.py",
+        "import os, signal, time\n"
+        "def noted(*_):\n"
+        "    open('got-term', 'w').close()\n"
+        "signal.signal(signal.SIGTERM, noted)\n"
+        "open('pid', 'w').write(str(os.getpid()))\n"
+        "time.sleep(100)\n"
+        "time.sleep(100)\n",
+    )
+    grace = 60.0
 
+    async def main() -> float:
+        spec = make_spec(tmp_path, script, timeout_s=0.2, grace_s=grace)
+        task = asyncio.create_task(run_async(spec))
+        end = time.monotonic() + DEADLINE_S
+        while not (tmp_path / "got-term").exists():  # timed out: the grace has begun
+            assert time.monotonic() < end, "the timeout's SIGTERM never came"
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - t0
 
-def _own_group_sleeper() -> subprocess.Popen[bytes]:
-    """A process in a group of its own, without THOT_RECORD anywhere in its environment."""
-    env = {k: v for k, v in os.environ.items() if k != "THOT_RECORD"}
-    return subprocess.Popen(["sleep", "100"], start_new_session=True, env=env)
-
-
-def _start_time(pid: int) -> str:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    return data[data.rfind(b")") + 2 :].split()[19].decode()
-
-
-def test_end_leftovers_ends_the_group_of_a_pgid_file(tmp_path: Path) -> None:
-    record = str(tmp_path / "run.log.record")
-    proc = _own_group_sleeper()
-    try:
-        Path(record + PGID_SUFFIX).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
-        assert end_leftovers([record], grace_s=2.0) == 1
-        assert proc.wait(DEADLINE_S) == -signal.SIGTERM
-        assert not Path(record + PGID_SUFFIX).exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.mark.parametrize("content", ["{pid} 1\n", "{pid}\n", "garbage\n", "1 {start}\n"])
-def test_end_leftovers_never_ends_a_reused_pid(tmp_path: Path, content: str) -> None:
-    record = str(tmp_path / "run.log.record")
-    proc = _own_group_sleeper()
-    try:
-        Path(record + PGID_SUFFIX).write_text(
-            content.format(pid=proc.pid, start=_start_time(proc.pid))
-        )
-        assert end_leftovers([record], grace_s=0.1) == 0  # another start time: not ours
-        assert proc.poll() is None
-    finally:
-        proc.kill()
-        proc.wait()
+    assert asyncio.run(main()) < DEADLINE_S < grace
+    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))

@@ -86,6 +86,7 @@ def run_foreground(args: argparse.Namespace) -> int:
 
 def start_detached(args: argparse.Namespace) -> int:
     from thotd import paths
+    from thotd.executor.processgroup import spawn
     from thotd.service.rpc import Client, DaemonNotRunning
 
     sock = paths.socket_path(args.socket)
@@ -103,8 +104,8 @@ def start_detached(args: argparse.Namespace) -> int:
     cmd += [str(Path(p).absolute()) for p in args.project]
     out_path = paths.log_dir() / "thotd.out"
     with open(out_path, "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, env=os.environ.copy())
+        proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                     env=os.environ.copy())
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -131,6 +132,7 @@ def _tail(path: Path, n: int = 20) -> str:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from thotd import paths
+    from thotd.executor.processgroup import pid_alive
     from thotd.service.rpc import Client, DaemonNotRunning
 
     sock = paths.socket_path(args.socket)
@@ -142,9 +144,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return EXIT_NOT_RUNNING
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             print("thotd stopped")
             return EXIT_OK
         time.sleep(0.05)

@@ -29,7 +29,7 @@ from thotd.slotted import Slotted
 
 if TYPE_CHECKING:
     from thotd.engine.queryserver import QueryServer
-    from thotd.executor.forkserver import ForkServer
+    from thotd.executor.forkserver.client import ForkServer
     from thotd.executor.process import ProcResult
 
 

@@ -22,7 +22,6 @@ import operator
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -181,24 +180,10 @@ def save(index: Index, state_dir: Path, *, engine: Engine | None = None,
     if index.generation == 0 and (engine is None or not engine.completed):
         return
     if detach:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "multi-threaded"
-            try:
-                pid = os.fork()
-            except OSError:
-                pid = -1
-        if pid > 0:
+        from thotd.executor.processgroup import fork_and_forget
+
+        if fork_and_forget(lambda: _write(index, state_dir, engine)):
             return
-        if pid == 0:
-            try:
-                # Let go of the caller's stdout/stderr: whoever reads them (a pipe, `$(...)`)
-                # is waiting for their end, not for this.
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                _write(index, state_dir, engine)
-            finally:
-                os._exit(0)
     _write(index, state_dir, engine)
 
 

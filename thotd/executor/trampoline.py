@@ -23,20 +23,25 @@ Options (each one argv word, before ``--``):
     is the run log) and the trampoline exits 127.  The parent can thus tell "the script
     could not be started" (status ``error``) from "the script exited 127".
 ``core=N`` / ``nofile=N`` / ``cpu=N`` / ``fsize=N``
-    Resource limits; see ``_apply_limit``.  ``fsize`` also ignores ``SIGXFSZ``.
+    Resource limits; see ``apply_limit``.  ``fsize`` also ignores ``SIGXFSZ``.
 ``unset=NAME`` / ``setenv=NAME=VALUE``
     Undo what the interpreter's own start-up did to the environment.  CPython's locale
     coercion (PEP 538) adds ``LC_CTYPE=C.UTF-8`` when the locale is C/POSIX, even with
     ``-I``; without this repair the script would see a variable the daemon never had.
 """
 
-import _signal
 import os
 import resource
 import sys
 
+TYPE_CHECKING = False  # ``typing`` would cost start-up time; type checkers read it as True
+if TYPE_CHECKING:
+    import signal as _signal  # the same names: ``signal`` re-exports ``_signal``'s
+else:
+    import _signal
 
-def _apply_limit(name: str, value: int) -> None:
+
+def apply_limit(name: str, value: int) -> None:
     """Set one limit.
 
     ``core`` and ``nofile`` only lower the *soft* limit, so a user who really wants core
@@ -100,7 +105,7 @@ def main(argv: list[str]) -> int:
             name, _, val = value.partition("=")
             os.environ[name] = val
         else:
-            _apply_limit(key, int(value))
+            apply_limit(key, int(value))
             ignore_xfsz = ignore_xfsz or key == "fsize"
     _reset_signals(ignore_xfsz)
     try:

@@ -32,7 +32,7 @@ from thotd.service.config import Config
 from thotd.service.watch import Batch, Watcher
 
 if TYPE_CHECKING:
-    from thotd.executor.forkserver import ForkServer
+    from thotd.executor.forkserver.client import ForkServer
 
 log = structlog.get_logger("thotd")
 
