@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 _outcomes: dict[str, str] = {}
 _finished: set[str] = set()
 _deselected: list[str] = []
+_written: list[str] = []  # where the session's table went, for the summary
 _build: list[Path] = []  # the session's base temporary folder, once a test asked for the report
 _t0 = time.monotonic()
 
@@ -86,7 +87,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     target = Path(override) if override else _build[0] / "reliability.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(REPORT.markdown(time.monotonic() - _t0, _outcomes, complete))
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        kind = "" if complete else "partial "
-        reporter.write_line(f"fault suite ({PROFILE} profile): {kind}table in {target}")
+    kind = "" if complete else "partial "
+    _written.append(f"fault suite ({PROFILE} profile): {kind}table in {target}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _written:
+        terminalreporter.write_sep("-", "reliability report")
+        terminalreporter.write_line(line)
