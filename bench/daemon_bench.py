@@ -57,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import engine_bench as eb  # noqa: E402
 import gen  # noqa: E402
+from common import WORK, clean_env, fmt, machine_info, now_iso, pct, verdict, write_result  # noqa: E402
 
-WORK = eb.WORK
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -83,7 +84,7 @@ class DaemonProc:
             f"[pool]\nworkers = {workers}\n"
         )
         self.env = {
-            **eb.clean_env(),
+            **clean_env(),
             "XDG_RUNTIME_DIR": str(run_dir),
             "XDG_STATE_HOME": str(self.home / "state"),
             "XDG_CONFIG_HOME": str(self.home / "cfg"),
@@ -300,7 +301,7 @@ def measure_drop(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--groups", type=int, default=100)
     ap.add_argument("--samples", type=int, default=10)
@@ -316,349 +317,283 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-snakemake", action="store_true")
     ap.add_argument("--smk-drops", type=int, default=3)
     ap.add_argument("--snakemake-mode", choices=sorted(eb.SNAKEFILES), default="shell")
-    ap.add_argument(
-        "--snakemake-from", type=Path, help="reuse the Snakemake median of an engine-*.json result"
-    )
+    ap.add_argument("--snakemake-from", type=Path,
+                    help="reuse the Snakemake median of an engine-*.json result")
     ap.add_argument("--quick", action="store_true", help="10 x 10 project")
     ap.add_argument("--keep", action="store_true", help="keep trees and daemon homes")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.groups, args.samples = 10, 10
+    return args
 
+
+def _initial_run(d: DaemonProc, project: Path, layout: eb.Layout, n_runs: int,
+                 result: dict[str, Any], problems: list[str]) -> bool:
+    """Register the project and wait through its full run; whether it came out clean."""
+    print(f"thotd pid {d.pid} (home {d.home}); adding {project} ({n_runs} runs) ...", flush=True)
+    t0 = time.perf_counter()
+    added = d.ctl_json("add", str(project))
+    d.wait_quiet(3600)
+    initial_s = time.perf_counter() - t0
+    hist = d.ctl_json("runs", str(project), "-n", str(n_runs * 2))["runs"]
+    statuses = dict(Counter(r["status"] for r in hist))
+    summary_ok = eb.read_text(project / "summary" / "summary.txt") == eb.summary_from_layout(layout)
+    result["initial"] = {"wall_s": initial_s, "add": added, "history": statuses,
+                         "summary_ok": summary_ok}
+    print(f"  initial full run: {initial_s:.1f} s, runs {statuses}, summary "
+          f"{'ok' if summary_ok else 'WRONG'}", flush=True)
+    if summary_ok and statuses.get("ok", 0) == n_runs:
+        return True
+    problems.append(f"initial run: {statuses} (want {n_runs} ok), summary_ok={summary_ok}")
+    for r in [r for r in hist if r["status"] != "ok"][:3]:
+        print(f"  failed: {r['script']} in {r['container']}: log {r['log']}", flush=True)
+        tail = eb.read_text(Path(r["log"])) if r.get("log") else None
+        if tail:
+            print("    | " + "\n    | ".join(tail.splitlines()[-6:]), flush=True)
+    return False
+
+
+def _drops(args: argparse.Namespace, d: DaemonProc, project: Path, layout: eb.Layout,
+           problems: list[str]) -> list[dict[str, Any]]:
+    """Drop ``--drops`` new samples one after the other, each measured."""
+    drops: list[dict[str, Any]] = []
+    analysis = project.parent / "analysis"
+    for k in range(args.drops):
+        if sum(1 for r in drops[-2:] if r.get("timeout")) == 2:
+            problems.append("two drops in a row timed out: remaining drops skipped")
+            break
+        g, s = eb.pick_drop(k, args.groups, args.samples)
+        r = measure_drop(d, project, layout, analysis, g, s, args.drop_timeout)
+        drops.append(r)
+        if r.get("timeout"):
+            print(f"  drop {k + 1} ({g}/{s}): TIMEOUT after {args.drop_timeout:g} s", flush=True)
+            problems.append(f"drop {k + 1} {g}/{s}: summary not updated in {args.drop_timeout:g} s")
+            d.wait_quiet(600)
+            continue
+        print(f"  drop {k + 1} ({g}/{s}): {r['latency_s']:.3f} s, {r['runs']} runs, scripts "
+              f"{r['scripts_s']:.3f} s, daemon {r['daemon_share_s']:.3f} s (first start "
+              f"{fmt(r.get('to_first_start_s'))} s, gaps "
+              f"{', '.join(f'{x:.3f}' for x in r.get('gaps_s', []))}, tail "
+              f"{fmt(r.get('after_last_s'))} s)" + ("" if r["ok"] else "  CHECK FAILED"), flush=True)
+        if not r["ok"]:
+            problems.append(f"drop {k + 1} {g}/{s}: runs {r['run_list']}")
+        time.sleep(0.3)
+    return drops
+
+
+def _p(values: list[float], q: float) -> float | None:
+    return pct(values, q) if values else None
+
+
+def _summarise(drops: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in drops if r.get("latency_s") is not None and "daemon_share_s" in r]
+    lat = [r["latency_s"] for r in good]
+    share = [r["daemon_share_s"] for r in good]
+
+    def key(name: str) -> list[float]:
+        return [r[name] for r in good if name in r]
+
+    return {
+        "latency_p50_s": _p(lat, 50),
+        "latency_p95_s": _p(lat, 95),
+        "latency_max_s": max(lat) if lat else None,
+        "latency_mtime_p50_s": _p(key("latency_mtime_s"), 50),
+        "share_p50_s": _p(share, 50),
+        "share_p95_s": _p(share, 95),
+        "scripts_p50_s": _p(key("scripts_s"), 50),
+        "to_first_start_p50_s": _p(key("to_first_start_s"), 50),
+        "gaps_p50_s": _p([x for r in good for x in r.get("gaps_s", [])], 50),
+        "after_last_p50_s": _p(key("after_last_s"), 50),
+        "before_runs_p50_s": _p(key("before_runs_s"), 50),
+        "before_runs_p95_s": _p(key("before_runs_s"), 95),
+        "runs_executed": [r.get("runs") for r in drops],
+        "timeouts": sum(1 for r in drops if r.get("timeout")),
+        "all_ok": bool(drops) and all(r.get("ok") for r in drops),
+    }
+
+
+def _flat(args: argparse.Namespace, daemons: list[DaemonProc]) -> dict[str, Any]:
+    """A second daemon watching the 10k-object flat tree: memory and idle CPU."""
+    froot = ensure_flat(args.flat_containers, args.flat_assets)
+    fd = DaemonProc("flat", settle_ms=args.settle_ms, workers=args.workers)
+    daemons.append(fd)
+    fd.start()
+    mem0 = fd.mem_mb()
+    t0 = time.perf_counter()
+    fadd = fd.ctl_json("add", str(froot))
+    t_add = time.perf_counter() - t0
+    fd.wait_quiet(600)
+    t_quiet = time.perf_counter() - t0
+    time.sleep(2.0)
+    fidle = fd.idle_cpu(args.idle_s)
+    fmem = fd.mem_mb()
+    fstatus = fd.ctl_json("status")
+    fd.stop()
+    print(f"flat tree {fadd.get('objects')} objects, {fadd.get('runs')} runs: add "
+          f"{t_add:.2f} s; RSS {fmem.get('VmRSS', 0):.1f} MB, peak "
+          f"{fmem.get('VmHWM', 0):.1f} MB (before add {mem0.get('VmRSS', 0):.1f}); "
+          f"idle CPU {fidle['percent']:.3f} %", flush=True)
+    return {
+        "root": str(froot), "objects": fadd.get("objects"), "runs": fadd.get("runs"),
+        "add_s": t_add, "add_and_quiet_s": t_quiet, "mem_before_add_mb": mem0, "mem_mb": fmem,
+        "idle_cpu": fidle, "watch": [p.get("watch") for p in fstatus.get("projects", [])],
+    }
+
+
+def _snakemake(args: argparse.Namespace, work: Path) -> dict[str, Any] | None:
+    """Snakemake reacting by hand: measured here, or read from an engine bench result."""
+    if args.snakemake_from:
+        data = json.loads(args.snakemake_from.read_text())
+        sm = data.get("snakemake") or {}
+        project = data.get("project") or {}
+        if (project.get("groups"), project.get("samples")) != (args.groups, args.samples):
+            print(f"note: {args.snakemake_from} is for another project size", flush=True)
+        return {"available": bool(sm), "from": str(args.snakemake_from),
+                "version": sm.get("version"), "mode": sm.get("mode"),
+                "wall_s_median": sm.get("wall_s_median"), "all_ok": sm.get("all_ok"),
+                "project": data.get("project")}
+    if args.skip_snakemake:
+        return None
+    smk = eb.snakemake_reaction(work / "snakemake", args.groups, args.samples, args.smk_drops,
+                                mode=args.snakemake_mode)
+    if not smk.get("available"):
+        print(f"snakemake unavailable: {smk.get('error')}", flush=True)
+    return smk
+
+
+def _goals(summ: dict[str, Any], idle: dict[str, Any], flat: dict[str, Any] | None,
+           ratio: float | None) -> dict[str, bool]:
+    goals: dict[str, bool] = {
+        "three_runs_each_drop": summ["all_ok"],
+        "p50_under_0.5s": summ["latency_p50_s"] is not None and summ["latency_p50_s"] < 0.5,
+        "daemon_share_p50_under_150ms": summ["share_p50_s"] is not None and summ["share_p50_s"] < 0.15,
+        "idle_cpu_near_zero_(<1%)": idle["percent"] < 1.0,
+    }
+    if flat:
+        goals["rss_10k_objects_under_150mb"] = flat["mem_mb"].get("VmRSS", 1e9) < 150
+    if ratio is not None:
+        goals["at_least_10x_faster_than_snakemake"] = ratio >= 10
+    return goals
+
+
+Row = tuple[str, str, str, "bool | None"]
+
+
+def _rows(args: argparse.Namespace, summ: dict[str, Any], gs: dict[str, Any],
+          flat: dict[str, Any] | None, smk: dict[str, Any] | None, ratio: float | None,
+          goals: dict[str, bool]) -> list[Row]:
+    idle, mem = gs["idle_cpu"], gs["mem_mb"]
+    rows: list[Row] = [
+        ("latency p50 / p95 (s)", f"{fmt(summ['latency_p50_s'])} / {fmt(summ['latency_p95_s'])}",
+         "p50 < 0.5 s", goals["p50_under_0.5s"]),
+        ("daemon share p50 / p95 (s)", f"{fmt(summ['share_p50_s'])} / {fmt(summ['share_p95_s'])}",
+         "p50 < 0.15 s", goals["daemon_share_p50_under_150ms"]),
+        ("  scripts p50 (s)", fmt(summ["scripts_p50_s"]), "", None),
+        ("  before/between runs p50 / p95 (s)",
+         f"{fmt(summ['before_runs_p50_s'])} / {fmt(summ['before_runs_p95_s'])}", "", None),
+        ("  write -> first run start p50 (s)", fmt(summ["to_first_start_p50_s"]), "", None),
+        ("  gap between runs p50 (s)", fmt(summ["gaps_p50_s"]), "", None),
+        ("  last run end -> seen p50 (s)", fmt(summ["after_last_p50_s"]), "", None),
+        ("idle CPU, G x S daemon (%)", f"{idle['percent']:.3f}", "< 1 %",
+         goals["idle_cpu_near_zero_(<1%)"]),
+        ("RSS / peak, G x S daemon (MB)", f"{mem.get('VmRSS', 0):.1f} / {mem.get('VmHWM', 0):.1f}",
+         "", None),
+    ]
+    if flat:
+        rows += [
+            (f"RSS / peak, {flat['objects']} objects (MB)",
+             f"{flat['mem_mb'].get('VmRSS', 0):.1f} / {flat['mem_mb'].get('VmHWM', 0):.1f}",
+             "RSS < 150 MB", goals["rss_10k_objects_under_150mb"]),
+            (f"idle CPU, {flat['objects']} objects (%)", f"{flat['idle_cpu']['percent']:.3f}", "", None),
+        ]
+    if smk and smk.get("wall_s_median"):
+        rows += [
+            (f"snakemake {smk.get('version')} reaction (s)", fmt(smk["wall_s_median"]), "", None),
+            ("ratio snakemake / p50", fmt(ratio, 1, "x"), ">= 10x",
+             goals.get("at_least_10x_faster_than_snakemake")),
+        ]
+    elif not args.skip_snakemake:
+        rows.append(("snakemake reaction", "NOT MEASURED", "", None))
+    rows.append(("3 expected runs per drop", str(sorted(set(summ["runs_executed"]), key=str)), "",
+                 goals["three_runs_each_drop"]))
+    return rows
+
+
+def _print_table(args: argparse.Namespace, n_drops: int, rows: list[Row]) -> None:
+    print()
+    print(f"project {args.groups} x {args.samples} "
+          f"({args.groups * args.samples + args.groups + 1} runs), {n_drops} drops, settle_ms "
+          f"{args.settle_ms}, workers {args.workers}")
+    w = max(len(r[0]) for r in rows) + 2
+    print(f"{'measure':<{w}}{'value':>18}  {'goal':<14}{'':>5}")
+    print("-" * (w + 40))
+    for name, value, goal, ok in rows:
+        print(f"{name:<{w}}{value:>18}  {goal:<14}{verdict(ok):>5}")
+    print("latency: last byte of the drop written -> summary.txt seen with the new content "
+          "(5 ms poll); daemon share = latency - the 3 runs' durations (spawn to exit; the "
+          "scripts' queries, answered by the daemon over its socket, are inside them); "
+          "before/between runs = write -> first start + the gaps between runs, from the "
+          f"daemon's run timestamps (settle_ms = {args.settle_ms} is inside it).")
+
+
+def _bench(args: argparse.Namespace, work: Path, daemons: list[DaemonProc],
+           result: dict[str, Any]) -> int:
+    G, S = args.groups, args.samples
+    problems: list[str] = []
+    project = gen.make_gs(work / "tree", G, S)
+    layout = eb.read_layout(project)
+    d = DaemonProc("gs", settle_ms=args.settle_ms, workers=args.workers)
+    daemons.append(d)
+    d.start()
+    clean = _initial_run(d, project, layout, G * S + G + 1, result, problems)
+    time.sleep(1.0)
+    drops: list[dict[str, Any]] = []
+    if clean or args.force:
+        drops = _drops(args, d, project, layout, problems)
+    else:
+        print("  the initial run is not clean: drops skipped (the expected summary would "
+              "never appear); --force to drop anyway", flush=True)
+    time.sleep(2.0)
+    idle = d.idle_cpu(args.idle_s)
+    mem = d.mem_mb()
+    print(f"  idle CPU {idle['percent']:.3f} % over {idle['window_s']:.1f} s; "
+          f"RSS {mem.get('VmRSS', 0):.1f} MB, peak {mem.get('VmHWM', 0):.1f} MB", flush=True)
+    result["gs_daemon_exit"] = d.stop()
+    summ = _summarise(drops)
+    result["gs"] = {**summ, "idle_cpu": idle, "mem_mb": mem, "drops": drops}
+    flat = result["flat"] = None if args.skip_flat else _flat(args, daemons)
+    smk = result["snakemake"] = _snakemake(args, work)
+    ratio = None
+    if smk and smk.get("wall_s_median") and summ["latency_p50_s"]:
+        ratio = smk["wall_s_median"] / summ["latency_p50_s"]
+    result["ratio_snakemake_over_p50"] = ratio
+    goals = result["goals"] = _goals(summ, idle, flat, ratio)
+    result["problems"] = problems
+    _print_table(args, len(drops), _rows(args, summ, result["gs"], flat, smk, ratio, goals))
+    if problems:
+        print("PROBLEMS:\n  " + "\n  ".join(problems))
+    return 0 if all(goals.values()) and not problems else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     signal.signal(signal.SIGTERM, _raise_exit)
     G, S = args.groups, args.samples
-    n_runs = G * S + G + 1
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = WORK / f"daemon-{G}x{S}-{stamp}"
+    work = WORK / f"daemon-{G}x{S}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
-    machine = eb.machine_info()
+    machine = machine_info()
     machine["thotd_version"] = eb.ensure_thotd()  # measured as installed, like Snakemake
     daemons: list[DaemonProc] = []
     result: dict[str, Any] = {
         "bench": "daemon",
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "project": {"groups": G, "samples": S, "runs": n_runs, "work": str(work)},
+        "date": now_iso(),
+        "project": {"groups": G, "samples": S, "runs": G * S + G + 1, "work": str(work)},
         "config": {"settle_ms": args.settle_ms, "workers": args.workers},
         "machine": machine,
     }
-    problems: list[str] = []
-    rc = 1
     try:
-        project = gen.make_gs(work / "tree", G, S)
-        analysis = work / "tree" / "analysis"
-        layout = eb.read_layout(project)
-
-        # --- the G×S daemon -----------------------------------------------------------
-        d = DaemonProc("gs", settle_ms=args.settle_ms, workers=args.workers)
-        daemons.append(d)
-        d.start()
-        print(
-            f"thotd pid {d.pid} (home {d.home}); adding {project} ({n_runs} runs) ...", flush=True
-        )
-        t0 = time.perf_counter()
-        added = d.ctl_json("add", str(project))
-        d.wait_quiet(3600)
-        initial_s = time.perf_counter() - t0
-        hist = d.ctl_json("runs", str(project), "-n", str(n_runs * 2))["runs"]
-        statuses: dict[str, int] = {}
-        for r in hist:
-            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-        summary_ok = eb.read_text(project / "summary" / "summary.txt") == eb.summary_from_layout(
-            layout
-        )
-        result["initial"] = {
-            "wall_s": initial_s,
-            "add": added,
-            "history": statuses,
-            "summary_ok": summary_ok,
-        }
-        print(
-            f"  initial full run: {initial_s:.1f} s, runs {statuses}, summary "
-            f"{'ok' if summary_ok else 'WRONG'}",
-            flush=True,
-        )
-        initial_bad = not summary_ok or statuses.get("ok", 0) != n_runs
-        if initial_bad:
-            problems.append(f"initial run: {statuses} (want {n_runs} ok), summary_ok={summary_ok}")
-            fails = [r for r in hist if r["status"] != "ok"][:3]
-            for r in fails:
-                print(f"  failed: {r['script']} in {r['container']}: log {r['log']}", flush=True)
-                tail = eb.read_text(Path(r["log"])) if r.get("log") else None
-                if tail:
-                    print("    | " + "\n    | ".join(tail.splitlines()[-6:]), flush=True)
-        time.sleep(1.0)
-
-        drops: list[dict[str, Any]] = []
-        if initial_bad and not args.force:
-            print(
-                "  the initial run is not clean: drops skipped (the expected summary would "
-                "never appear); --force to drop anyway",
-                flush=True,
-            )
-        for k in range(args.drops if not initial_bad or args.force else 0):
-            if sum(1 for r in drops[-2:] if r.get("timeout")) == 2:
-                problems.append("two drops in a row timed out: remaining drops skipped")
-                break
-            g, s = eb.pick_drop(k, G, S)
-            r = measure_drop(d, project, layout, analysis, g, s, args.drop_timeout)
-            drops.append(r)
-            if r.get("timeout"):
-                print(
-                    f"  drop {k + 1} ({g}/{s}): TIMEOUT after {args.drop_timeout:g} s", flush=True
-                )
-                problems.append(
-                    f"drop {k + 1} {g}/{s}: summary not updated in {args.drop_timeout:g} s"
-                )
-                d.wait_quiet(600)
-                continue
-            print(
-                f"  drop {k + 1} ({g}/{s}): {r['latency_s']:.3f} s, {r['runs']} runs, scripts "
-                f"{r['scripts_s']:.3f} s, daemon {r['daemon_share_s']:.3f} s (first start "
-                f"{eb.fmt(r.get('to_first_start_s'))} s, gaps "
-                f"{', '.join(f'{x:.3f}' for x in r.get('gaps_s', []))}, tail "
-                f"{eb.fmt(r.get('after_last_s'))} s)" + ("" if r["ok"] else "  CHECK FAILED"),
-                flush=True,
-            )
-            if not r["ok"]:
-                problems.append(f"drop {k + 1} {g}/{s}: runs {r['run_list']}")
-            time.sleep(0.3)
-
-        time.sleep(2.0)
-        idle = d.idle_cpu(args.idle_s)
-        mem = d.mem_mb()
-        print(
-            f"  idle CPU {idle['percent']:.3f} % over {idle['window_s']:.1f} s; "
-            f"RSS {mem.get('VmRSS', 0):.1f} MB, peak {mem.get('VmHWM', 0):.1f} MB",
-            flush=True,
-        )
-        rc_stop = d.stop()
-        result["gs_daemon_exit"] = rc_stop
-
-        good = [r for r in drops if r.get("latency_s") is not None and "daemon_share_s" in r]
-        lat = [r["latency_s"] for r in good]
-        share = [r["daemon_share_s"] for r in good]
-        summ: dict[str, Any] = {
-            "latency_p50_s": eb.pct(lat, 50) if lat else None,
-            "latency_p95_s": eb.pct(lat, 95) if lat else None,
-            "latency_max_s": max(lat) if lat else None,
-            "latency_mtime_p50_s": eb.pct([r["latency_mtime_s"] for r in good], 50)
-            if good
-            else None,
-            "share_p50_s": eb.pct(share, 50) if share else None,
-            "share_p95_s": eb.pct(share, 95) if share else None,
-            "scripts_p50_s": eb.pct([r["scripts_s"] for r in good], 50) if good else None,
-            "to_first_start_p50_s": eb.pct(
-                [r["to_first_start_s"] for r in good if "to_first_start_s" in r], 50
-            )
-            if good
-            else None,
-            "gaps_p50_s": eb.pct([x for r in good for x in r.get("gaps_s", [])], 50)
-            if good
-            else None,
-            "after_last_p50_s": eb.pct([r["after_last_s"] for r in good if "after_last_s" in r], 50)
-            if good
-            else None,
-            "before_runs_p50_s": eb.pct(
-                [r["before_runs_s"] for r in good if "before_runs_s" in r], 50
-            )
-            if good
-            else None,
-            "before_runs_p95_s": eb.pct(
-                [r["before_runs_s"] for r in good if "before_runs_s" in r], 95
-            )
-            if good
-            else None,
-            "runs_executed": [r.get("runs") for r in drops],
-            "timeouts": sum(1 for r in drops if r.get("timeout")),
-            "all_ok": bool(drops) and all(r.get("ok") for r in drops),
-        }
-        result["gs"] = {**summ, "idle_cpu": idle, "mem_mb": mem, "drops": drops}
-
-        # --- the 10k-object daemon ----------------------------------------------------
-        flat: dict[str, Any] | None = None
-        if not args.skip_flat:
-            froot = ensure_flat(args.flat_containers, args.flat_assets)
-            fd = DaemonProc("flat", settle_ms=args.settle_ms, workers=args.workers)
-            daemons.append(fd)
-            fd.start()
-            mem0 = fd.mem_mb()
-            t0 = time.perf_counter()
-            fadd = fd.ctl_json("add", str(froot))
-            t_add = time.perf_counter() - t0
-            fd.wait_quiet(600)
-            t_quiet = time.perf_counter() - t0
-            time.sleep(2.0)
-            fidle = fd.idle_cpu(args.idle_s)
-            fmem = fd.mem_mb()
-            fstatus = fd.ctl_json("status")
-            fd.stop()
-            flat = {
-                "root": str(froot),
-                "objects": fadd.get("objects"),
-                "runs": fadd.get("runs"),
-                "add_s": t_add,
-                "add_and_quiet_s": t_quiet,
-                "mem_before_add_mb": mem0,
-                "mem_mb": fmem,
-                "idle_cpu": fidle,
-                "watch": [p.get("watch") for p in fstatus.get("projects", [])],
-            }
-            print(
-                f"flat tree {fadd.get('objects')} objects, {fadd.get('runs')} runs: add "
-                f"{t_add:.2f} s; RSS {fmem.get('VmRSS', 0):.1f} MB, peak "
-                f"{fmem.get('VmHWM', 0):.1f} MB (before add {mem0.get('VmRSS', 0):.1f}); "
-                f"idle CPU {fidle['percent']:.3f} %",
-                flush=True,
-            )
-        result["flat"] = flat
-
-        # --- Snakemake ------------------------------------------------------------------
-        smk: dict[str, Any] | None = None
-        if args.snakemake_from:
-            data = json.loads(args.snakemake_from.read_text())
-            sm = data.get("snakemake") or {}
-            smk = {
-                "available": bool(sm),
-                "from": str(args.snakemake_from),
-                "version": sm.get("version"),
-                "mode": sm.get("mode"),
-                "wall_s_median": sm.get("wall_s_median"),
-                "all_ok": sm.get("all_ok"),
-                "project": data.get("project"),
-            }
-            if (data.get("project") or {}).get("groups") != G or (data.get("project") or {}).get(
-                "samples"
-            ) != S:
-                print(f"note: {args.snakemake_from} is for another project size", flush=True)
-        elif not args.skip_snakemake:
-            smk = eb.snakemake_reaction(
-                work / "snakemake", G, S, args.smk_drops, mode=args.snakemake_mode
-            )
-            if not smk.get("available"):
-                print(f"snakemake unavailable: {smk.get('error')}", flush=True)
-        result["snakemake"] = smk
-        ratio = None
-        if smk and smk.get("wall_s_median") and summ["latency_p50_s"]:
-            ratio = smk["wall_s_median"] / summ["latency_p50_s"]
-        result["ratio_snakemake_over_p50"] = ratio
-
-        # --- table ----------------------------------------------------------------------
-        goals: dict[str, bool] = {
-            "three_runs_each_drop": summ["all_ok"],
-            "p50_under_0.5s": summ["latency_p50_s"] is not None and summ["latency_p50_s"] < 0.5,
-            "daemon_share_p50_under_150ms": summ["share_p50_s"] is not None
-            and summ["share_p50_s"] < 0.15,
-            "idle_cpu_near_zero_(<1%)": idle["percent"] < 1.0,
-        }
-        if flat:
-            goals["rss_10k_objects_under_150mb"] = flat["mem_mb"].get("VmRSS", 1e9) < 150
-        if ratio is not None:
-            goals["at_least_10x_faster_than_snakemake"] = ratio >= 10
-        result["goals"] = goals
-        result["problems"] = problems
-
-        print()
-        print(
-            f"project {G} x {S} ({n_runs} runs), {len(drops)} drops, settle_ms "
-            f"{args.settle_ms}, workers {args.workers}"
-        )
-        rows = [
-            (
-                "latency p50 / p95 (s)",
-                f"{eb.fmt(summ['latency_p50_s'])} / {eb.fmt(summ['latency_p95_s'])}",
-                "p50 < 0.5 s",
-                goals["p50_under_0.5s"],
-            ),
-            (
-                "daemon share p50 / p95 (s)",
-                f"{eb.fmt(summ['share_p50_s'])} / {eb.fmt(summ['share_p95_s'])}",
-                "p50 < 0.15 s",
-                goals["daemon_share_p50_under_150ms"],
-            ),
-            ("  scripts p50 (s)", eb.fmt(summ["scripts_p50_s"]), "", None),
-            (
-                "  before/between runs p50 / p95 (s)",
-                f"{eb.fmt(summ['before_runs_p50_s'])} / {eb.fmt(summ['before_runs_p95_s'])}",
-                "",
-                None,
-            ),
-            ("  write -> first run start p50 (s)", eb.fmt(summ["to_first_start_p50_s"]), "", None),
-            ("  gap between runs p50 (s)", eb.fmt(summ["gaps_p50_s"]), "", None),
-            ("  last run end -> seen p50 (s)", eb.fmt(summ["after_last_p50_s"]), "", None),
-            (
-                "idle CPU, G x S daemon (%)",
-                f"{idle['percent']:.3f}",
-                "< 1 %",
-                goals["idle_cpu_near_zero_(<1%)"],
-            ),
-            (
-                "RSS / peak, G x S daemon (MB)",
-                f"{mem.get('VmRSS', 0):.1f} / {mem.get('VmHWM', 0):.1f}",
-                "",
-                None,
-            ),
-        ]
-        if flat:
-            rows.append(
-                (
-                    f"RSS / peak, {flat['objects']} objects (MB)",
-                    f"{flat['mem_mb'].get('VmRSS', 0):.1f} / {flat['mem_mb'].get('VmHWM', 0):.1f}",
-                    "RSS < 150 MB",
-                    goals["rss_10k_objects_under_150mb"],
-                )
-            )
-            rows.append(
-                (
-                    f"idle CPU, {flat['objects']} objects (%)",
-                    f"{flat['idle_cpu']['percent']:.3f}",
-                    "",
-                    None,
-                )
-            )
-        if smk and smk.get("wall_s_median"):
-            rows.append(
-                (
-                    f"snakemake {smk.get('version')} reaction (s)",
-                    eb.fmt(smk["wall_s_median"]),
-                    "",
-                    None,
-                )
-            )
-            rows.append(
-                (
-                    "ratio snakemake / p50",
-                    eb.fmt(ratio, 1, "x"),
-                    ">= 10x",
-                    goals.get("at_least_10x_faster_than_snakemake"),
-                )
-            )
-        elif not args.skip_snakemake:
-            rows.append(("snakemake reaction", "NOT MEASURED", "", None))
-        rows.append(
-            (
-                "3 expected runs per drop",
-                str(sorted(set(summ["runs_executed"]), key=str)),
-                "",
-                goals["three_runs_each_drop"],
-            )
-        )
-        w = max(len(r[0]) for r in rows) + 2
-        print(f"{'measure':<{w}}{'value':>18}  {'goal':<14}{'':>5}")
-        print("-" * (w + 40))
-        for name, value, goal, ok in rows:
-            verdict = "" if ok is None else ("PASS" if ok else "FAIL")
-            print(f"{name:<{w}}{value:>18}  {goal:<14}{verdict:>5}")
-        print(
-            "latency: last byte of the drop written -> summary.txt seen with the new content "
-            "(5 ms poll); daemon share = latency - the 3 runs' durations (spawn to exit; the "
-            "scripts' queries, answered by the daemon over its socket, are inside them); "
-            "before/between runs = write -> first start + the gaps between runs, from the "
-            f"daemon's run timestamps (settle_ms = {args.settle_ms} is inside it)."
-        )
-        if problems:
-            print("PROBLEMS:\n  " + "\n  ".join(problems))
-        rc = 0 if all(goals.values()) and not problems else 1
+        return _bench(args, work, daemons, result)
     except BaseException as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
         for d in daemons:
@@ -668,11 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         for d in daemons:
             d.cleanup(keep=args.keep)
         if not args.no_save:
-            out = eb.write_result("daemon", args.quick, result)
-            print(f"wrote {out}")
+            write_result("daemon", args.quick, result)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return rc
 
 
 if __name__ == "__main__":

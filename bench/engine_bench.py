@@ -48,10 +48,8 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -60,60 +58,26 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-WORK = BENCH / "work"
-RESULTS = BENCH / "results"
-SMK_VENV = BENCH / ".venvs" / "snakemake"
-THOT_VENV = BENCH / ".venvs" / "thotd"
 SNAKEMAKE_REQ = "snakemake==8.30.0"  # 8.x supports Python 3.11; pinned for comparable numbers
 
 sys.path.insert(0, str(BENCH))
 import gen  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    VENVS,
+    WORK,
+    clean_env,
+    ensure_venv,
+    fmt,
+    machine_info,
+    med,
+    now_iso,
+    print_goals,
+    write_result,
+)
 
-# --- helpers shared with daemon_bench ------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The environment for children: no PYTHON* / THOT_* leaking in from the caller."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "THOT_"))}
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "nproc": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": sys.version.split()[0],
-        "python_executable": sys.executable,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-    }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                info["mem_total_mb"] = int(line.split()[1]) // 1024
-                break
-        info["loadavg_start"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
-    try:  # what was measured: the commit, and whether thotd/thot had local edits
-        info["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "thotd", "thot"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        ).stdout.splitlines()
-        info["git_dirty_files"] = [line[3:] for line in dirty]
-    except OSError:
-        pass
-    return info
-
+SMK_VENV = VENVS / "snakemake"
+THOT_VENV = VENVS / "thotd"
 
 def pick_drop(k: int, groups: int, samples: int) -> tuple[str, str]:
     """The k-th new sample: spread over the groups, a fresh name each time."""
@@ -175,33 +139,6 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def pct(values: list[float], q: float) -> float:
-    """Percentile by linear interpolation (q in 0..100)."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    pos = (len(xs) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def med(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def fmt(v: float | None, nd: int = 3, unit: str = "") -> str:
-    return "-" if v is None else f"{v:.{nd}f}{unit}"
-
-
-def write_result(name: str, quick: bool, data: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    out = RESULTS / f"{name}-{stamp}{'-quick' if quick else ''}.json"
-    out.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return out
-
-
 # --- thotd side ------------------------------------------------------------------------------
 
 
@@ -217,16 +154,13 @@ def ensure_thotd() -> str:
     that interpreter carries (~20 ms each here) that a user's install does not. Returns the
     installed version."""
     py = thot_python()
-    if not py.exists():
-        print(f"creating {THOT_VENV} ...", flush=True)
-        THOT_VENV.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", str(THOT_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", str(REPO)], check=True)
-    else:  # the code under test moves: reinstall it (its dependencies stay)
+    if py.exists():  # the code under test moves: reinstall it (its dependencies stay)
         subprocess.run(
             [str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO)],
             check=True,
         )
+    else:
+        ensure_venv(THOT_VENV, [str(REPO)])
     shutil.rmtree(REPO / "build", ignore_errors=True)  # what an in-tree build leaves
     out = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('thotd'))"],
                          capture_output=True, text=True, check=True, env=clean_env())
@@ -506,14 +440,8 @@ def ensure_snakemake() -> tuple[str | None, str | None]:
     v = version()
     if v:
         return v, None
-    print(f"creating {SMK_VENV} with {SNAKEMAKE_REQ} ...", flush=True)
     try:
-        SMK_VENV.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", str(SMK_VENV)], check=True)
-        subprocess.run(
-            [str(SMK_VENV / "bin" / "python"), "-m", "pip", "install", "-q", SNAKEMAKE_REQ],
-            check=True,
-        )
+        ensure_venv(SMK_VENV, [SNAKEMAKE_REQ], probe="import snakemake")
     except (subprocess.CalledProcessError, OSError) as exc:
         return None, f"cannot install {SNAKEMAKE_REQ}: {exc}"
     v = version()
@@ -673,7 +601,7 @@ def baseline(repeat: int = 5) -> dict[str, Any]:
 # --- main --------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--groups", type=int, default=100)
     ap.add_argument("--samples", type=int, default=10)
@@ -687,189 +615,190 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.groups, args.samples, args.drops = 10, 10, 3
+    return args
 
+
+@dataclass
+class Sides:
+    """Both tools after their full runs (``smk`` None when Snakemake is not measured)."""
+
+    thot: ThotSide
+    full: dict[str, Any]
+    smk: SnakemakeSide | None = None
+    smk_version: str | None = None
+    smk_error: str | None = None
+
+
+def _full_runs(args: argparse.Namespace, work: Path, n_runs: int) -> Sides:
+    G, S = args.groups, args.samples
+    thot = ThotSide(work / "thot", G, S, jobs=args.jobs)
+    thot.setup()
+    print(f"thot: full run of {n_runs} runs (-j {args.jobs}) on {thot.project} ...", flush=True)
+    full = thot.full_run()
+    print(f"  full run: {full['wall_s']:.1f} s, {full.get('counts')}, summary "
+          f"{'ok' if full['summary_ok'] else 'WRONG'}", flush=True)
+    if full.get("error"):
+        print(full["error"], file=sys.stderr)
+    sides = Sides(thot, full)
+    if args.skip_snakemake:
+        return sides
+    sides.smk_version, sides.smk_error = ensure_snakemake()
+    if sides.smk_error:
+        print(f"snakemake unavailable: {sides.smk_error}", flush=True)
+        return sides
+    smk = SnakemakeSide(work / "snakemake", G, S, mode=args.snakemake_mode)
+    smk.setup()
+    print(f"snakemake {sides.smk_version} ({args.snakemake_mode} rules): full run of "
+          f"{n_runs} jobs (--cores 2) ...", flush=True)
+    sf = smk.full_run()
+    print(f"  full run: {sf['wall_s']:.1f} s, {sf['jobs']} jobs, exit {sf['exit']}, "
+          f"summary {'ok' if sf['summary_ok'] else 'WRONG'}", flush=True)
+    if sf["exit"] != 0:
+        sides.smk_error = f"full run failed: {sf.get('error')}"
+        print(sides.smk_error, flush=True)
+    else:
+        sides.smk = smk
+    return sides
+
+
+def _drops(args: argparse.Namespace, sides: Sides) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Drop a new sample ``--drops`` times; each side reacts, which goes first alternates."""
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    for k in range(args.drops):
+        g, s = pick_drop(k, args.groups, args.samples)
+        order = ["thot", "smk"] if k % 2 == 0 else ["smk", "thot"]
+        parts = {"thot": "", "smk": ""}
+        for side in order:
+            if side == "thot":
+                r = sides.thot.react(g, s)
+                ours.append(r)
+                parts["thot"] = (f" thot {r['wall_s']:.3f} s wall, {r.get('runs')} runs, "
+                                 f"engine {fmt(r.get('engine_share_s'))} s"
+                                 + ("" if r["ok"] else " CHECK FAILED"))
+            elif sides.smk is not None:
+                r = sides.smk.react(g, s)
+                theirs.append(r)
+                parts["smk"] = (f" | snakemake {r['wall_s']:.3f} s, {r['jobs']} jobs"
+                                + ("" if r["ok"] else " CHECK FAILED"))
+        print(f"  drop {k + 1} ({g}/{s}, {order[0]} first):{parts['thot']}{parts['smk']}", flush=True)
+        if not ours[-1]["ok"]:
+            print(json.dumps(ours[-1], indent=2), file=sys.stderr)
+    return ours, theirs
+
+
+def _summarise(ours: list[dict[str, Any]], noops: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [r for r in ours if "engine_share_s" in r]
+    return {
+        "wall_s_median": med([r["wall_s"] for r in good]),
+        "wall_s_min": min((r["wall_s"] for r in good), default=None),
+        "scripts_s_median": med([r["scripts_s"] for r in good]),
+        "engine_share_s_median": med([r["engine_share_s"] for r in good]),
+        "engine_share_s_max": max((r["engine_share_s"] for r in good), default=None),
+        "in_process_share_s_median": med([r["in_process_share_s"] for r in good]),
+        "runs_executed": [r.get("runs") for r in ours],
+        "noop_wall_s_median": med([r["wall_s"] for r in noops]),
+        "noop_runs": [r.get("runs") for r in noops],
+        "noop": noops,
+        **baseline(),
+        "all_ok": bool(ours) and all(r["ok"] for r in ours),
+    }
+
+
+def _summarise_smk(args: argparse.Namespace, sides: Sides, theirs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if sides.smk is None or not theirs:
+        return None
+    return {
+        "version": sides.smk_version,
+        "mode": args.snakemake_mode,
+        "wall_s_median": med([r["wall_s"] for r in theirs]),
+        "wall_s_min": min(r["wall_s"] for r in theirs),
+        "jobs": [r["jobs"] for r in theirs],
+        "all_ok": all(r["ok"] for r in theirs),
+    }
+
+
+def _print_table(args: argparse.Namespace, n_runs: int, sides: Sides, summ: dict[str, Any],
+                 smk_summ: dict[str, Any] | None, ratio: float | None) -> None:
+    print()
+    print(f"project: {args.groups} x {args.samples} ({n_runs} runs), {args.drops} drops, medians")
+    head = (f"{'tool':<28}{'runs/jobs':>10}{'wall s':>9}{'scripts s':>11}"
+            f"{'own share s':>13}{'full run s':>12}{'ratio':>8}")
+    print(head)
+    print("-" * len(head))
+    print(f"{'thot run --changed':<28}{str(sorted(set(summ['runs_executed']))):>10}"
+          f"{fmt(summ['wall_s_median']):>9}{fmt(summ['scripts_s_median']):>11}"
+          f"{fmt(summ['engine_share_s_median']):>13}{sides.full['wall_s']:>12.1f}{'1.0x':>8}")
+    if smk_summ:
+        label = f"snakemake {sides.smk_version} ({args.snakemake_mode})"
+        print(f"{label:<28}{str(sorted(set(smk_summ['jobs']))):>10}"
+              f"{fmt(smk_summ['wall_s_median']):>9}{'-':>11}{'-':>13}"
+              f"{sides.smk.full['wall_s'] if sides.smk else 0:>12.1f}{fmt(ratio, 1, 'x'):>8}")
+    elif not args.skip_snakemake:
+        print(f"{'snakemake':<28} NOT MEASURED: {sides.smk_error}")
+    print("wall: the whole `thot run --changed` process (interpreter start, imports, index "
+          "load, staleness, the runs); scripts: sum of the 3 runs' durations; own share = "
+          "wall - scripts.")
+    print(f"own share, broken down: in-process run_project minus scripts "
+          f"{fmt(summ['in_process_share_s_median'])} s; `thot run --changed` with nothing "
+          f"stale {fmt(summ['noop_wall_s_median'])} s (runs: {summ['noop_runs']}); "
+          f"python start-up {fmt(summ['python_start_s_median'])} s, + thotd imports "
+          f"{fmt(summ['python_thotd_imports_s_median'])} s")
+
+
+def _goals(ours: list[dict[str, Any]], summ: dict[str, Any], full: dict[str, Any],
+           ratio: float | None) -> dict[str, bool]:
+    share = summ["engine_share_s_median"]
+    goals: dict[str, bool] = {
+        "three_runs_each_drop": all(r.get("runs") == 3 and r.get("expected_runs") for r in ours),
+        "noop_runs_nothing": all(r.get("runs") == 0 for r in summ["noop"]),
+        "results_correct": summ["all_ok"] and bool(full["summary_ok"]),
+        "engine_share_under_200ms": share is not None and share < 0.2,
+    }
+    if ratio is not None:
+        goals["at_least_5x_faster_than_snakemake"] = ratio >= 5.0
+    return goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     G, S = args.groups, args.samples
     n_runs = G * S + G + 1
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = WORK / f"engine-{G}x{S}-{stamp}"
+    work = WORK / f"engine-{G}x{S}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     work.mkdir(parents=True)
     machine = machine_info()
     machine["thotd_venv"] = str(THOT_VENV)
     machine["thotd_version"] = ensure_thotd()
-    rc = 0
     try:
-        thot = ThotSide(work / "thot", G, S, jobs=args.jobs)
-        thot.setup()
-        print(f"thot: full run of {n_runs} runs (-j {args.jobs}) on {thot.project} ...", flush=True)
-        full = thot.full_run()
-        print(
-            f"  full run: {full['wall_s']:.1f} s, {full.get('counts')}, summary "
-            f"{'ok' if full['summary_ok'] else 'WRONG'}",
-            flush=True,
-        )
-        if full.get("error"):
-            print(full["error"], file=sys.stderr)
-
-        smk: SnakemakeSide | None = None
-        smk_version = smk_error = None
-        if not args.skip_snakemake:
-            smk_version, smk_error = ensure_snakemake()
-            if smk_error:
-                print(f"snakemake unavailable: {smk_error}", flush=True)
-            else:
-                smk = SnakemakeSide(work / "snakemake", G, S, mode=args.snakemake_mode)
-                smk.setup()
-                print(
-                    f"snakemake {smk_version} ({args.snakemake_mode} rules): full run of "
-                    f"{n_runs} jobs (--cores 2) ...",
-                    flush=True,
-                )
-                sf = smk.full_run()
-                print(
-                    f"  full run: {sf['wall_s']:.1f} s, {sf['jobs']} jobs, exit {sf['exit']}, "
-                    f"summary {'ok' if sf['summary_ok'] else 'WRONG'}",
-                    flush=True,
-                )
-                if sf["exit"] != 0:
-                    smk_error = f"full run failed: {sf.get('error')}"
-                    print(smk_error, flush=True)
-                    smk = None
-
-        ours: list[dict[str, Any]] = []
-        theirs: list[dict[str, Any]] = []
-        for k in range(args.drops):
-            g, s = pick_drop(k, G, S)
-            order = ["thot", "smk"] if k % 2 == 0 else ["smk", "thot"]
-            parts = {"thot": "", "smk": ""}
-            for side in order:
-                if side == "thot":
-                    r = thot.react(g, s)
-                    ours.append(r)
-                    parts["thot"] = (
-                        f" thot {r['wall_s']:.3f} s wall, {r.get('runs')} runs, "
-                        f"engine {fmt(r.get('engine_share_s'))} s"
-                        + ("" if r["ok"] else " CHECK FAILED")
-                    )
-                elif smk is not None:
-                    r = smk.react(g, s)
-                    theirs.append(r)
-                    parts["smk"] = f" | snakemake {r['wall_s']:.3f} s, {r['jobs']} jobs" + (
-                        "" if r["ok"] else " CHECK FAILED"
-                    )
-            print(
-                f"  drop {k + 1} ({g}/{s}, {order[0]} first):{parts['thot']}{parts['smk']}",
-                flush=True,
-            )
-            for r in ours[-1:]:
-                if not r["ok"]:
-                    print(json.dumps(r, indent=2), file=sys.stderr)
-
-        noops = [thot.noop() for _ in range(3)]
-        base = baseline()
-        good = [r for r in ours if "engine_share_s" in r]
-        summ: dict[str, Any] = {
-            "wall_s_median": med([r["wall_s"] for r in good]),
-            "wall_s_min": min((r["wall_s"] for r in good), default=None),
-            "scripts_s_median": med([r["scripts_s"] for r in good]),
-            "engine_share_s_median": med([r["engine_share_s"] for r in good]),
-            "engine_share_s_max": max((r["engine_share_s"] for r in good), default=None),
-            "in_process_share_s_median": med([r["in_process_share_s"] for r in good]),
-            "runs_executed": [r.get("runs") for r in ours],
-            "noop_wall_s_median": med([r["wall_s"] for r in noops]),
-            "noop_runs": [r.get("runs") for r in noops],
-            "noop": noops,
-            **base,
-            "all_ok": bool(ours) and all(r["ok"] for r in ours),
-        }
-        smk_summ: dict[str, Any] | None = None
-        ratio = None
-        if smk is not None and theirs:
-            smk_summ = {
-                "version": smk_version,
-                "mode": args.snakemake_mode,
-                "wall_s_median": med([r["wall_s"] for r in theirs]),
-                "wall_s_min": min(r["wall_s"] for r in theirs),
-                "jobs": [r["jobs"] for r in theirs],
-                "all_ok": all(r["ok"] for r in theirs),
-            }
-            if summ["wall_s_median"]:
-                ratio = smk_summ["wall_s_median"] / summ["wall_s_median"]
-
-        # --- table ---------------------------------------------------------------------
-        print()
-        print(f"project: {G} x {S} ({n_runs} runs), {args.drops} drops, medians")
-        head = (
-            f"{'tool':<28}{'runs/jobs':>10}{'wall s':>9}{'scripts s':>11}"
-            f"{'own share s':>13}{'full run s':>12}{'ratio':>8}"
-        )
-        print(head)
-        print("-" * len(head))
-        print(
-            f"{'thot run --changed':<28}{str(sorted(set(summ['runs_executed']))):>10}"
-            f"{fmt(summ['wall_s_median']):>9}{fmt(summ['scripts_s_median']):>11}"
-            f"{fmt(summ['engine_share_s_median']):>13}{full['wall_s']:>12.1f}{'1.0x':>8}"
-        )
-        if smk_summ:
-            label = f"snakemake {smk_version} ({args.snakemake_mode})"
-            print(
-                f"{label:<28}{str(sorted(set(smk_summ['jobs']))):>10}"
-                f"{fmt(smk_summ['wall_s_median']):>9}{'-':>11}{'-':>13}"
-                f"{smk.full['wall_s'] if smk else 0:>12.1f}{fmt(ratio, 1, 'x'):>8}"
-            )
-        elif not args.skip_snakemake:
-            print(f"{'snakemake':<28} NOT MEASURED: {smk_error}")
-        print(
-            "wall: the whole `thot run --changed` process (interpreter start, imports, index "
-            "load, staleness, the runs); scripts: sum of the 3 runs' durations; own share = "
-            "wall - scripts."
-        )
-        print(
-            f"own share, broken down: in-process run_project minus scripts "
-            f"{fmt(summ['in_process_share_s_median'])} s; `thot run --changed` with nothing "
-            f"stale {fmt(summ['noop_wall_s_median'])} s (runs: {summ['noop_runs']}); "
-            f"python start-up {fmt(summ['python_start_s_median'])} s, + thotd imports "
-            f"{fmt(summ['python_thotd_imports_s_median'])} s"
-        )
-
-        goals: dict[str, bool] = {
-            "three_runs_each_drop": all(
-                r.get("runs") == 3 and r.get("expected_runs") for r in ours
-            ),
-            "noop_runs_nothing": all(r.get("runs") == 0 for r in noops),
-            "results_correct": summ["all_ok"] and bool(full["summary_ok"]),
-            "engine_share_under_200ms": summ["engine_share_s_median"] is not None
-            and summ["engine_share_s_median"] < 0.2,
-        }
-        if ratio is not None:
-            goals["at_least_5x_faster_than_snakemake"] = ratio >= 5.0
-        print("goals: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in goals.items()))
+        sides = _full_runs(args, work, n_runs)
+        ours, theirs = _drops(args, sides)
+        summ = _summarise(ours, [sides.thot.noop() for _ in range(3)])
+        smk_summ = _summarise_smk(args, sides, theirs)
+        ratio = (smk_summ["wall_s_median"] / summ["wall_s_median"]
+                 if smk_summ and summ["wall_s_median"] else None)
+        _print_table(args, n_runs, sides, summ, smk_summ, ratio)
+        goals = _goals(ours, summ, sides.full, ratio)
+        passed = print_goals(goals)
         if ratio is None and not args.skip_snakemake:
             print("ratio goal: not measured (snakemake unavailable)")
-        rc = 0 if all(goals.values()) else 1
-
         if not args.no_save:
-            out = write_result(
-                "engine",
-                args.quick,
-                {
-                    "bench": "engine",
-                    "date": dt.datetime.now().isoformat(timespec="seconds"),
-                    "project": {"groups": G, "samples": S, "runs": n_runs, "work": str(work)},
-                    "drops": args.drops,
-                    "machine": machine,
-                    "thot": {"full": full, "drops": ours, **summ},
-                    "snakemake": smk_summ
-                    and {**smk_summ, "full": smk.full if smk else None, "drops": theirs},
-                    "snakemake_error": smk_error,
-                    "ratio_wall_median": ratio,
-                    "goals": goals,
-                },
-            )
-            print(f"wrote {out}")
+            write_result("engine", args.quick, {
+                "bench": "engine",
+                "date": now_iso(),
+                "project": {"groups": G, "samples": S, "runs": n_runs, "work": str(work)},
+                "drops": args.drops,
+                "machine": machine,
+                "thot": {"full": sides.full, "drops": ours, **summ},
+                "snakemake": smk_summ and {**smk_summ, "full": sides.smk.full if sides.smk else None,
+                                           "drops": theirs},
+                "snakemake_error": sides.smk_error,
+                "ratio_wall_median": ratio,
+                "goals": goals,
+            })
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return rc
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

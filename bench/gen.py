@@ -99,6 +99,54 @@ def _level_sizes(total: int, depth: int) -> list[int]:
     return [s for s in sizes if s > 0]
 
 
+def _container_doc(rng: random.Random, name: str, ctype: str, metadata: dict) -> dict:
+    doc: dict = {
+        "_id": None,
+        "name": name,
+        "type": ctype,
+        "description": f"{ctype} {name}" if rng.random() < 0.5 else None,
+        "tags": rng.sample(_TAG_POOL, rng.randrange(0, 4)),
+        "metadata": metadata,
+        "created": _created(rng),
+        "parent": None,
+    }
+    if rng.random() < 0.3:
+        doc["roles"] = []
+    return doc
+
+
+def _add_notes(folder: Path, title: str) -> None:
+    notes = folder / "_notes"
+    notes.mkdir(exist_ok=True)
+    (notes / f"{title}.txt").write_text(f"Note about {title}.\n", encoding="utf-8")
+
+
+def _flat_container(rng: random.Random, folder: Path, ctype: str, i: int) -> None:
+    """One inner container of :func:`make_flat` (the draws in a fixed order: the tree is a
+    function of the seed)."""
+    folder.mkdir()
+    md: dict = {ctype: i}
+    r = rng.random()
+    if r < 0.2:
+        md["operator"] = rng.choice(_OPERATORS)  # overrides the project's
+    elif r < 0.3:
+        md["temperature"] = round(20 + rng.random() * 60, 1)
+    if ctype == "batch":
+        md["date"] = _created(rng)[:10]
+    _write_json(folder / "_container.json", _container_doc(rng, folder.name, ctype, md))
+    if ctype == "group":
+        _write_json(
+            folder / "_scripts.json",
+            [{"script": "root:/../analysis/group.py", "priority": 0, "autorun": True}],
+        )
+    if rng.random() < 0.02:
+        _add_notes(folder, "observations")
+    if rng.random() < 0.01:
+        scratch = folder / "scratch"
+        scratch.mkdir()
+        (scratch / "todo.txt").write_text("not an object\n", encoding="utf-8")
+
+
 def make_flat(root: Path, containers: int, assets: int, *, depth: int = 3, seed: int = 0) -> Path:
     """Write a Thot tree of ``containers`` containers (the root included) and ``assets`` assets.
 
@@ -121,29 +169,10 @@ def make_flat(root: Path, containers: int, assets: int, *, depth: int = 3, seed:
         raise ValueError("containers must be >= 1 (the root)")
     root.mkdir(parents=True, exist_ok=True)
 
-    def container_doc(name: str, ctype: str, metadata: dict) -> dict:
-        doc: dict = {
-            "_id": None,
-            "name": name,
-            "type": ctype,
-            "description": f"{ctype} {name}" if rng.random() < 0.5 else None,
-            "tags": rng.sample(_TAG_POOL, rng.randrange(0, 4)),
-            "metadata": metadata,
-            "created": _created(rng),
-            "parent": None,
-        }
-        if rng.random() < 0.3:
-            doc["roles"] = []
-        return doc
-
-    def add_notes(folder: Path, title: str) -> None:
-        notes = folder / "_notes"
-        notes.mkdir(exist_ok=True)
-        (notes / f"{title}.txt").write_text(f"Note about {title}.\n", encoding="utf-8")
-
     _write_json(
         root / "_container.json",
-        container_doc(
+        _container_doc(
+            rng,
             "project",
             "project",
             {
@@ -154,7 +183,7 @@ def make_flat(root: Path, containers: int, assets: int, *, depth: int = 3, seed:
             },
         ),
     )
-    add_notes(root, "readme")
+    _add_notes(root, "readme")
 
     sizes = _level_sizes(containers - 1, depth)
     levels: list[list[Path]] = [[root]]
@@ -166,27 +195,7 @@ def make_flat(root: Path, containers: int, assets: int, *, depth: int = 3, seed:
         for i in range(size):
             parent = parents[i % len(parents)]
             folder = parent / f"{ctype}-{i:0{width}d}"
-            folder.mkdir()
-            md: dict = {ctype: i}
-            r = rng.random()
-            if r < 0.2:
-                md["operator"] = rng.choice(_OPERATORS)  # overrides the project's
-            elif r < 0.3:
-                md["temperature"] = round(20 + rng.random() * 60, 1)
-            if ctype == "batch":
-                md["date"] = _created(rng)[:10]
-            _write_json(folder / "_container.json", container_doc(folder.name, ctype, md))
-            if ctype == "group":
-                _write_json(
-                    folder / "_scripts.json",
-                    [{"script": "root:/../analysis/group.py", "priority": 0, "autorun": True}],
-                )
-            if rng.random() < 0.02:
-                add_notes(folder, "observations")
-            if rng.random() < 0.01:
-                scratch = folder / "scratch"
-                scratch.mkdir()
-                (scratch / "todo.txt").write_text("not an object\n", encoding="utf-8")
+            _flat_container(rng, folder, ctype, i)
             level.append(folder)
         levels.append(level)
 
@@ -218,7 +227,7 @@ def make_flat(root: Path, containers: int, assets: int, *, depth: int = 3, seed:
             "value\n" + "".join(f"{v}\n" for v in values), encoding="utf-8"
         )
         if rng.random() < 0.02:
-            add_notes(folder, "calibration")
+            _add_notes(folder, "calibration")
     return root
 
 

@@ -36,9 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -47,14 +45,13 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-VENV = BENCH / ".venvs" / "thot-orig"
-WORK = BENCH / "work"
-RESULTS = BENCH / "results"
 
 sys.path.insert(0, str(BENCH))
-import engine_bench as eb  # noqa: E402
+import common  # noqa: E402
 import gen  # noqa: E402
+from common import REPO, VENVS, WORK, clean_env, fmt, print_goals, write_result  # noqa: E402
+
+VENV = VENVS / "thot-orig"
 
 ORIGINAL_REQ = ["thot-data==0.0.2", "pymongo"]
 
@@ -96,27 +93,12 @@ print(json.dumps({"import_s": t1 - t0, "construct_s": t2 - t1, "find_s": t3 - t2
 
 
 def venv_python() -> Path:
-    return VENV / "bin" / "python"
+    return common.venv_python(VENV)
 
 
 def ensure_venv() -> Path:
-    """Create the throwaway venv with the original installed, if missing; return its python."""
-    py = venv_python()
-    ok = (
-        py.exists()
-        and subprocess.run(
-            [str(py), "-I", "-c", "import thot.thot"],
-            cwd=tempfile.gettempdir(),
-            capture_output=True,
-        ).returncode
-        == 0
-    )
-    if not ok:
-        print(f"creating {VENV} with {' '.join(ORIGINAL_REQ)} ...", flush=True)
-        VENV.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *ORIGINAL_REQ], check=True)
-    return py
+    """The throwaway venv with the original installed (made if missing); its python."""
+    return common.ensure_venv(VENV, ORIGINAL_REQ, probe="import thot.thot")
 
 
 def ensure_tree(containers: int, assets: int, seed: int, depth: int) -> Path:
@@ -155,18 +137,13 @@ def run_child(argv: list[str], env: dict[str, str], timeout: float) -> dict:
     return out
 
 
-def _clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "THOT_"))}
-    return env
-
-
 def original_cmd(root: Path) -> tuple[list[str], dict[str, str]]:
     # -I: no cwd / script dir / PYTHONPATH on sys.path, so /work/main's `thot` is invisible.
-    return [str(venv_python()), "-I", "-c", _CHILD_ORIGINAL, str(root)], _clean_env()
+    return [str(venv_python()), "-I", "-c", _CHILD_ORIGINAL, str(root)], clean_env()
 
 
 def ours_cmd(root: Path) -> tuple[list[str], dict[str, str]]:
-    env = _clean_env()
+    env = clean_env()
     env["PYTHONPATH"] = str(REPO)
     return [sys.executable, "-c", _CHILD_OURS, str(root)], env
 
@@ -190,7 +167,7 @@ def summarise(runs: list[dict], scale: float = 1.0) -> dict:
 
 def machine_info() -> dict:
     """The engine bench's machine record, plus the original's Python."""
-    info = eb.machine_info()
+    info = common.machine_info()
     info["python_original"] = (
         subprocess.run(
             [str(venv_python()), "-I", "-c", "import sys; print(sys.version.split()[0])"],
@@ -203,11 +180,7 @@ def machine_info() -> dict:
     return info
 
 
-def _fmt(v: float | None, nd: int = 3) -> str:
-    return "-" if v is None else f"{v:.{nd}f}"
-
-
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--containers", type=int, default=10_000)
     ap.add_argument("--assets", type=int, default=10_000)
@@ -216,171 +189,129 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1,000 containers + 1,000 assets")
     ap.add_argument("--skip-original", action="store_true")
-    ap.add_argument(
-        "--timeout",
-        type=float,
-        default=600.0,
-        help="per original run, seconds (reported as '> X s' when hit)",
-    )
-    ap.add_argument(
-        "--original-containers",
-        type=int,
-        help="measure the original on a smaller tree and extrapolate linearly",
-    )
+    ap.add_argument("--timeout", type=float, default=600.0,
+                    help="per original run, seconds (reported as '> X s' when hit)")
+    ap.add_argument("--original-containers", type=int,
+                    help="measure the original on a smaller tree and extrapolate linearly")
     ap.add_argument("--original-assets", type=int)
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = ap.parse_args(argv)
     if args.quick:
         args.containers, args.assets = 1_000, 1_000
+    return args
 
+
+def _original_tree(args: argparse.Namespace, root: Path) -> tuple[Path, float]:
+    """The tree the original loads, and the factor that scales its times to ``root``'s."""
+    if not (args.original_containers or args.original_assets):
+        return root, 1.0
+    oc = args.original_containers or args.containers
+    oa = args.original_assets if args.original_assets is not None else args.assets
+    return ensure_tree(oc, oa, args.seed, args.depth), (args.containers + args.assets) / (oc + oa)
+
+
+def _measure(label: str, argv_env: tuple[list[str], dict[str, str]], timeout: float, i: int) -> dict:
+    r = run_child(*argv_env, timeout=timeout)
+    print(f"  run {i + 1}: {label:<8} {fmt(r.get('load_s'))} s load, {fmt(r.get('wall_s'))} s wall"
+          + (" TIMEOUT" if r.get("timeout") else "") + (" ERROR" if r.get("error") else ""),
+          flush=True)
+    if r.get("error"):
+        print(r["error"], file=sys.stderr)
+    return r
+
+
+def _row(label: str, args: argparse.Namespace, summary: dict, ratio: str) -> str:
+    """One line of the table: the measured numbers, a timeout or the errors."""
+    if summary["ok"]:
+        return (f"{label:<26}{summary['containers']:>11}{summary['assets']:>8}"
+                f"{fmt(summary['load_s_median']):>10}{fmt(summary['load_s_min']):>9}"
+                f"{fmt(summary['wall_s_median']):>11}{summary['maxrss_mb_max']:>12.1f}{ratio:>8}")
+    if summary.get("timeouts"):
+        return (f"{label:<26}{args.containers:>11}{args.assets:>8}{f'> {args.timeout:g}':>10}"
+                f"   (timed out {summary['timeouts']} of {len(summary['runs'])} runs)")
+    return f"{label:<26} FAILED: {summary.get('errors')}"
+
+
+def _print_table(args: argparse.Namespace, root: Path, ours: dict, orig: dict | None,
+                 scale: float, ratio: float | None) -> None:
+    head = (f"{'tool':<26}{'containers':>11}{'assets':>8}{'median s':>10}{'min s':>9}"
+            f"{'wall med s':>11}{'peak RSS MB':>12}{'ratio':>8}")
+    print()
+    print(f"tree: {root}  ({args.containers} containers, {args.assets} assets, depth {args.depth})")
+    print(head)
+    print("-" * len(head))
+    if orig is not None:
+        label = "thot-data 0.0.2" + (" (extrap.)" if scale != 1.0 else "")
+        print(_row(label, args, orig, (fmt(ratio, 1) + "x") if ratio else "-"))
+        if orig["ok"] and scale != 1.0:
+            print(f"  (original measured on {orig['containers']}+{orig['assets']} objects, "
+                  f"times x{scale:.2f} linearly; RSS is the measured one, not scaled)")
+    print(_row("thotd (load_project)", args, ours, "1.0x"))
+    print("median/min s: in-process load (construct + find_containers({}) + find_assets({}));"
+          " wall: whole child incl. interpreter start and imports.")
+    print("page cache NOT dropped (needs host root): 'cold' = fresh process, warm disk cache.")
+
+
+def _goals(args: argparse.Namespace, ours: dict, orig: dict | None, scale: float,
+           ratio: float | None) -> dict[str, bool]:
+    goals = {
+        "load_under_1s": ours["load_s_median"] < 1.0,
+        "wall_under_1s": ours["wall_s_median"] < 1.0,
+        "rss_under_100mb": ours["maxrss_mb_max"] < 100.0,
+    }
+    if ratio is not None:
+        goals["ratio_at_least_10x"] = ratio >= 10.0
+    goals["counts_match_tree"] = (ours["containers"], ours["assets"]) == (args.containers, args.assets)
+    if orig is not None and orig["ok"] and scale == 1.0:
+        goals["counts_match_original"] = (orig["containers"], orig["assets"]) == (
+            ours["containers"], ours["assets"])
+    return goals
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     root = ensure_tree(args.containers, args.assets, args.seed, args.depth)
     do_orig = not args.skip_original
     orig_root, scale = root, 1.0
     if do_orig:
         ensure_venv()
-        if args.original_containers or args.original_assets:
-            oc = args.original_containers or args.containers
-            oa = args.original_assets if args.original_assets is not None else args.assets
-            orig_root = ensure_tree(oc, oa, args.seed, args.depth)
-            scale = (args.containers + args.assets) / (oc + oa)
+        orig_root, scale = _original_tree(args, root)
 
     orig_runs: list[dict] = []
     our_runs: list[dict] = []
     for i in range(args.repeat):
         if do_orig:
-            r = run_child(*original_cmd(orig_root), timeout=args.timeout)
-            orig_runs.append(r)
-            print(
-                f"  run {i + 1}: original {_fmt(r.get('load_s'))} s load, "
-                f"{_fmt(r.get('wall_s'))} s wall"
-                + (" TIMEOUT" if r.get("timeout") else "")
-                + (" ERROR" if r.get("error") else ""),
-                flush=True,
-            )
-            if r.get("error"):
-                print(r["error"], file=sys.stderr)
-        r = run_child(*ours_cmd(root), timeout=args.timeout)
-        our_runs.append(r)
-        print(
-            f"  run {i + 1}: thotd    {_fmt(r.get('load_s'))} s load, "
-            f"{_fmt(r.get('wall_s'))} s wall" + (" ERROR" if r.get("error") else ""),
-            flush=True,
-        )
-        if r.get("error"):
-            print(r["error"], file=sys.stderr)
+            orig_runs.append(_measure("original", original_cmd(orig_root), args.timeout, i))
+        our_runs.append(_measure("thotd", ours_cmd(root), args.timeout, i))
 
     ours = summarise(our_runs)
     orig = summarise(orig_runs, scale) if do_orig else None
-
-    # --- table -------------------------------------------------------------------------
-    head = (
-        f"{'tool':<26}{'containers':>11}{'assets':>8}{'median s':>10}{'min s':>9}"
-        f"{'wall med s':>11}{'peak RSS MB':>12}{'ratio':>8}"
-    )
-    print()
-    print(f"tree: {root}  ({args.containers} containers, {args.assets} assets, depth {args.depth})")
-    print(head)
-    print("-" * len(head))
     ratio = ratio_wall = None
-    if orig is not None:
-        label = "thot-data 0.0.2"
-        if scale != 1.0:
-            label += " (extrap.)"
-        if orig["ok"]:
-            if ours["ok"]:
-                ratio = orig["load_s_median"] / ours["load_s_median"]
-                ratio_wall = orig["wall_s_median"] / ours["wall_s_median"]
-            print(
-                f"{label:<26}{args.containers:>11}{args.assets:>8}"
-                f"{_fmt(orig['load_s_median']):>10}{_fmt(orig['load_s_min']):>9}"
-                f"{_fmt(orig['wall_s_median']):>11}{orig['maxrss_mb_max']:>12.1f}"
-                f"{(_fmt(ratio, 1) + 'x') if ratio else '-':>8}"
-            )
-            if scale != 1.0:
-                print(
-                    f"  (original measured on {orig['containers']}+{orig['assets']} objects, "
-                    f"times x{scale:.2f} linearly; RSS is the measured one, not scaled)"
-                )
-        elif orig.get("timeouts"):
-            print(
-                f"{label:<26}{args.containers:>11}{args.assets:>8}"
-                f"{f'> {args.timeout:g}':>10}   (timed out {orig['timeouts']} of "
-                f"{len(orig['runs'])} runs)"
-            )
-        else:
-            print(f"{label:<26} FAILED: {orig.get('errors')}")
-    if ours["ok"]:
-        print(
-            f"{'thotd (load_project)':<26}{ours['containers']:>11}{ours['assets']:>8}"
-            f"{_fmt(ours['load_s_median']):>10}{_fmt(ours['load_s_min']):>9}"
-            f"{_fmt(ours['wall_s_median']):>11}{ours['maxrss_mb_max']:>12.1f}{'1.0x':>8}"
-        )
-    elif ours.get("timeouts"):
-        print(
-            f"{'thotd (load_project)':<26}{args.containers:>11}{args.assets:>8}"
-            f"{f'> {args.timeout:g}':>10}   (timed out)"
-        )
-    else:
-        print(f"{'thotd (load_project)':<26} FAILED: {ours.get('errors')}")
-    print(
-        "median/min s: in-process load (construct + find_containers({}) + find_assets({}));"
-        " wall: whole child incl. interpreter start and imports."
-    )
-    print("page cache NOT dropped (needs host root): 'cold' = fresh process, warm disk cache.")
-
-    goals = {}
-    if ours["ok"]:
-        goals["load_under_1s"] = ours["load_s_median"] < 1.0
-        goals["wall_under_1s"] = ours["wall_s_median"] < 1.0
-        goals["rss_under_100mb"] = ours["maxrss_mb_max"] < 100.0
-        if ratio is not None:
-            goals["ratio_at_least_10x"] = ratio >= 10.0
-        counts_ok = (ours["containers"], ours["assets"]) == (args.containers, args.assets)
-        goals["counts_match_tree"] = counts_ok
-        if orig is not None and orig["ok"] and scale == 1.0:
-            goals["counts_match_original"] = (orig["containers"], orig["assets"]) == (
-                ours["containers"],
-                ours["assets"],
-            )
-        print("goals: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in goals.items()))
+    if orig is not None and orig["ok"] and ours["ok"]:
+        ratio = orig["load_s_median"] / ours["load_s_median"]
+        ratio_wall = orig["wall_s_median"] / ours["wall_s_median"]
+    _print_table(args, root, ours, orig, scale, ratio)
+    goals = _goals(args, ours, orig, scale, ratio) if ours["ok"] else {}
+    if goals:
+        print_goals(goals)
 
     if not args.no_save:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-        out = RESULTS / f"index-{stamp}{'-quick' if args.quick else ''}.json"
-        out.write_text(
-            json.dumps(
-                {
-                    "bench": "index",
-                    "date": dt.datetime.now().isoformat(timespec="seconds"),
-                    "tree": {
-                        "root": str(root),
-                        "containers": args.containers,
-                        "assets": args.assets,
-                        "depth": args.depth,
-                        "seed": args.seed,
-                    },
-                    "repeat": args.repeat,
-                    "timeout_s": args.timeout,
-                    "machine": machine_info(),
-                    "page_cache_dropped": False,
-                    "original": orig
-                    and {
-                        **orig,
-                        "tree": str(orig_root),
-                        "extrapolated": scale != 1.0,
-                        "package": "thot-data==0.0.2",
-                    },
-                    "thotd": ours,
-                    "ratio_load_median": ratio,
-                    "ratio_wall_median": ratio_wall,
-                    "goals": goals,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-        print(f"wrote {out}")
+        write_result("index", args.quick, {
+            "bench": "index",
+            "date": common.now_iso(),
+            "tree": {"root": str(root), "containers": args.containers, "assets": args.assets,
+                     "depth": args.depth, "seed": args.seed},
+            "repeat": args.repeat,
+            "timeout_s": args.timeout,
+            "machine": machine_info(),
+            "page_cache_dropped": False,
+            "original": orig and {**orig, "tree": str(orig_root), "extrapolated": scale != 1.0,
+                                  "package": "thot-data==0.0.2"},
+            "thotd": ours,
+            "ratio_load_median": ratio,
+            "ratio_wall_median": ratio_wall,
+            "goals": goals,
+        })
     return 0 if ours["ok"] and all(goals.values()) else 1
 
 

@@ -1,5 +1,7 @@
-"""Helpers for the core tests: project trees from dict specs, the G×S generator (from
-``bench/gen.py``), an in-process ``thot`` CLI and the comparisons the oracles use.
+"""The test kit every folder shares: project trees from dict specs, the G×S generator (from
+``bench/gen.py``), the one poll-with-a-deadline (:func:`wait_for`, :func:`await_for`), an
+in-process ``thot`` CLI and the one oracle (:func:`oracle`: the derived assets of a fresh full
+run, compared with :func:`derived_assets`). The real-process daemon harness is ``daemonkit``.
 
 A module with a unique name (not ``conftest``): other test folders have their own
 ``conftest``, and ``from conftest import …`` would pick whichever was imported first.
@@ -7,7 +9,9 @@ A module with a unique name (not ``conftest``): other test folders have their ow
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -17,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "thotd" / "example"
@@ -29,24 +33,29 @@ from gen import GS_SCRIPTS, add_sample, make_gs, sample_values  # noqa: E402
 
 __all__ = [
     "EXAMPLE",
-    "THOT_VARS",
-    "backup_db",
-    "restore_tree",
     "GS_SCRIPTS",
     "REPO",
+    "THOT_VARS",
     "add_sample",
+    "backup_db",
     "cli",
     "derived_assets",
     "group_dead",
     "make_gs",
     "make_tree",
     "rel_runs",
+    "restore_tree",
     "run_json",
     "sample_values",
     "snapshot_index",
+    "await_for",
+    "oracle",
+    "user_files",
+    "wait_for",
     "wait_past_racy_window",
-    "wait_until",
 ]
+
+T = TypeVar("T")
 
 THOT_VARS = (
     "THOT_CONTAINER_ID", "THOT_SCRIPT_ID", "THOT_PROJECT_ROOT", "THOT_RECORD",
@@ -84,16 +93,31 @@ def make_tree(root: Path, spec: Mapping[str, Any]) -> Path:
     return root
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``cond`` until it holds or ``timeout`` passes; return its last value. The
-    deadline is generous: only reached when something is broken."""
-    end = time.monotonic() + timeout
+def wait_for(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.02) -> T:
+    """Poll ``cond`` until it returns something truthy and return that; fail with ``what`` at
+    the deadline. The deadline is generous: only reached when something is broken."""
+    deadline = time.monotonic() + timeout
     while True:
-        if cond():
-            return True
-        if time.monotonic() >= end:
-            return cond()
-        time.sleep(0.02)
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def await_for(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+                    interval: float = 0.02) -> T:
+    """:func:`wait_for` inside an event loop: the loop keeps running between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def group_dead(pgid: int) -> bool:
@@ -207,3 +231,42 @@ def restore_tree(src: Path, dst: Path) -> None:
         shutil.rmtree(dst)
     shutil.copytree(src, dst, symlinks=True)
 
+
+
+def _is_script_asset(folder: str | os.PathLike[str]) -> bool:
+    try:
+        props = json.loads(Path(folder, "_asset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(props, dict) and props.get("creator_type") == "script"
+
+
+def user_files(root: Path) -> dict[str, str]:
+    """Every file a person put under ``root`` (not what scripts made) -> content digest."""
+    out: dict[str, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        if _is_script_asset(dirpath):
+            dirs[:] = []
+            continue
+        for name in files:
+            data = Path(dirpath, name).read_bytes()
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (
+                hashlib.blake2b(data, digest_size=16).hexdigest())
+    return out
+
+
+def oracle(work: Path, project_name: str, scratch: Path) -> dict[str, tuple[dict[str, Any], bytes | None]]:
+    """The oracle: the derived assets (:func:`derived_assets`) of a fresh full ``thot run``,
+    with a fresh state db, of a copy of ``work`` without what scripts made. Whatever brought
+    ``work/project_name`` to its state (incremental runs, a daemon, crashes) must match it."""
+    if scratch.exists():
+        shutil.rmtree(scratch)
+
+    def made_by_scripts(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if os.path.isdir(os.path.join(folder, n))
+                and _is_script_asset(os.path.join(folder, n))]
+
+    shutil.copytree(work, scratch, ignore=made_by_scripts)
+    code, report = run_json(scratch / "oracle.sqlite3", scratch / project_name, "--jobs", "2")
+    assert code == 0, f"oracle run failed: {report}"
+    return derived_assets(scratch / project_name)

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemonkit import Daemon, add_sample, wait_for
+from corekit import add_sample, wait_for
+from daemonkit import Daemon
 
 
 def _runs_by_script(runs: list[dict]) -> list[tuple[str, str]]:
@@ -21,7 +22,8 @@ def _runs_by_script(runs: list[dict]) -> list[tuple[str, str]]:
 def _register(daemon: Daemon, project: Path) -> None:
     res = daemon.ctl("add", str(project))
     assert res.returncode == 0, res.stderr
-    daemon.wait_quiet()
+    res = daemon.ctl("wait", "--timeout", "120", timeout=150)
+    assert res.returncode == 0, f"not quiet: {res.stdout} {res.stderr}\n{daemon.output()[-3000:]}"
 
 
 def test_not_running_exit_code_3(daemon: Daemon) -> None:

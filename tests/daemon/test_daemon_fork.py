@@ -8,7 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from daemonkit import Daemon, wait_for
+from corekit import wait_for
+from daemonkit import Daemon
 
 #: Writes whether the library was loaded before the script imported anything: only a
 #: forked run has it (the server preimported it), then its pid.

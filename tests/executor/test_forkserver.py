@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from corekit import group_dead, wait_until
+from corekit import await_for, group_dead, wait_for
 
 from thotd.executor.forkserver.client import LOST_RETURNCODE, ForkServer, startup_vars
 from thotd.executor.process import (
@@ -515,7 +515,7 @@ time.sleep(1000)
 
 
 def read_pid(path: Path) -> int:
-    assert wait_until(lambda: path.exists() and path.read_text().strip().isdigit())
+    assert wait_for(lambda: path.exists() and path.read_text().strip().isdigit())
     return int(path.read_text().strip())
 
 
@@ -536,7 +536,7 @@ def test_timeout_kills_the_group(
     assert (res.status, res.signal) == ("timeout", signal.SIGTERM), res
     assert (tmp_path / "started").exists()
     pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid)), "processes of the run are left"
+    assert wait_for(lambda: group_dead(pgid)), "processes of the run are left"
 
 
 def test_leftover_is_ended(
@@ -552,7 +552,7 @@ def test_leftover_is_ended(
     assert res.status == "ok"
     assert time.monotonic() - t0 < 1.5  # neither the sleep's 100 s nor the 5 s grace
     pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid)), "leftover child was not killed"
+    assert wait_for(lambda: group_dead(pgid)), "leftover child was not killed"
 
 
 def test_cancel_from_another_thread(server: ForkServer, tmp_path: Path) -> None:
@@ -566,13 +566,13 @@ def test_cancel_from_another_thread(server: ForkServer, tmp_path: Path) -> None:
         target=lambda: results.append(run_sync(spec, cancel, forkserver=server))
     )
     worker.start()
-    assert wait_until(lambda: (tmp_path / "started").exists())
+    assert wait_for(lambda: (tmp_path / "started").exists())
     cancel.set()
     worker.join(DEADLINE_S)
     assert not worker.is_alive()
     assert (results[0].status, results[0].signal) == ("killed", signal.SIGTERM)
     assert server.forked == before + 1
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 def test_log_cap_in_fork_mode(server: ForkServer, tmp_path: Path) -> None:
@@ -728,7 +728,7 @@ def test_forked_process_is_popen_like(server: ForkServer, tmp_path: Path) -> Non
     finally:
         os.close(fd)  # the run has its own copy
     assert proc is not None and proc.args == [str(script)]
-    assert wait_until(lambda: (tmp_path / "started").exists())
+    assert wait_for(lambda: (tmp_path / "started").exists())
     assert proc.poll() is None and proc.returncode is None
     with pytest.raises(subprocess.TimeoutExpired):
         proc.wait(timeout=0.05)
@@ -756,10 +756,10 @@ def test_server_killed_mid_run_does_not_hang_the_waiter(tmp_path: Path) -> None:
         spec = spec_for(script, tmp_path / "w.log", timeout_s=None)
         worker = threading.Thread(target=lambda: results.append(run_forked(fs, spec)))
         worker.start()
-        assert wait_until(lambda: (tmp_path / "started").exists())
+        assert wait_for(lambda: (tmp_path / "started").exists())
         assert fs.server_pid is not None
         os.kill(fs.server_pid, signal.SIGKILL)
-        assert wait_until(lambda: not fs.ready())
+        assert wait_for(lambda: not fs.ready())
         (tmp_path / "go").touch()
         worker.join(DEADLINE_S)
         assert not worker.is_alive(), "the run's waiter hangs"
@@ -804,7 +804,7 @@ def test_a_hung_server_is_given_up_and_the_run_is_execed(
                 return True
             return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
 
-        assert wait_until(dead), "the hung server was not killed"
+        assert wait_for(dead), "the hung server was not killed"
         fs.close()
         assert pid_gone(pid)
     finally:
@@ -855,13 +855,6 @@ def run_async_forked(
     return res
 
 
-async def await_until(cond: Callable[[], bool]) -> None:
-    end = time.monotonic() + DEADLINE_S
-    while not cond():
-        assert time.monotonic() < end, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 def test_async_fork_path_is_taken(server: ForkServer, tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("import sys\nprint('thot.thot' in sys.modules)\n")
@@ -892,7 +885,7 @@ def test_async_cancel_event_gives_killed(server: ForkServer, tmp_path: Path) -> 
     async def main() -> ProcResult:
         cancel = asyncio.Event()
         task = asyncio.create_task(run_async(spec, cancel, forkserver=server))
-        await await_until((tmp_path / "started").exists)
+        await await_for((tmp_path / "started").exists)
         cancel.set()
         return await asyncio.wait_for(task, DEADLINE_S)
 
@@ -900,7 +893,7 @@ def test_async_cancel_event_gives_killed(server: ForkServer, tmp_path: Path) -> 
     res = asyncio.run(main())
     assert (res.status, res.signal) == ("killed", signal.SIGTERM)
     assert server.forked == before + 1
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 def test_async_task_cancellation_stops_the_group(server: ForkServer, tmp_path: Path) -> None:
@@ -910,7 +903,7 @@ def test_async_task_cancellation_stops_the_group(server: ForkServer, tmp_path: P
 
     async def main() -> None:
         task = asyncio.create_task(run_async(spec, forkserver=server))
-        await await_until((tmp_path / "started").exists)
+        await await_for((tmp_path / "started").exists)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, DEADLINE_S)
@@ -918,7 +911,7 @@ def test_async_task_cancellation_stops_the_group(server: ForkServer, tmp_path: P
     before = server.forked
     asyncio.run(main())
     assert server.forked == before + 1
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 def test_async_pgid_file_lets_end_leftovers_find_a_forked_run(
@@ -934,7 +927,7 @@ def test_async_pgid_file_lets_end_leftovers_find_a_forked_run(
 
     async def main() -> tuple[ProcResult, int, int]:
         task = asyncio.create_task(run_async(spec, forkserver=server))
-        await await_until((tmp_path / "started").exists)
+        await await_for((tmp_path / "started").exists)
         pgid = int(pgid_file.read_text().split()[0])
         assert f"THOT_RECORD={record}".encode() not in Path(f"/proc/{pgid}/environ").read_bytes()
         ended = await asyncio.to_thread(end_leftovers, [record], 5.0)
@@ -945,7 +938,7 @@ def test_async_pgid_file_lets_end_leftovers_find_a_forked_run(
     assert server.forked == before + 1
     assert ended == 1
     assert (res.status, res.signal) == ("failed", signal.SIGTERM)
-    assert wait_until(lambda: group_dead(pgid))
+    assert wait_for(lambda: group_dead(pgid))
     assert not pgid_file.exists()
 
 

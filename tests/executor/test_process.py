@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from corekit import group_dead, wait_until
+from corekit import group_dead, wait_for
 
 from thotd.executor.process import ProcResult, RunSpec, run_async, run_sync, script_env
 
@@ -64,7 +64,7 @@ def make_spec(tmp_path: Path, script: Path, **kw: object) -> RunSpec:
 
 def read_pid(path: Path) -> int:
     """Wait for a script to publish its pid (= its process group id) and return it."""
-    assert wait_until(lambda: path.exists() and path.read_text().strip().isdigit())
+    assert wait_for(lambda: path.exists() and path.read_text().strip().isdigit())
     return int(path.read_text().strip())
 
 
@@ -227,7 +227,7 @@ def test_timeout_kills_whole_group(tmp_path: Path) -> None:
     assert res.status == "timeout" and "timed out" in res.message
     assert (tmp_path / "started").exists()  # the grandchildren had been started
     pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_gone(pgid)), "processes of the run are left"
+    assert wait_for(lambda: group_gone(pgid)), "processes of the run are left"
 
 
 def test_timeout_escalates_to_sigkill(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_timeout_escalates_to_sigkill(tmp_path: Path) -> None:
     res = run_sync(make_spec(tmp_path, script, timeout_s=1.0, grace_s=0.5))
     assert res.status == "timeout" and res.signal == signal.SIGKILL
     pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid))
+    assert wait_for(lambda: group_dead(pgid))
 
 
 def test_fork_and_exit_returns_promptly(tmp_path: Path) -> None:
@@ -247,7 +247,7 @@ def test_fork_and_exit_returns_promptly(tmp_path: Path) -> None:
     # Neither the leftover's 100 s, nor the 5 s grace, nor init's lazy reaping of zombies.
     assert time.monotonic() - t0 < 1.5
     pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid)), "leftover child was not killed"
+    assert wait_for(lambda: group_dead(pgid)), "leftover child was not killed"
 
 
 def test_leftover_ignoring_term_is_killed_after_grace(tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ def test_leftover_ignoring_term_is_killed_after_grace(tmp_path: Path) -> None:
     assert res.status == "ok" and res.duration_s < 2.0
     assert time.monotonic() - t0 < 0.5 + 3.0
     pgid = read_pid(tmp_path / "pid")
-    assert wait_until(lambda: group_dead(pgid))
+    assert wait_for(lambda: group_dead(pgid))
 
 
 def test_sync_cancel_from_other_thread(tmp_path: Path) -> None:
@@ -270,12 +270,12 @@ def test_sync_cancel_from_other_thread(tmp_path: Path) -> None:
         target=lambda: results.append(run_sync(make_spec(tmp_path, script, timeout_s=None), cancel))
     )
     worker.start()
-    assert wait_until(lambda: (tmp_path / "started").exists())
+    assert wait_for(lambda: (tmp_path / "started").exists())
     cancel.set()
     worker.join(DEADLINE_S)
     assert not worker.is_alive()
     assert results[0].status == "killed"
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 # -- log cap -----------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def test_async_timeout(tmp_path: Path) -> None:
     script = write_script(tmp_path / "hang.sh", GROUP_SCRIPT.format(trap=""))
     res = asyncio.run(run_async(make_spec(tmp_path, script, timeout_s=1.0)))
     assert res.status == "timeout"
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 def test_async_cancel_kills_group(tmp_path: Path) -> None:
@@ -367,7 +367,7 @@ def test_async_cancel_kills_group(tmp_path: Path) -> None:
 
     res = asyncio.run(main())
     assert res.status == "killed" and res.signal == signal.SIGTERM
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 def test_async_task_cancellation_stops_group(tmp_path: Path) -> None:
@@ -384,7 +384,7 @@ def test_async_task_cancellation_stops_group(tmp_path: Path) -> None:
             await task
 
     asyncio.run(main())
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))
 
 
 def test_cancelling_a_run_during_its_timeout_grace_kills_at_once(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""The fault suite's fixtures and the hook that writes ``docs/reliability.md``.
+"""The fault suite's fixtures and the hook that writes its reliability table.
 
-The table is written only when every fault test of the session ran (a ``-k`` selection or
-an ``-x`` stop would leave rows out); ``THOTD_FAULTS_REPORT=PATH`` writes a partial run's
-table elsewhere.
+The table goes to the session's build folder, never into the checkout: ``THOTD_FAULTS_REPORT``
+when set, else pytest's base temporary folder; its path is printed at the end of the session.
+A session that did not run every fault test (a ``-k`` selection, an ``-x`` stop) marks its
+table partial. ``docs/reliability.md`` is refreshed only by the command in ``report.py``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from daemonkit import Daemon, make_daemon
 
-from ._faults import PROFILE, REPO, REPORT, Daemon, Report, make_daemon, pick
+from .report import PROFILE, REPORT, REPORT_VAR, Report, pick
 
 HERE = Path(__file__).resolve().parent
 _outcomes: dict[str, str] = {}
 _finished: set[str] = set()
 _deselected: list[str] = []
+_written: list[str] = []  # where the session's table went, for the summary
+_build: list[Path] = []  # the session's base temporary folder, once a test asked for the report
 _t0 = time.monotonic()
 
 
@@ -29,8 +33,10 @@ def _ours(nodeid_or_path: str | os.PathLike[str]) -> bool:
 
 
 @pytest.fixture(scope="session")
-def reliability() -> Report:
+def reliability(tmp_path_factory: pytest.TempPathFactory) -> Report:
     """The session's collector: ``row = reliability.row("fault")`` then fill it in."""
+    if not _build:
+        _build.append(tmp_path_factory.getbasetemp())
     return REPORT
 
 
@@ -77,16 +83,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     files = {p.name for p in HERE.glob("test_*.py")}
     ran = {n.split("::")[0].rsplit("/", 1)[-1] for n in ours}
     complete = files <= ran and not _deselected and all(n in _finished for n in ours)
-    override = os.environ.get("THOTD_FAULTS_REPORT")
-    target = Path(override) if override else (REPO / "docs" / "reliability.md" if complete else None)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if target is None:
-        if reporter is not None:
-            reporter.write_line(
-                "fault suite: partial run, docs/reliability.md left as it was "
-                "(set THOTD_FAULTS_REPORT=PATH to write this run's table)")
-        return
+    override = os.environ.get(REPORT_VAR)
+    target = Path(override) if override else _build[0] / "reliability.md"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(REPORT.markdown(time.monotonic() - _t0, _outcomes))
-    if reporter is not None:
-        reporter.write_line(f"fault suite ({PROFILE} profile): wrote {target}")
+    target.write_text(REPORT.markdown(time.monotonic() - _t0, _outcomes, complete))
+    kind = "" if complete else "partial "
+    _written.append(f"fault suite ({PROFILE} profile): {kind}table in {target}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _written:
+        terminalreporter.write_sep("-", "reliability report")
+        terminalreporter.write_line(line)

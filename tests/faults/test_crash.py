@@ -25,6 +25,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from ._faults import (
     Daemon,
@@ -109,21 +110,119 @@ def _wal_changes(db: Path, count: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def _crash_project(work: Path) -> Path:
+    """A 2×2 G×S project with slowed scripts and a long run beside group-0's own: it is
+    still running when a kill comes, and its process must not outlive the daemon into the
+    restart."""
+    project = make_gs(work, 2, 2)
+    for name in ("sample.py", "group.py"):
+        script = work / "analysis" / name
+        script.write_text(SLOW + script.read_text())
+    (work / "analysis" / "slow.py").write_text(LONG_RUN)
+    (project / "group-0" / "_scripts.json").write_text(json.dumps([
+        {"script": "root:/../analysis/group.py"},
+        {"script": "root:/../analysis/slow.py", "priority": 1}]))
+    return project
+
+
+def _running_or_quiet(fd: Daemon) -> str | None:
+    st = fd.status()
+    if any(p["running"] for p in st["projects"]):
+        return "running"
+    return "quiet" if st["quiet"] else None
+
+
+def _edit_then_wait_for_the_moment(fd: Daemon, rng: random.Random, work: Path, phase: str,
+                                   cycle: int, info: dict[str, int]) -> tuple[str, dict[str, str]]:
+    """Edit the project, then wait for the phase's moment to kill the daemon (the fault's
+    own random delays). Returns what was edited and the user files it left."""
+    project = work / "project"
+    if phase == "startup":
+        fd.kill9()
+        what = _mutate(rng, project, cycle)
+        expected = user_files(work)
+        fd.start(check=False)
+        time.sleep(rng.uniform(0.2, 1.5))  # the fault: kill at a random point of start-up
+        info["mid"] += fd.answers()
+        return what, expected
+    what = _mutate(rng, project, cycle)
+    expected = user_files(work)
+    if phase == "settle":
+        time.sleep(rng.uniform(0.0, 0.1))  # the fault: inside the settle window
+    elif phase == "script":
+        info["mid"] += wait_for(lambda: _running_or_quiet(fd), 30, "a script to run", 0.005) == "running"
+        time.sleep(rng.uniform(0.0, 0.15))
+    else:
+        info["mid"] += _wal_changes(fd.state, rng.randint(1, 3))
+    return what, expected
+
+
+def _kill_and_restart(fd: Daemon, info: dict[str, int], problems: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    """Kill -9, check the state db as the crash left it, restart; the state db check and
+    the runs the kill cut off."""
+    fd.kill9()
+    orphans = tagged_processes(fd.tag)  # its scripts, in their own sessions
+    info["orphans"] += len(orphans)
+    db = db_check(fd.state, copy=True)
+    if db["integrity"] != "ok":
+        problems.append(f"integrity_check: {db['integrity']}")
+    cut = [k for k in db["running"] if os.path.isdir(k[0])]
+    info["cut"] += len(cut)
+    fd.start()
+    survivors = [p for p in orphans if p in tagged_processes(fd.tag)]
+    if survivors:
+        problems.append(f"scripts of cut-off runs still alive after restart: {survivors}")
+    fd.wait_quiet(180)
+    return db, cut
+
+
+def _check_recovered(fd: Daemon, work: Path, expected: dict[str, str], db: dict[str, Any],
+                     cut: list[Any], info: dict[str, int], problems: list[str]) -> None:
+    """What the person wrote is intact; what scripts derive equals a fresh full run; every
+    cut-off run ran again; the state and the project are healthy."""
+    project = work / "project"
+    now = user_files(work)
+    if now != expected:
+        changed = sorted(set(now.items()) ^ set(expected.items()))[:5]
+        problems.append(f"user files differ: {changed}")
+    got = derived_assets(project)
+    want = oracle(work, "project", work.parent / "oracle")
+    if got != want:
+        diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))[:5]
+        problems.append(f"derived assets differ from a fresh run: {diff}")
+    history = fd.runs()
+    for container, script in cut:
+        again = [r for r in history if r["id"] > db["history"]
+                 and r["container"] == container and r["script"] == script]
+        if again:
+            info["rerun"] += 1
+        else:
+            problems.append(f"cut-off run not rerun: {container} {script}")
+    after = db_check(fd.state)
+    if after["running"] or after["integrity"] != "ok":
+        problems.append(f"after restart: {after}")
+    st = fd.project(project)
+    if st["error"] or st["invalid"]:
+        problems.append(f"project unhealthy after restart: {st['error']} {st['invalid']}")
+
+
+def _notes(phase: str, i: dict[str, int], seed: int) -> str:
+    moment = {"settle": "killed 0-100 ms after the edit",
+              "script": f"{i['mid']} kills with a script running",
+              "state": f"{i['mid']} kills within ~1 ms of a WAL write",
+              "startup": f"{i['mid']} kills after the socket answered, the rest before"}[phase]
+    return (f"{moment}; runs cut off: {i['cut']}, run again: {i['rerun']}; "
+            f"integrity_check ok, user files and derived assets = fresh `thot run`; "
+            f"{i['orphans']} script processes outlived the kill, all ended by the restart; "
+            f"seed {seed}")
+
+
 def test_kill9_at_random_moments(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
     cycles = pick(10, 50)
     seed = int(os.environ.get("THOTD_FAULTS_SEED", "20261125"))
     rng = random.Random(seed)
     work = tmp_path / "work"
-    project = make_gs(work, 2, 2)
-    for name in ("sample.py", "group.py"):
-        script = work / "analysis" / name
-        script.write_text(SLOW + script.read_text())
-    # A long run beside group-0's own: it is still running when a kill comes, and its
-    # process must not outlive the daemon into the restart.
-    (work / "analysis" / "slow.py").write_text(LONG_RUN)
-    (project / "group-0" / "_scripts.json").write_text(json.dumps([
-        {"script": "root:/../analysis/group.py"},
-        {"script": "root:/../analysis/slow.py", "priority": 1}]))
+    project = _crash_project(work)
     rows = {phase: reliability.row(NAMES[phase]) for phase in PHASES}
     details: dict[str, dict[str, int]] = {p: {"cut": 0, "rerun": 0, "orphans": 0, "mid": 0} for p in PHASES}
     losses: list[str] = []
@@ -135,66 +234,9 @@ def test_kill9_at_random_moments(fd: Daemon, tmp_path: Path, reliability: Report
         row, info = rows[phase], details[phase]
         problems: list[str] = []
         with Prober(fd.socket, allow_down=True) as prober:
-            if phase == "startup":
-                fd.kill9()
-                what = _mutate(rng, project, cycle)
-                expected = user_files(work)
-                fd.start(check=False)
-                time.sleep(rng.uniform(0.2, 1.5))  # the fault: kill at a random point of start-up
-                info["mid"] += fd.answers()
-            else:
-                what = _mutate(rng, project, cycle)
-                expected = user_files(work)
-                if phase == "settle":
-                    time.sleep(rng.uniform(0.0, 0.1))  # the fault: inside the settle window
-                elif phase == "script":
-                    def state() -> str | None:
-                        st = fd.status()
-                        if any(p["running"] for p in st["projects"]):
-                            return "running"
-                        return "quiet" if st["quiet"] else None
-
-                    info["mid"] += wait_for(state, 30, "a script to run", 0.005) == "running"
-                    time.sleep(rng.uniform(0.0, 0.15))
-                else:
-                    info["mid"] += _wal_changes(fd.state, rng.randint(1, 3))
-            fd.kill9()
-            orphans = tagged_processes(fd.tag)  # its scripts, in their own sessions
-            info["orphans"] += len(orphans)
-            db = db_check(fd.state, copy=True)
-            if db["integrity"] != "ok":
-                problems.append(f"integrity_check: {db['integrity']}")
-            cut = [k for k in db["running"] if os.path.isdir(k[0])]
-            info["cut"] += len(cut)
-            fd.start()
-            survivors = [p for p in orphans if p in tagged_processes(fd.tag)]
-            if survivors:
-                problems.append(f"scripts of cut-off runs still alive after restart: {survivors}")
-            fd.wait_quiet(180)
-        # What the person wrote is intact; what scripts derive equals a fresh full run.
-        now = user_files(work)
-        if now != expected:
-            changed = sorted(set(now.items()) ^ set(expected.items()))[:5]
-            problems.append(f"user files differ: {changed}")
-        got = derived_assets(project)
-        want = oracle(work, "project", tmp_path / "oracle")
-        if got != want:
-            diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))[:5]
-            problems.append(f"derived assets differ from a fresh run: {diff}")
-        history = fd.runs()
-        for container, script in cut:
-            again = [r for r in history if r["id"] > db["history"]
-                     and r["container"] == container and r["script"] == script]
-            if again:
-                info["rerun"] += 1
-            else:
-                problems.append(f"cut-off run not rerun: {container} {script}")
-        after = db_check(fd.state)
-        if after["running"] or after["integrity"] != "ok":
-            problems.append(f"after restart: {after}")
-        st = fd.project(project)
-        if st["error"] or st["invalid"]:
-            problems.append(f"project unhealthy after restart: {st['error']} {st['invalid']}")
+            what, expected = _edit_then_wait_for_the_moment(fd, rng, work, phase, cycle, info)
+            db, cut = _kill_and_restart(fd, info, problems)
+        _check_recovered(fd, work, expected, db, cut, info, problems)
         if prober.failures:
             problems.append(f"status failed while up: {prober.failures[:3]}")
         row.tries += 1
@@ -203,14 +245,5 @@ def test_kill9_at_random_moments(fd: Daemon, tmp_path: Path, reliability: Report
             row.lost += 1
             losses.append(f"cycle {cycle} ({phase}, {what}): {problems}")
     for phase in PHASES:
-        i = details[phase]
-        moment = {"settle": "killed 0-100 ms after the edit",
-                  "script": f"{i['mid']} kills with a script running",
-                  "state": f"{i['mid']} kills within ~1 ms of a WAL write",
-                  "startup": f"{i['mid']} kills after the socket answered, the rest before"}[phase]
-        rows[phase].notes = (
-            f"{moment}; runs cut off: {i['cut']}, run again: {i['rerun']}; "
-            f"integrity_check ok, user files and derived assets = fresh `thot run`; "
-            f"{i['orphans']} script processes outlived the kill, all ended by the restart; "
-            f"seed {seed}")
+        rows[phase].notes = _notes(phase, details[phase], seed)
     assert not losses, "\n".join(losses)

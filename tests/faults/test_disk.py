@@ -10,6 +10,7 @@ suite may run as root), so a ``chmod 000`` folder really is unreadable to it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import stat
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +123,31 @@ def until(cond: Callable[[], Any], what: str, timeout: float = 120) -> Any:
     return wait_for(cond, timeout, what, 0.05)
 
 
-def test_bad_input_on_disk(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
-    fd.prefix = _can_drop_dac()
+@dataclass(frozen=True)
+class Scene:
+    """The projects the faults are applied to, watched by one daemon."""
+
+    fd: Daemon
+    good: Path  # healthy: its chain must rerun after every fault
+    bad: Path  # receives the faults
+    doomed: Path  # deleted while watched
+    moving: Path  # moved away while watched
+    tmp: Path
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One row: ``inject(scene)`` applies the fault, ``check(scene, what_inject_returned)``
+    returns None when it was handled as expected, else what went wrong."""
+
+    title: str
+    inject: Callable[[Scene], Any]
+    check: Callable[[Scene, Any], str | None]
+    notes: str
+
+
+def _scene(fd: Daemon, tmp_path: Path) -> Scene:
+    """Start the daemon on the four projects and let it settle."""
     work = tmp_path / "work"
     good = make_gs(work, 2, 1)
     bad = work / "bad"
@@ -137,272 +162,306 @@ def test_bad_input_on_disk(fd: Daemon, tmp_path: Path, reliability: Report) -> N
     for project in (good, bad, doomed, moving):
         fd.add(project, wait=False)
     fd.wait_quiet(300)
-    f = Faults(fd, good, reliability)
+    return Scene(fd, good, bad, doomed, moving, tmp_path)
 
-    # -- malformed JSON ----------------------------------------------------------------
-    def malformed() -> Path:
-        s = _sample(bad, "malformed")
-        path = s / "raw" / "_asset.json"
-        path.write_text('{"type": "raw",\n  "file": ')
-        return path
 
-    def malformed_ok(path: Path) -> str | None:
-        hits = until(lambda: [e for e in _invalid(fd, bad) if e["file"] == str(path)],
-                     "the error in status")
-        if hits[0]["line"] != 2 or "JSON" not in hits[0]["reason"]:
-            return f"unclear error for {path}: {hits}"
-        sample = str(path.parent.parent)
-        if sample not in {b["container"] for b in fd.project(bad)["blocked"]}:
-            return "the sample's run was not held"
-        path.write_text('{"type": "raw", "file": "data.csv"}')
-        until(lambda: not _errors_below(fd, bad, path.parent), "the fix to be seen")
-        until((path.parent.parent / "stats" / "stats.txt").exists, "the fixed sample to run")
-        return None
+def _malformed(sc: Scene) -> Path:
+    bad = sc.bad
+    s = _sample(bad, "malformed")
+    path = s / "raw" / "_asset.json"
+    path.write_text('{"type": "raw",\n  "file": ')
+    return path
 
-    f.run("malformed JSON in an object file", malformed, malformed_ok,
-          "shown in status with file, line and column; runs above it held; fixed file runs")
 
-    # -- wrong types --------------------------------------------------------------------
-    def wrong_types() -> Path:
-        s = _sample(bad, "wrongtypes")
-        (s / "_container.json").write_text(json.dumps({"tags": "x", "metadata": [1], "name": 5}))
-        (s / "_scripts.json").write_text(json.dumps([{"script": 3, "priority": "high"}]))
-        return s
+def _malformed_ok(sc: Scene, path: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    hits = until(lambda: [e for e in _invalid(fd, bad) if e["file"] == str(path)],
+                 "the error in status")
+    if hits[0]["line"] != 2 or "JSON" not in hits[0]["reason"]:
+        return f"unclear error for {path}: {hits}"
+    sample = str(path.parent.parent)
+    if sample not in {b["container"] for b in fd.project(bad)["blocked"]}:
+        return "the sample's run was not held"
+    path.write_text('{"type": "raw", "file": "data.csv"}')
+    until(lambda: not _errors_below(fd, bad, path.parent), "the fix to be seen")
+    until((path.parent.parent / "stats" / "stats.txt").exists, "the fixed sample to run")
+    return None
 
-    def wrong_types_ok(s: Path) -> str | None:
-        want = {"tags", "metadata", "name", "[0].script", "[0].priority"}
 
-        def fields() -> set[str]:
-            return {e["field"] for e in _invalid(fd, bad) if e["file"].startswith(str(s))}
+def _wrong_types(sc: Scene) -> Path:
+    bad = sc.bad
+    s = _sample(bad, "wrongtypes")
+    (s / "_container.json").write_text(json.dumps({"tags": "x", "metadata": [1], "name": 5}))
+    (s / "_scripts.json").write_text(json.dumps([{"script": 3, "priority": "high"}]))
+    return s
 
-        try:
-            until(lambda: want <= fields(), "every bad field in status")
-        except AssertionError:
-            return f"fields reported {fields()}, wanted {want}"
-        shutil.rmtree(s)
-        until(lambda: not _errors_below(fd, bad, s), "the error to go with the folder")
-        return None
 
-    f.run("wrong types in object files", wrong_types, wrong_types_ok,
-          "every bad field named by its JSON path")
+def _wrong_types_ok(sc: Scene, s: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    want = {"tags", "metadata", "name", "[0].script", "[0].priority"}
 
-    # -- huge object file ---------------------------------------------------------------
-    def huge() -> Path:
-        s = bad / "huge"
-        s.mkdir()
-        blob = json.dumps({"type": "raw", "file": "d.csv", "description": "x" * (HUGE_MB << 20)})
-        (s / "_asset.json").write_text(blob)
-        (s / "d.csv").write_text("1\n")
-        return s
+    def fields() -> set[str]:
+        return {e["field"] for e in _invalid(fd, bad) if e["file"].startswith(str(s))}
 
-    def huge_ok(s: Path) -> str | None:
-        try:  # while it is being written it may first show as cut JSON
-            until(lambda: [e for e in _invalid(fd, bad) if e["file"].startswith(str(s))
-                           and "MiB" in e["reason"]], "the huge file's error")
-        except AssertionError:
-            return f"no clear error: {_invalid(fd, bad)}"
-        shutil.rmtree(s)
-        until(lambda: not _errors_below(fd, bad, s), "the error to go with the folder")
-        return None
+    try:
+        until(lambda: want <= fields(), "every bad field in status")
+    except AssertionError:
+        return f"fields reported {fields()}, wanted {want}"
+    shutil.rmtree(s)
+    until(lambda: not _errors_below(fd, bad, s), "the error to go with the folder")
+    return None
 
-    f.run(f"huge object file ({HUGE_MB} MiB _asset.json)", huge, huge_ok,
-          "refused with a clear error (limit 16 MiB), not parsed on the loop")
 
-    # -- an object file that is not a regular file ------------------------------------------
-    def fifo() -> Path:
-        s = bad / "fifo"
-        s.mkdir()
-        os.mkfifo(s / "_asset.json")
-        return s
+def _huge(sc: Scene) -> Path:
+    bad = sc.bad
+    s = bad / "huge"
+    s.mkdir()
+    blob = json.dumps({"type": "raw", "file": "d.csv", "description": "x" * (HUGE_MB << 20)})
+    (s / "_asset.json").write_text(blob)
+    (s / "d.csv").write_text("1\n")
+    return s
 
-    def fifo_ok(s: Path) -> str | None:
-        hits = until(lambda: [e for e in _invalid(fd, bad) if e["file"].startswith(str(s))],
-                     "the pipe's error")
-        if "regular" not in hits[0]["reason"]:
-            return f"unclear error: {hits}"
-        shutil.rmtree(s)
-        until(lambda: not _errors_below(fd, bad, s), "the error to go with the folder")
-        return None
 
-    f.run("object file that is a named pipe", fifo, fifo_ok,
-          "refused as not a regular file; no reader blocks on it")
+def _huge_ok(sc: Scene, s: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    try:  # while it is being written it may first show as cut JSON
+        until(lambda: [e for e in _invalid(fd, bad) if e["file"].startswith(str(s))
+                       and "MiB" in e["reason"]], "the huge file's error")
+    except AssertionError:
+        return f"no clear error: {_invalid(fd, bad)}"
+    shutil.rmtree(s)
+    until(lambda: not _errors_below(fd, bad, s), "the error to go with the folder")
+    return None
 
-    # -- deep tree ----------------------------------------------------------------------
-    def deep() -> Path:
-        top = bad / "deep"
-        cur = top
-        for _ in range(DEEP):
-            cur.mkdir()
-            (cur / "_container.json").write_text("{}")
-            cur = cur / "d"
-        return top
 
-    def deep_ok(top: Path) -> str | None:
-        def found() -> int:
-            res = fd.rpc("query", {"project": str(bad), "start": str(bad), "kind": "container",
-                                   "search": {"name": "d"}})
-            return len(res["objects"])
+def _fifo(sc: Scene) -> Path:
+    bad = sc.bad
+    s = bad / "fifo"
+    s.mkdir()
+    os.mkfifo(s / "_asset.json")
+    return s
 
-        try:
-            until(lambda: found() == DEEP - 1, "the nested containers to be indexed")
-        except AssertionError:
-            st = fd.project(bad)
-            return f"query found {found()} of {DEEP - 1}; error={st['error']}"
-        if not fd.status()["watch_healthy"]:
-            return "the watcher's reader thread died"
-        subprocess.run(["rm", "-rf", str(top)], check=True)  # shutil.rmtree recurses too deep
-        until(lambda: found() == 0, "the deep tree to leave the index")
-        return None
 
-    f.run(f"deep tree ({DEEP} nested containers)", deep, deep_ok,
-          "indexed and searchable; the watcher's thread survives (it walks new folders); "
-          "deep paths make every file call slow, and the update runs on the daemon's loop")
+def _fifo_ok(sc: Scene, s: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    hits = until(lambda: [e for e in _invalid(fd, bad) if e["file"].startswith(str(s))],
+                 "the pipe's error")
+    if "regular" not in hits[0]["reason"]:
+        return f"unclear error: {hits}"
+    shutil.rmtree(s)
+    until(lambda: not _errors_below(fd, bad, s), "the error to go with the folder")
+    return None
 
-    # -- symlink loops ------------------------------------------------------------------
-    def loops() -> Path:
-        s = _sample(bad, "loops")
-        os.symlink("..", s / "up")
-        os.symlink(str(bad), s / "raw" / "root")
-        os.symlink("self", s / "self")
-        return s
 
-    def loops_ok(s: Path) -> str | None:
-        until((s / "stats" / "stats.txt").exists, "the sample beside the loops to run")
-        fd.wait_quiet(60)
+def _deep(sc: Scene) -> Path:
+    bad = sc.bad
+    top = bad / "deep"
+    cur = top
+    for _ in range(DEEP):
+        cur.mkdir()
+        (cur / "_container.json").write_text("{}")
+        cur = cur / "d"
+    return top
+
+
+def _deep_ok(sc: Scene, top: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    def found() -> int:
+        res = fd.rpc("query", {"project": str(bad), "start": str(bad), "kind": "container",
+                               "search": {"name": "d"}})
+        return len(res["objects"])
+
+    try:
+        until(lambda: found() == DEEP - 1, "the nested containers to be indexed")
+    except AssertionError:
         st = fd.project(bad)
-        if st["error"] or st["invalid"]:
-            return f"status: {st['error']} {st['invalid']}"
-        return None
+        return f"query found {found()} of {DEEP - 1}; error={st['error']}"
+    if not fd.status()["watch_healthy"]:
+        return "the watcher's reader thread died"
+    subprocess.run(["rm", "-rf", str(top)], check=True)  # shutil.rmtree recurses too deep
+    until(lambda: found() == 0, "the deep tree to leave the index")
+    return None
 
-    f.run("symlink loops (.., the root, a link to itself)", loops, loops_ok,
-          "links to folders are not followed; the sample beside them ran")
 
-    # -- names that are not UTF-8 -------------------------------------------------------
-    def not_utf8() -> bytes:
-        name = os.fsencode(bad) + b"/sample-\xff\xfe"
-        os.mkdir(name)
-        with open(name + b"/_container.json", "w") as fh:
-            fh.write("{}")
-        with open(name + b"/_scripts.json", "w") as fh:
-            fh.write(json.dumps([{"script": SAMPLE}]))
-        os.mkdir(name + b"/raw-\xe9")
-        with open(name + b"/raw-\xe9/_asset.json", "w") as fh:
-            fh.write(json.dumps({"type": "raw", "file": "data.csv"}))
-        with open(name + b"/raw-\xe9/data.csv", "w") as fh:
-            fh.write("value\n3\n")
-        return name
+def _loops(sc: Scene) -> Path:
+    bad = sc.bad
+    s = _sample(bad, "loops")
+    os.symlink("..", s / "up")
+    os.symlink(str(bad), s / "raw" / "root")
+    os.symlink("self", s / "self")
+    return s
 
-    def not_utf8_ok(name: bytes) -> str | None:
-        def outcome() -> str | None:
-            runs = [r for r in fd.runs() if os.fsencode(r["container"]) == name
-                    and r["status"] != "running"]
-            if runs:
-                return f"ran: {runs[0]['status']}"
-            blocked = [b for b in fd.project(bad)["blocked"] if os.fsencode(b["container"]) == name]
-            return f"held: {blocked[0]['reason']}" if blocked else None
 
-        try:
-            result = until(outcome, "the sample to run or be explained", 60)
-        except AssertionError:
-            return "neither ran nor explained"
-        for args in (("status",), ("runs",), ("plan",)):
-            # PYTHONIOENCODING: a strict UTF-8 stdout, as under a typical desktop locale.
-            text = fd.ctl(*args, env={"PYTHONIOENCODING": "utf-8"})
-            if text.returncode != 0:
-                return f"thotctl {args[0]} failed: {text.stderr[-500:]}"
-        shutil.rmtree(name)
-        return None if result == "ran: ok" or result.startswith("held") else result
+def _loops_ok(sc: Scene, s: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    until((s / "stats" / "stats.txt").exists, "the sample beside the loops to run")
+    fd.wait_quiet(60)
+    st = fd.project(bad)
+    if st["error"] or st["invalid"]:
+        return f"status: {st['error']} {st['invalid']}"
+    return None
 
-    f.run("folder names that are not UTF-8", not_utf8, not_utf8_ok,
-          "indexed with its bytes kept (surrogate escapes); its run is held with "
-          "'not a UTF-8 name' (run state is UTF-8 text); thotctl prints the bytes")
 
-    # -- permission denied --------------------------------------------------------------
-    def denied() -> Path:
-        s = _sample(bad, "denied")
-        fd.wait_quiet(120)
-        os.chmod(s, 0)
-        return s
+def _not_utf8(sc: Scene) -> bytes:
+    bad = sc.bad
+    name = os.fsencode(bad) + b"/sample-\xff\xfe"
+    os.mkdir(name)
+    with open(name + b"/_container.json", "w") as fh:
+        fh.write("{}")
+    with open(name + b"/_scripts.json", "w") as fh:
+        fh.write(json.dumps([{"script": SAMPLE}]))
+    os.mkdir(name + b"/raw-\xe9")
+    with open(name + b"/raw-\xe9/_asset.json", "w") as fh:
+        fh.write(json.dumps({"type": "raw", "file": "data.csv"}))
+    with open(name + b"/raw-\xe9/data.csv", "w") as fh:
+        fh.write("value\n3\n")
+    return name
 
-    def denied_ok(s: Path) -> str | None:
-        try:
-            until(lambda: [e for e in _invalid(fd, bad) if e["file"].startswith(str(s))],
-                  "an error for the unreadable folder", 60)
-        except AssertionError:
-            return f"no error shown for the unreadable folder: {_invalid(fd, bad)}"
-        finally:
-            os.chmod(s, stat.S_IRWXU)
-        until(lambda: not _errors_below(fd, bad, s), "the folder to be readable again")
-        shutil.rmtree(s)
-        return None
 
-    f.run("permission-denied folder (chmod 000)", denied, denied_ok,
-          "shown as unreadable, runs above it held rather than run without it")
+def _not_utf8_ok(sc: Scene, name: bytes) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    def outcome() -> str | None:
+        runs = [r for r in fd.runs() if os.fsencode(r["container"]) == name
+                and r["status"] != "running"]
+        if runs:
+            return f"ran: {runs[0]['status']}"
+        blocked = [b for b in fd.project(bad)["blocked"] if os.fsencode(b["container"]) == name]
+        return f"held: {blocked[0]['reason']}" if blocked else None
 
-    # -- an asset whose file is missing -------------------------------------------------
-    def missing() -> Path:
-        s = _sample(bad, "missing")
-        (s / "raw" / "_asset.json").write_text(json.dumps({"type": "raw", "file": "nope.csv"}))
-        return s
+    try:
+        result = until(outcome, "the sample to run or be explained", 60)
+    except AssertionError:
+        return "neither ran nor explained"
+    for args in (("status",), ("runs",), ("plan",)):
+        # PYTHONIOENCODING: a strict UTF-8 stdout, as under a typical desktop locale.
+        text = fd.ctl(*args, env={"PYTHONIOENCODING": "utf-8"})
+        if text.returncode != 0:
+            return f"thotctl {args[0]} failed: {text.stderr[-500:]}"
+    shutil.rmtree(name)
+    return None if result == "ran: ok" or result.startswith("held") else result
 
-    def missing_ok(s: Path) -> str | None:
-        fails = until(lambda: [x for x in fd.project(bad)["failures"] if x["container"] == str(s)],
-                      "the failure in status")
-        if "nope.csv" not in "\n".join(fails[0]["tail"]):
-            return f"failure not shown clearly: {fails}"
-        (s / "raw" / "nope.csv").write_text("value\n4\n")
-        until((s / "stats" / "stats.txt").exists, "the run to follow the file")
-        return None
 
-    f.run("asset whose data file is missing", missing, missing_ok,
-          "the script fails with the missing path in the log tail in status; "
-          "reruns when the file appears")
+def _denied(sc: Scene) -> Path:
+    fd, bad = sc.fd, sc.bad
+    s = _sample(bad, "denied")
+    fd.wait_quiet(120)
+    os.chmod(s, 0)
+    return s
 
-    # -- project root deleted / moved while watched ----------------------------------------
-    def delete_root() -> Path:
-        shutil.rmtree(doomed)
-        return doomed
 
-    def gone_ok(root: Path) -> str | None:
-        err = wait_for(lambda: fd.project(root)["error"], 30, "the project error")
-        return None if "gone" in err or "not" in err else f"unclear error: {err}"
+def _denied_ok(sc: Scene, s: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    try:
+        until(lambda: [e for e in _invalid(fd, bad) if e["file"].startswith(str(s))],
+              "an error for the unreadable folder", 60)
+    except AssertionError:
+        return f"no error shown for the unreadable folder: {_invalid(fd, bad)}"
+    finally:
+        os.chmod(s, stat.S_IRWXU)
+    until(lambda: not _errors_below(fd, bad, s), "the folder to be readable again")
+    shutil.rmtree(s)
+    return None
 
-    f.run("project root deleted while watched", delete_root, gone_ok,
-          "the project shows an error and stays registered")
 
-    def move_root() -> Path:
-        os.rename(moving, moving.with_name("project-moved"))
-        return moving
+def _missing(sc: Scene) -> Path:
+    bad = sc.bad
+    s = _sample(bad, "missing")
+    (s / "raw" / "_asset.json").write_text(json.dumps({"type": "raw", "file": "nope.csv"}))
+    return s
 
-    f.run("project root moved while watched", move_root, gone_ok,
-          "the project shows an error and stays registered")
 
-    # -- many files at once -------------------------------------------------------------
-    def bulk() -> int:
-        src = tmp_path / "bulk-src" / "bulk"
-        src.mkdir(parents=True)
-        (src / "_container.json").write_text(json.dumps({"type": "bulk"}))
-        assets = BULK_FILES // 2
-        for i in range(assets):
-            a = src / f"a{i:05d}"
-            a.mkdir()
-            (a / "_asset.json").write_text('{"type": "image", "file": "x.bin"}')
-            (a / "x.bin").write_bytes(b"\0" * 16)
-        before = fd.project(good)["objects"]
-        subprocess.run(["cp", "-r", str(src), str(good / "group-1")], check=True)
-        return before + assets + 1
+def _missing_ok(sc: Scene, s: Path) -> str | None:
+    fd, bad = sc.fd, sc.bad
+    fails = until(lambda: [x for x in fd.project(bad)["failures"] if x["container"] == str(s)],
+                  "the failure in status")
+    if "nope.csv" not in "\n".join(fails[0]["tail"]):
+        return f"failure not shown clearly: {fails}"
+    (s / "raw" / "nope.csv").write_text("value\n4\n")
+    until((s / "stats" / "stats.txt").exists, "the run to follow the file")
+    return None
 
-    def bulk_ok(expected: int) -> str | None:
-        try:
-            until(lambda: fd.project(good)["objects"] == expected, "every copied object", 180)
-        except AssertionError:
-            return f"{fd.project(good)['objects']} objects indexed, {expected} on disk"
-        res = fd.rpc("query", {"project": str(good), "start": str(good), "kind": "asset",
-                               "search": {"type": "image"}})
-        return None if len(res["objects"]) == BULK_FILES // 2 else "query misses copied assets"
 
-    f.run(f"{BULK_FILES:,} files copied in at once", bulk, bulk_ok,
-          "every object indexed (no lost events); nothing unrelated ran")
+def _delete_root(sc: Scene) -> Path:
+    doomed = sc.doomed
+    shutil.rmtree(doomed)
+    return doomed
 
+
+def _gone_ok(sc: Scene, root: Path) -> str | None:
+    fd = sc.fd
+    err = wait_for(lambda: fd.project(root)["error"], 30, "the project error")
+    return None if "gone" in err or "not" in err else f"unclear error: {err}"
+
+
+def _move_root(sc: Scene) -> Path:
+    moving = sc.moving
+    os.rename(moving, moving.with_name("project-moved"))
+    return moving
+
+
+def _bulk(sc: Scene) -> int:
+    fd, good, tmp_path = sc.fd, sc.good, sc.tmp
+    src = tmp_path / "bulk-src" / "bulk"
+    src.mkdir(parents=True)
+    (src / "_container.json").write_text(json.dumps({"type": "bulk"}))
+    assets = BULK_FILES // 2
+    for i in range(assets):
+        a = src / f"a{i:05d}"
+        a.mkdir()
+        (a / "_asset.json").write_text('{"type": "image", "file": "x.bin"}')
+        (a / "x.bin").write_bytes(b"\0" * 16)
+    before = fd.project(good)["objects"]
+    subprocess.run(["cp", "-r", str(src), str(good / "group-1")], check=True)
+    return before + assets + 1
+
+
+def _bulk_ok(sc: Scene, expected: int) -> str | None:
+    fd, good = sc.fd, sc.good
+    try:
+        until(lambda: fd.project(good)["objects"] == expected, "every copied object", 180)
+    except AssertionError:
+        return f"{fd.project(good)['objects']} objects indexed, {expected} on disk"
+    res = fd.rpc("query", {"project": str(good), "start": str(good), "kind": "asset",
+                           "search": {"type": "image"}})
+    return None if len(res["objects"]) == BULK_FILES // 2 else "query misses copied assets"
+
+
+FAULTS = [
+    Fault("malformed JSON in an object file", _malformed, _malformed_ok,
+          "shown in status with file, line and column; runs above it held; fixed file runs"),
+    Fault("wrong types in object files", _wrong_types, _wrong_types_ok,
+          "every bad field named by its JSON path"),
+    Fault(f"huge object file ({HUGE_MB} MiB _asset.json)", _huge, _huge_ok,
+          "refused with a clear error (limit 16 MiB), not parsed on the loop"),
+    Fault("object file that is a named pipe", _fifo, _fifo_ok,
+          "refused as not a regular file; no reader blocks on it"),
+    Fault(f"deep tree ({DEEP} nested containers)", _deep, _deep_ok,
+          "indexed and searchable; the watcher's thread survives (it walks new folders);"
+          " deep paths make every file call slow, and the update runs on the daemon's loop"),
+    Fault("symlink loops (.., the root, a link to itself)", _loops, _loops_ok,
+          "links to folders are not followed; the sample beside them ran"),
+    Fault("folder names that are not UTF-8", _not_utf8, _not_utf8_ok,
+          "indexed with its bytes kept (surrogate escapes); its run is held with " "'not a UTF-8 name' (run state is UTF-8 text); thotctl prints the bytes"),
+    Fault("permission-denied folder (chmod 000)", _denied, _denied_ok,
+          "shown as unreadable, runs above it held rather than run without it"),
+    Fault("asset whose data file is missing", _missing, _missing_ok,
+          "the script fails with the missing path in the log tail in status;"
+          " reruns when the file appears"),
+    Fault("project root deleted while watched", _delete_root, _gone_ok,
+          "the project shows an error and stays registered"),
+    Fault("project root moved while watched", _move_root, _gone_ok,
+          "the project shows an error and stays registered"),
+    Fault(f"{BULK_FILES:,} files copied in at once", _bulk, _bulk_ok,
+          "every object indexed (no lost events); nothing unrelated ran"),
+]
+
+
+def test_bad_input_on_disk(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
+    fd.prefix = _can_drop_dac()
+    scene = _scene(fd, tmp_path)
+    f = Faults(fd, scene.good, reliability)
+    for fault in FAULTS:
+        f.run(fault.title, functools.partial(fault.inject, scene),
+              functools.partial(fault.check, scene), fault.notes)
     assert fd.alive()
     assert not f.problems, "\n".join(f.problems)

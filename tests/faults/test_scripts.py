@@ -15,6 +15,7 @@ import os
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from ._faults import Daemon, Prober, Report, pick, tagged_processes, wait_for
 
@@ -134,6 +135,70 @@ def _watch_log_size(log_dir: Path, stop: threading.Event, seen: list[int]) -> No
         stop.wait(0.02)
 
 
+def _check_round(fd: Daemon, rnd: int, new: list[dict[str, Any]], lost: Counter[str],
+                 problems: list[str]) -> Counter[str]:
+    """Each run of a round recorded as expected, each script ran as often as allowed, no
+    process left behind; how often each script ran."""
+    counts = Counter(Path(r["script"]).stem for r in new)
+    for r in new:
+        name = Path(r["script"]).stem
+        status, code = EXPECTED[name]
+        if r["status"] != status or (code is not None and r["exit_code"] != code):
+            lost[name] += 1
+            problems.append(f"round {rnd}: {name} recorded {r['status']}/{r['exit_code']}, "
+                            f"expected {status}/{code}")
+    for name in EXPECTED:
+        if counts[name] < 1 or counts[name] > MAX_RUNS.get(name, 1):
+            lost[name] += 1
+            problems.append(f"round {rnd}: {name} ran {counts[name]} times")
+    server = fd.status()["fork"]["server_pid"]  # the daemon's fork server, not a run's
+    left = [p for p in tagged_processes(fd.tag) if p not in (fd.pid, server)]
+    if left:
+        problems.append(f"round {rnd}: processes left behind: {left}")
+        lost["forks"] += 1
+    return counts
+
+
+def _check_after(fd: Daemon, proj: Path, prober: Prober, lost: Counter[str],
+                 problems: list[str]) -> list[dict[str, Any]]:
+    """Status shows the failing script's output, logs kept to the cap, status answered
+    in time throughout; the chatty script's runs."""
+    st = fd.project(proj)
+    failures = {Path(f["script"]).stem: f for f in st["failures"]}
+    if "about to fail" not in "\n".join(failures.get("fails", {}).get("tail", [])):
+        problems.append(f"status does not show the failing script's output: {failures.get('fails')}")
+    chatty = [r for r in fd.runs() if Path(r["script"]).stem == "chatty"]
+    for r in chatty:
+        size = os.path.getsize(r["log"])
+        if size > LOG_CAP + 4096:
+            problems.append(f"chatty log is {size} bytes, cap {LOG_CAP}")
+            lost["chatty"] += 1
+    if prober.failures:
+        problems.append(f"status failed: {prober.failures[:3]}")
+    if prober.worst_ms >= 1000:
+        problems.append(f"status took {prober.worst_ms:.0f} ms")
+    return chatty
+
+
+def _notes(chatty: list[dict[str, Any]], sizes: list[int],
+           counts_per_round: list[Counter[str]]) -> dict[str, str]:
+    return {
+        "fails": "recorded failed, exit 3 / killed by SIGSEGV; log tail in status",
+        "hangs": "recorded timeout; SIGTERM, 1 s grace, SIGKILL to the group; nothing left",
+        "forks": "recorded ok; the children in its group were ended when it exited",
+        "chatty": (f"recorded ok; logs kept to {max((os.path.getsize(r['log']) for r in chatty), default=0)} "
+                   f"bytes, largest seen mid-run {max(sizes, default=0) // (1 << 20)} MiB"),
+        "outside": (f"recorded ok; the victim container's script reran at most "
+                    f"{max(c['victim'] for c in counts_per_round)}x per round, the root's "
+                    f"{max(c['root'] for c in counts_per_round)}x; no loop"),
+        "self_input": (f"recorded ok; ran {max(c['self_input'] for c in counts_per_round)}x per round "
+                       "(one automatic rerun, then stopped as a cycle); no loop"),
+        "bad_record": ("recorded ok; the damaged record makes the run depend on its whole "
+                       "subtree (coarse, never too little)"),
+        "query_flood": "recorded ok; other clients kept their answers",
+    }
+
+
 def test_misbehaving_scripts(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
     rounds = pick(2, 5)
     base = tmp_path / "work"
@@ -164,24 +229,7 @@ def test_misbehaving_scripts(fd: Daemon, tmp_path: Path, reliability: Report) ->
             fd.wait_quiet(240)
             runs = sorted(fd.runs(), key=lambda r: r["id"])
             new, seen = [r for r in runs if r["id"] > seen], max([seen, *(r["id"] for r in runs)])
-            counts = Counter(Path(r["script"]).stem for r in new)
-            counts_per_round.append(counts)
-            for r in new:
-                name = Path(r["script"]).stem
-                status, code = EXPECTED[name]
-                if r["status"] != status or (code is not None and r["exit_code"] != code):
-                    lost[name] += 1
-                    problems.append(f"round {rnd}: {name} recorded {r['status']}/{r['exit_code']}, "
-                                    f"expected {status}/{code}")
-            for name in EXPECTED:
-                if counts[name] < 1 or counts[name] > MAX_RUNS.get(name, 1):
-                    lost[name] += 1
-                    problems.append(f"round {rnd}: {name} ran {counts[name]} times")
-            server = fd.status()["fork"]["server_pid"]  # the daemon's fork server, not a run's
-            left = [p for p in tagged_processes(fd.tag) if p not in (fd.pid, server)]
-            if left:
-                problems.append(f"round {rnd}: processes left behind: {left}")
-                lost["forks"] += 1
+            counts_per_round.append(_check_round(fd, rnd, new, lost, problems))
         # No loop: once quiet, the daemon stays quiet (checked for a few settle periods).
         total = len(fd.runs())
         for _ in range(10):
@@ -191,35 +239,8 @@ def test_misbehaving_scripts(fd: Daemon, tmp_path: Path, reliability: Report) ->
             lost["self_input"] += 1
     stop.set()
     sizer.join(5)
-    st = fd.project(proj)
-    failures = {Path(f["script"]).stem: f for f in st["failures"]}
-    if "about to fail" not in "\n".join(failures.get("fails", {}).get("tail", [])):
-        problems.append(f"status does not show the failing script's output: {failures.get('fails')}")
-    chatty = [r for r in fd.runs() if Path(r["script"]).stem == "chatty"]
-    for r in chatty:
-        size = os.path.getsize(r["log"])
-        if size > LOG_CAP + 4096:
-            problems.append(f"chatty log is {size} bytes, cap {LOG_CAP}")
-            lost["chatty"] += 1
-    if prober.failures:
-        problems.append(f"status failed: {prober.failures[:3]}")
-    if prober.worst_ms >= 1000:
-        problems.append(f"status took {prober.worst_ms:.0f} ms")
-    notes = {
-        "fails": "recorded failed, exit 3 / killed by SIGSEGV; log tail in status",
-        "hangs": "recorded timeout; SIGTERM, 1 s grace, SIGKILL to the group; nothing left",
-        "forks": "recorded ok; the children in its group were ended when it exited",
-        "chatty": (f"recorded ok; logs kept to {max((os.path.getsize(r['log']) for r in chatty), default=0)} "
-                   f"bytes, largest seen mid-run {max(sizes, default=0) // (1 << 20)} MiB"),
-        "outside": (f"recorded ok; the victim container's script reran at most "
-                    f"{max(c['victim'] for c in counts_per_round)}x per round, the root's "
-                    f"{max(c['root'] for c in counts_per_round)}x; no loop"),
-        "self_input": (f"recorded ok; ran {max(c['self_input'] for c in counts_per_round)}x per round "
-                       "(one automatic rerun, then stopped as a cycle); no loop"),
-        "bad_record": ("recorded ok; the damaged record makes the run depend on its whole "
-                       "subtree (coarse, never too little)"),
-        "query_flood": "recorded ok; other clients kept their answers",
-    }
+    chatty = _check_after(fd, proj, prober, lost, problems)
+    notes = _notes(chatty, sizes, counts_per_round)
     for title, names in ROWS.items():
         row = rows[title]
         row.tries = rounds

@@ -24,7 +24,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ._faults import Daemon, Prober, Report, RpcFailure, make_gs, pick, proc_memory, rpc, wait_for
+from ._faults import (
+    Daemon,
+    Prober,
+    Report,
+    Row,
+    RpcFailure,
+    make_gs,
+    pick,
+    proc_memory,
+    rpc,
+    wait_for,
+)
 
 STANDARD = {-32700, -32600, -32601, -32602, -32001, -32002}
 NOBODY = 65534
@@ -82,33 +93,40 @@ def _garbage(rng: random.Random, n: int) -> list[bytes]:
     return out[:n]
 
 
-def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
-    project = make_gs(tmp_path / "work", 1, 2)
-    fd.start()
-    fd.add(project)
-    methods = sorted(set(fd.rpc("hello")["methods"]) - {"stop", "subscribe", "wait"})
-    rng = random.Random(7)
-    problems: list[str] = []
-    base_rss = _rss_mib(fd)
+class Abuse:
+    """One daemon serving one project, abused phase by phase; each phase is a report row."""
 
-    def phase(title: str) -> tuple[Any, Prober]:
-        row = reliability.row(title)
-        prober = Prober(fd.socket, interval=0.1, timeout=10, pid=fd.pid)
+    def __init__(self, fd: Daemon, project: Path, reliability: Report) -> None:
+        self.fd = fd
+        self.project = project
+        self.reliability = reliability
+        self.methods = sorted(set(fd.rpc("hello")["methods"]) - {"stop", "subscribe", "wait"})
+        self.rng = random.Random(7)
+        self.problems: list[str] = []
+        self.base_rss = _rss_mib(fd)
+
+    def phase(self, title: str) -> tuple[Row, Prober]:
+        row = self.reliability.row(title)
+        prober = Prober(self.fd.socket, interval=0.1, timeout=10, pid=self.fd.pid)
         return row, prober
 
-    def close(row: Any, prober: Prober, tries: int, lost: int, note: str) -> None:
+    def close(self, row: Row, prober: Prober, tries: int, lost: int, note: str) -> None:
         prober.stop()
         row.tries, row.lost = tries, lost
         row.worst(prober)
-        row.notes = f"{note}; daemon RSS peak {prober.rss_max_kib / 1024:.0f} MiB (start {base_rss:.0f})"
+        row.notes = (f"{note}; daemon RSS peak {prober.rss_max_kib / 1024:.0f} MiB "
+                     f"(start {self.base_rss:.0f})")
         if prober.failures:
             row.lost += 1
-            problems.append(f"{row.fault}: status failed {prober.failures[:2]}")
+            self.problems.append(f"{row.fault}: status failed {prober.failures[:2]}")
         if lost:
-            problems.append(f"{row.fault}: {lost} lost; {note}")
-        assert fd.alive(), fd.output()[-3000:]
+            self.problems.append(f"{row.fault}: {lost} lost; {note}")
+        assert self.fd.alive(), self.fd.output()[-3000:]
 
-    # -- garbage ---------------------------------------------------------------------------
+
+def _garbage_requests(ab: Abuse) -> None:
+    """Garbage lines, each on a fresh connection, then fifty on one connection."""
+    fd, problems, rng, phase, close = ab.fd, ab.problems, ab.rng, ab.phase, ab.close
     lines = _garbage(rng, pick(300, 3000))
     row, prober = phase(f"garbage requests ({len(lines)} lines: random bytes, invalid UTF-8, "
                         "100k-deep nesting, bad JSON-RPC)")
@@ -136,7 +154,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
           "each answered with a JSON-RPC error (" + ", ".join(f"{c}×{n}" for c, n in sorted(codes.items()))
           + "); a good request after 50 bad ones on one connection answered")
 
-    # -- every method with random parameters (hypothesis) ---------------------------------
+
+def _random_params(ab: Abuse) -> None:
+    """Every method with random parameters (hypothesis)."""
+    fd, methods, phase, close = ab.fd, ab.methods, ab.phase, ab.close
     examples = pick(150, 1500)
     row, prober = phase(f"random parameters to every method (hypothesis, {examples} examples)")
     json_values = st.recursive(
@@ -174,7 +195,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
           + (f"; unexpected: {bad[:3]}" if bad else ""))
     fd.rpc("resume", {})
 
-    # -- 10 MB requests ---------------------------------------------------------------------
+
+def _big_requests(ab: Abuse) -> None:
+    """10 MB requests."""
+    fd, problems, phase, close = ab.fd, ab.problems, ab.phase, ab.close
     big = pick(3, 20)
     row, prober = phase(f"10 MB request line ({big} at once) and 10 MB without a newline")
     with prober:
@@ -205,7 +229,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
     close(row, prober, len(results), lost + (not ok),
           "each refused with -32600 'request line longer than 1048576 bytes' and cut off")
 
-    # -- half a request, then silence ------------------------------------------------------
+
+def _half_requests(ab: Abuse) -> None:
+    """Half a request, then silence."""
+    fd, phase, close = ab.fd, ab.phase, ab.close
     silent_n = pick(100, 200)
     row, prober = phase(f"half a request then silence ({silent_n} clients)")
     with prober:
@@ -223,7 +250,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
           f"each holds only its own connection; the owner's 20 status calls took {owner_s:.2f} s "
           "meanwhile (connection limit 256; beyond it a client gets -32002 'too many')")
 
-    # -- the connection limit ------------------------------------------------------------
+
+def _connection_limit(ab: Abuse) -> None:
+    """The connection limit."""
+    fd, problems, phase, close = ab.fd, ab.problems, ab.phase, ab.close
     row, prober = phase("connection limit: 300 idle clients")
     owner_while_full = ""
 
@@ -269,7 +299,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
           f"({len(held)} probes refused; only processes of the owner's uid get this far), "
           "and served again once they left")
 
-    # -- 100 clients at once ---------------------------------------------------------------
+
+def _many_clients(ab: Abuse) -> None:
+    """100 clients at once."""
+    fd, project, phase, close = ab.fd, ab.project, ab.phase, ab.close
     clients = 100
     row, prober = phase(f"{clients} clients at once (hello + status + query each)")
     with prober:
@@ -299,7 +332,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
           f"all answered; slowest client's 3 calls {max(times, default=0) * 1000:.0f} ms, "
           f"median {times[len(times) // 2] * 1000 if times else 0:.0f} ms")
 
-    # -- a client that floods and never reads --------------------------------------------
+
+def _flood(ab: Abuse) -> None:
+    """A client that floods and never reads."""
+    fd, phase, close = ab.fd, ab.phase, ab.close
     flood = pick(5000, 50000)
     row, prober = phase(f"client sends {flood:,} requests and never reads the replies")
     with prober:
@@ -321,7 +357,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
           "socket (32 requests in flight per connection, replies wait on the client); "
           "the owner was served")
 
-    # -- a subscriber that never reads ------------------------------------------------------
+
+def _deaf_subscriber(ab: Abuse) -> None:
+    """A subscriber that never reads."""
+    fd, project, phase, close = ab.fd, ab.project, ab.phase, ab.close
     row, prober = phase("subscriber that never reads while events pour out")
     with prober:
         sub = _connect(fd.socket)
@@ -335,9 +374,10 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
     close(row, prober, ran, 0, f"{ran} runs' events sent to a subscriber that never reads: "
           "its queue is bounded (1,000 events, then dropped) and a write that waits 30 s drops it")
 
-    # -- another uid --------------------------------------------------------------------------
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run a client as another uid")
+
+def _other_uid(ab: Abuse) -> None:
+    """Another uid."""
+    fd, problems, phase, close = ab.fd, ab.problems, ab.phase, ab.close
     row, prober = phase("client of another uid (nobody, via setpriv)")
     code = (
         "import json, socket, sys\n"
@@ -392,5 +432,23 @@ def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
     close(row, prober, 2, lost + (not owner),
           f"as installed: connect() fails ({first.get('connect')}); with the modes opened on "
           f"purpose: refused by the peer-uid check ({reply.get('error', {}).get('message', '')[:90]})")
+
+
+#: The phases in the order they run: each leaves the daemon serving for the next.
+PHASES = [_garbage_requests, _random_params, _big_requests, _half_requests, _connection_limit,
+          _many_clients, _flood, _deaf_subscriber]
+
+
+def test_socket_abuse(fd: Daemon, tmp_path: Path, reliability: Report) -> None:
+    project = make_gs(tmp_path / "work", 1, 2)
+    fd.start()
+    fd.add(project)
+    ab = Abuse(fd, project, reliability)
+    for phase in PHASES:
+        phase(ab)
+    assert not ab.problems, "\n".join(ab.problems[:20])
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a client as another uid")
+    _other_uid(ab)
     wait_for(fd.alive, 5, "the daemon alive")
-    assert not problems, "\n".join(problems[:20])
+    assert not ab.problems, "\n".join(ab.problems[:20])

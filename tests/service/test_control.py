@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from corekit import wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,15 +49,6 @@ from thotd.service.rpc import (
 )
 
 TIMEOUT = 10.0
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "") -> None:
-    """Poll ``condition`` until true or fail at the deadline (no sleep-and-hope)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        time.sleep(0.005)
 
 
 @pytest.fixture
