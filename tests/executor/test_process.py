@@ -416,4 +416,4 @@ def test_cancelling_a_run_during_its_timeout_grace_kills_at_once(tmp_path: Path)
         return time.monotonic() - t0
 
     assert asyncio.run(main()) < DEADLINE_S < grace
-    assert wait_until(lambda: group_dead(read_pid(tmp_path / "pid")))
+    assert wait_for(lambda: group_dead(read_pid(tmp_path / "pid")))

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from corekit import group_dead, wait_until
+from corekit import group_dead, wait_for
 
 from thotd.executor.processgroup import (
     escalation,
@@ -114,7 +114,7 @@ def test_fork_and_forget_does_the_work_with_stdio_let_go(tmp_path: Path) -> None
         out.with_suffix(".tmp").rename(out)
 
     assert fork_and_forget(work) is True  # only the parent gets here
-    assert wait_until(out.exists, DEADLINE_S)
+    assert wait_for(out.exists, DEADLINE_S)
     assert out.read_text() == os.devnull
 
 
@@ -153,7 +153,7 @@ def test_the_whole_group_is_stopped_grandchild_included() -> None:
         stop_groups([proc.pid], grace_s=0.3)
         assert proc.wait(DEADLINE_S) == -signal.SIGKILL
         # An orphan, reaped by init whenever it gets to it: dead means gone or a zombie.
-        assert wait_until(lambda: state(int(grandchild)) in (None, "Z"), DEADLINE_S)
+        assert wait_for(lambda: state(int(grandchild)) in (None, "Z"), DEADLINE_S)
         assert group_dead(proc.pid)
     finally:
         cleanup(proc)
@@ -177,7 +177,7 @@ def test_a_stopped_group_is_continued_so_that_it_gets_sigterm() -> None:
     try:
         wait_ready(proc)
         os.killpg(proc.pid, signal.SIGSTOP)
-        assert wait_until(lambda: state(proc.pid) == "T", DEADLINE_S)
+        assert wait_for(lambda: state(proc.pid) == "T", DEADLINE_S)
         stop_groups([proc.pid], grace_s=DEADLINE_S)
         assert proc.wait(DEADLINE_S) == -signal.SIGTERM
     finally:
@@ -190,7 +190,7 @@ def test_a_stopped_group_is_continued_so_that_it_gets_sigterm() -> None:
 def test_a_zombie_is_neither_a_live_pid_nor_a_live_group() -> None:
     proc = spawn(["true"])
     try:
-        assert wait_until(lambda: state(proc.pid) == "Z", DEADLINE_S)  # exited, not reaped
+        assert wait_for(lambda: state(proc.pid) == "Z", DEADLINE_S)  # exited, not reaped
         assert not pid_alive(proc.pid)
         assert not group_alive(proc.pid)
         assert start_time(proc.pid) is None
@@ -213,7 +213,7 @@ def test_groups_with_env_finds_a_group_by_its_environment() -> None:
     name, _, value = marker.partition("=")
     proc = spawn(["sleep", "100"], env={**os.environ, name: value})
     try:
-        assert wait_until(lambda: groups_with_env({marker.encode()}) == {proc.pid}, DEADLINE_S)
+        assert wait_for(lambda: groups_with_env({marker.encode()}) == {proc.pid}, DEADLINE_S)
         assert groups_with_env({marker.encode() + b"-not"}) == set()
     finally:
         kill_group(proc.pid)
