@@ -339,3 +339,16 @@ def test_api_in_a_subprocess_by_hand(proj: Path) -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(proj / "g2" / "s2" / "raw" / "data.csv")]
+
+
+def test_import_thot_leaves_the_original_entry_points_unloaded() -> None:
+    """``thot.filter``, ``thot.db.local``, ``thot.utilities`` and ``thot.runner`` exist for
+    scripts written for the original; a script that does not use them does not pay for them."""
+    code = ("import sys, thot\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('thot.', 'thotd'))))\n"
+            "print(thot.filter({'k': 1}, [{'k': 1}, {'k': True}, {'k': 2}, {}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded, filtered = proc.stdout.splitlines()
+    assert loaded == "[]"
+    assert filtered == "[{'k': 1}, {'k': True}]"

@@ -187,7 +187,9 @@ def run_project(
         if server is not None:
             extra["THOTD_QUERY_SOCKET"] = server.path
         spec = RunSpec(
-            script=Path(p.script), cwd=Path(p.container),
+            # Started where `thot run` was, as the original runner's scripts were; the
+            # script API then moves into the container (docs/decisions.md).
+            script=Path(p.script), cwd=Path.cwd(),
             env=script_env(os.environ, extra),
             log_path=log, timeout_s=timeout_s, log_cap_bytes=log_cap_bytes,
         )

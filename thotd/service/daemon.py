@@ -515,7 +515,8 @@ class Daemon:
         env = engine.env_for(p.key, record)
         env["THOTD_QUERY_SOCKET"] = str(self.socket_path)
         spec = RunSpec(
-            script=Path(p.script), cwd=Path(p.container), env=script_env(os.environ, env),
+            # In the project root: where the original runner was started (docs/decisions.md)
+            script=Path(p.script), cwd=Path(engine.index.root), env=script_env(os.environ, env),
             log_path=log_path, timeout_s=self.config.pool.timeout_s,
             log_cap_bytes=self.config.pool.log_cap_bytes,
             grace_s=min(5.0, self.config.daemon.shutdown_grace_s),
