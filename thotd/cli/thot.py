@@ -326,7 +326,8 @@ def why_info(engine: Any, path: str) -> dict[str, Any]:
             "stale": engine.reasons(key),
         })
     kind = node.kind if node is not None else None
-    creator = node.props.get("creator_type") if node is not None else None
+    # unset in the file (the original's default, None) means a person put it there
+    creator = (node.props.get("creator_type") or "user") if node is not None else None
     return {"path": target, "kind": kind, "creator_type": creator, "runs": runs}
 
 
