@@ -65,3 +65,18 @@ def test_scripts_option_runs_only_those(tmp_path: Path) -> None:
     ours = _run("ours", tmp_path, options)
     assert ours == theirs
     assert [(r["container"], r["script"]) for r in ours] == [("proj", "where.py"), ("proj/s", "where.py")]
+
+
+def test_other_scripts_start_in_their_container(tmp_path: Path) -> None:
+    """A shell script (the originals ran Python only) has no script API to move it: it starts
+    in its container, while a Python script beside it starts where the runner was started."""
+    work = _project(tmp_path / "ours")
+    (work / "proj" / "pwd.sh").write_text('echo "sh $PWD" >> "$PROBE_OUT.sh"\n')
+    (work / "proj" / "s" / "_scripts.json").write_text(json.dumps(
+        [{"script": "../where.py"}, {"script": "../pwd.sh"}]))
+    env = {"PROBE_OUT": str(work / "probe.jsonl"), "PROBE_WORK": str(work),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    done = run_ours(["-m", "thot.runner", "-r", "proj"], work, **env)
+    assert [(r["container"], r["first"]) for r in _runs(work, done)] == [
+        ("proj", "."), ("proj", "."), ("proj/s", ".")]
+    assert (work / "probe.jsonl.sh").read_text() == f"sh {work / 'proj' / 's'}\n"
