@@ -80,7 +80,10 @@ def original_python(version: str) -> Path:
         raise AssertionError(f"pip install thot-data=={version} failed:\n{done.stderr}")
     (tmp / ".complete").write_text(version + "\n")
     shutil.rmtree(venv, ignore_errors=True)
-    tmp.rename(venv)  # scripts in the venv name tmp's path; only its python is used, by path
+    try:
+        tmp.rename(venv)  # scripts in the venv name tmp's path; only its python is used
+    except OSError:  # another test process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return python
 
 

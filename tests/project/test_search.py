@@ -182,6 +182,15 @@ def test_unknown_operator_or_bad_operand_raises(search: dict[str, Any]) -> None:
         matches({}, search)  # an error even when no object would be looked at
 
 
+def test_search_errors_are_type_errors_too() -> None:
+    """The original raised TypeError for these: scripts catching it still do."""
+    for search in ({"tags": {"$foo": 1}}, {"tags": {"$in": "x"}}):
+        with pytest.raises(TypeError):
+            compile_search(search)
+        with pytest.raises(ValueError):
+            compile_search(search)
+
+
 def test_search_must_be_a_dict() -> None:
     with pytest.raises(SearchError):
         compile_search([("type", "x")])  # type: ignore[arg-type]
