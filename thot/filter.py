@@ -3,6 +3,8 @@ objects (0.5.4+), with the searches of ``find_*`` (:mod:`thotd.project.search`).
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -15,3 +17,14 @@ def filter(filter: Mapping[str, Any], resources: Iterable[T]) -> list[T]:  # noq
     """The resources (containers, assets, dicts) that match the search ``filter``."""
     test = compile_search(filter)
     return [r for r in resources if test(r)]
+
+
+class _CallableModule(types.ModuleType):
+    """Importing ``thot.filter`` makes the package attribute this module (the import system
+    sets it): callable, so ``thot.filter(search, objects)`` works whichever came first."""
+
+    def __call__(self, search: Mapping[str, Any], resources: Iterable[T]) -> list[T]:
+        return filter(search, resources)
+
+
+sys.modules[__name__].__class__ = _CallableModule

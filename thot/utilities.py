@@ -67,9 +67,9 @@ class ThotUtilities:
         modified = []
         for container in self._db.containers.find(search or {}):
             path, entries = _read(container)
-            resolved = [a["script"] for a in container["scripts"]]
-            kept = [e for e, r in zip(entries, resolved, strict=False)
-                    if e.get("script") not in wanted and r not in wanted]
+            kept = [e for e in entries
+                    if e.get("script") not in wanted
+                    and self._db.resolve(str(e.get("script")), container["_id"]) not in wanted]
             if len(kept) != len(entries):
                 _write(path, kept)
                 modified.append(container)

@@ -42,6 +42,10 @@ class LocalDB:
         self.containers = LocalCollection(self._index, "container", start)
         self.assets = LocalCollection(self._index, "asset", start)
 
+    def resolve(self, path: str, base: str) -> str:
+        """A path as written in an object file of the folder ``base``."""
+        return resolve_path(path, norm(base), self._index.root)
+
     def parse_path(self, path: str) -> str:
         """A path as object files write it: ``root:/…`` (project root), absolute, or
         relative to this database's root."""
