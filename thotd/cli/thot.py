@@ -64,9 +64,9 @@ def _original_run_options(run: argparse.ArgumentParser) -> None:
                      help="only these scripts: a JSON list of paths, relative to --root or "
                      "'root:/...' (the original runner's form), or one path")
     run.add_argument("--ignore-errors", action="store_true",
-                     help="accepted for the original runner: a failed run never stops the "
-                     "runs that do not depend on it")
-    run.add_argument("--verbose", action="store_true", help="say more about every run")
+                     help="accepted for the original runner: here a failed run never stops "
+                     "the others")
+    run.add_argument("--verbose", action="store_true", help="accepted for the original runner")
 
 
 def _script_list(value: str) -> list[str]:
