@@ -18,7 +18,10 @@ from corekit import THOT_VARS, make_gs, make_tree
 @pytest.fixture(autouse=True)
 def _no_thot_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in THOT_VARS:
-        monkeypatch.delenv(var, raising=False)
+        # set, then deleted: the undo removes what the test sets (a project made in-process
+        # sets THOT_ORIGINAL_DIR, which would leak into every later test's scripts)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The Thot script API: ``from thot import ThotProject`` in an analysis script.
 
 Kept light on purpose: every script run pays for this import, so the project classes load
-only when a script asks for them.
+only when a script asks for them; ``thot.filter`` (the original's search over a list, a
+function here as there) too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ __all__ = ["LocalProject", "ThotProject"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "filter":
+        from thot.filter import filter as _filter
+
+        globals()["filter"] = _filter  # the function, not the module, as the original had it
+        return _filter
     if name in __all__:
         from thot import thot as _thot
 

@@ -10,26 +10,34 @@ in-memory index instead of walking the disk; the answers are the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from thotd.engine.record import Recorder, stat_of
-from thotd.project.objects import ThotObject
+from thotd.project.objects import ScriptAssociation, ThotObject
 
 ENV_CONTAINER = "THOT_CONTAINER_ID"
 ENV_SCRIPT = "THOT_SCRIPT_ID"
 ENV_PROJECT_ROOT = "THOT_PROJECT_ROOT"
 ENV_DAEMON_SOCKET = "THOTD_QUERY_SOCKET"
+ENV_ORIGINAL_DIR = "THOT_ORIGINAL_DIR"
 
 ASSET_FILE = "_asset.json"
 
 
-class ThotError(Exception):
-    """A misuse of the script API, with what to do about it."""
+class ThotError(ValueError):
+    """A misuse of the script API, with what to do about it (a ``ValueError``, as the
+    original Thot raised for a missing container)."""
+
+
+class AssetExists(RuntimeError, FileExistsError):
+    """``add_asset(..., overwrite=False)`` on an asset that exists (the original raised
+    ``RuntimeError``)."""
 
 
 def _plain_name(_id: str) -> str:
@@ -48,13 +56,14 @@ def _plain_name(_id: str) -> str:
 
 
 def _check_asset(data: bytes, target: str) -> None:
-    """Refuse properties that would make an invalid ``_asset.json`` (pydantic is loaded
-    only when the file is not plainly well-formed, to word the error)."""
+    """Refuse properties that would make an asset the index cannot use (pydantic is loaded
+    only when the file is not plainly well-formed, to word the error); what the original
+    accepted (``"name": 5``) passes, as it loads with a warning."""
     from thotd.project.objectfile import ASSET_FILE as _AF
-    from thotd.project.objectfile import ObjectFileError, load
+    from thotd.project.objectfile import ObjectFileError, load_tolerant
 
     try:
-        load(_AF, data, target)
+        load_tolerant(_AF, data, target)
     except ObjectFileError as exc:
         raise ValueError(f"add_asset: invalid properties: {exc}") from None
 
@@ -62,17 +71,28 @@ def _check_asset(data: bytes, target: str) -> None:
 class LocalProject:
     """A Thot project seen from one container (the active one) and everything below it."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        env_root = os.environ.get(ENV_CONTAINER)
-        if root is None and not env_root:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        dev_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        # As the original: relative paths are relative to where the first project object
+        # was made (THOT_ORIGINAL_DIR), whatever folder later ones left the script in.
+        original = os.environ.setdefault(ENV_ORIGINAL_DIR, os.getcwd())
+        with contextlib.suppress(OSError):
+            os.chdir(original)
+        if root is None and self.dev_mode():
+            root = dev_root
+        if root is None:
+            root = os.environ.get(ENV_CONTAINER) or None
+        if root is None:
             raise ThotError(
                 "no active container: this script expects to be run by the Thot runner. "
                 "Run it with `thot run --root PATH`, or by hand with "
                 f"`{ENV_CONTAINER}=/path/to/container python {sys.argv[0] or 'script.py'}`, "
-                "or pass LocalProject(root='/path/to/container')."
+                "or pass ThotProject(dev_root='/path/to/container')."
             )
-        self._dev = root is not None and not env_root
-        self.root = os.path.normpath(os.path.abspath(os.fspath(root if root is not None else env_root)))  # type: ignore[arg-type]
+        self.root = os.path.normpath(os.path.join(original, os.path.expanduser(os.fspath(root))))
         if not os.path.isfile(os.path.join(self.root, "_container.json")):
             raise ThotError(f"{self.root} is not a Thot container (no _container.json)")
         self._recorder = Recorder()
@@ -128,8 +148,9 @@ class LocalProject:
         return objects, dict(zip([o["_id"] for o in objects], result["fingerprints"], strict=True))
 
     def find_containers(self, search: Mapping[str, Any] | None = None) -> list[ThotObject]:
-        """Containers in the active container's subtree (itself included), depth first."""
-        return self._query("container", search)
+        """Containers in the active container's subtree (itself included), depth first; their
+        ``scripts`` are :class:`ScriptAssociation` objects, in file order."""
+        return [_with_associations(c) for c in self._query("container", search)]
 
     def find_container(self, search: Mapping[str, Any] | None = None) -> ThotObject | None:
         found = self.find_containers(search)
@@ -149,24 +170,26 @@ class LocalProject:
         self, properties: Mapping[str, Any], _id: str | None = None, overwrite: bool = True
     ) -> str:
         """Create (or replace) the asset folder ``<active container>/<_id>``; return the
-        absolute path where the script should write the asset's ``file``."""
+        absolute path where the script should write the asset's ``file``.
+
+        As the original (0.5+): ``_id`` defaults to the ``name``, then the ``file``, then a
+        uuid, so a rerun replaces its own outputs; ``file`` defaults to the ``_id``; the
+        caller's dict receives ``file``, ``creator`` and ``creator_type``."""
         from thotd.project.locate import find_project_root, resolve_path
 
         props = dict(properties)
         if _id is None:
-            stem = str(props.get("name") or props.get("type") or "asset")
-            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._") or "asset"
-            _id = f"{stem}-{uuid.uuid4().hex[:8]}"
+            _id = str(props.get("name") or props.get("file") or uuid.uuid4())
         folder = os.path.join(self.root, _plain_name(_id))
         target = os.path.join(folder, ASSET_FILE)
         if os.path.exists(target) and not overwrite:
-            raise FileExistsError(f"asset {folder} exists; pass overwrite=True to replace it")
-        if not props.get("file"):
-            raise ValueError("add_asset needs a 'file' property: the data file's path")
-        props["creator_type"] = "script"
-        props["creator"] = self._script
+            raise AssetExists(f"Object {folder} already exists (pass overwrite=True to replace it)")
+        added = {"file": props.get("file") or _id, "creator_type": "script", "creator": self._script}
+        props.update(added)
         data = json.dumps(props, indent=4, default=str).encode()
         _check_asset(data, target)
+        if isinstance(properties, MutableMapping):
+            properties.update(added)
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, f".{ASSET_FILE}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
@@ -177,9 +200,18 @@ class LocalProject:
         self._recorder.output(os.path.normpath(folder), path)
         return path
 
-    def dev_mode(self) -> bool:
-        """True when the script is run by hand, not by a runner."""
-        return self._dev
+    @staticmethod
+    def dev_mode() -> bool:
+        """True when the script is run by hand, not by a runner (no active container in the
+        environment); callable on the class, as in every original release."""
+        return ENV_CONTAINER not in os.environ
+
+
+def _with_associations(container: ThotObject) -> ThotObject:
+    """A copy (the index's objects are shared) whose scripts are :class:`ScriptAssociation`."""
+    out = ThotObject(container)
+    out["scripts"] = [ScriptAssociation(s) for s in container.get("scripts") or ()]
+    return out
 
 
 ThotProject = LocalProject

@@ -171,30 +171,112 @@ def test_add_asset_writes_object_and_returns_path(proj: Path, monkeypatch: pytes
     # overwrite (the default) replaces; overwrite=False refuses
     db.add_asset({"file": "out2.csv", "type": "stats"}, "out")
     assert json.loads((proj / "g1" / "out" / "_asset.json").read_text())["file"] == "out2.csv"
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError):  # and a RuntimeError, as the original raised
         db.add_asset({"file": "out3.csv"}, "out", overwrite=False)
     assert json.loads((proj / "g1" / "out" / "_asset.json").read_text())["file"] == "out2.csv"
     assert not [n for n in os.listdir(proj / "g1" / "out") if n.endswith(".tmp")]
 
 
-def test_add_asset_without_id_makes_unique_names(proj: Path) -> None:
+def test_add_asset_without_id_names_the_folder_and_replaces_it(proj: Path) -> None:
+    """As the original (0.5+): the folder is the name, then the file, then a uuid, so a rerun
+    replaces its own output instead of leaving a stale copy."""
     db = LocalProject(root=proj / "g1")
     a = db.add_asset({"file": "a.txt", "name": "My plot"})
-    b = db.add_asset({"file": "a.txt", "name": "My plot"})
-    assert a != b
-    for path in (a, b):
-        folder = Path(path).parent
-        assert folder.parent == proj / "g1"
-        assert (folder / "_asset.json").is_file()
-        assert folder.name.startswith("My_plot-")
+    b = db.add_asset({"file": "b.txt", "name": "My plot"})
+    assert a == str(proj / "g1" / "My plot" / "a.txt") and b == str(proj / "g1" / "My plot" / "b.txt")
+    assert json.loads((proj / "g1" / "My plot" / "_asset.json").read_text())["file"] == "b.txt"
+    assert db.add_asset({"file": "c.csv"}) == str(proj / "g1" / "c.csv" / "c.csv")
+    c = Path(db.add_asset({"type": "x"}))
+    assert c.name == c.parent.name and len(c.name) == 36  # a uuid, which is also the file
+    assert sorted(os.listdir(proj / "g1")) == sorted(["_container.json", "_notes", "s1", "My plot",
+                                                      "c.csv", c.name])
+
+
+def test_add_asset_fills_the_callers_dict_and_keeps_root_paths(proj: Path) -> None:
+    db = LocalProject(root=proj / "g1")
+    props: dict[str, Any] = {"name": "out"}
+    path = db.add_asset(props)
+    assert props["file"] == "out" and props["creator_type"] == "script" and "creator" in props
+    assert path == str(proj / "g1" / "out" / "out")
+    db.add_asset({"file": "root:/shared/x.csv"}, "linked")
+    assert json.loads((proj / "g1" / "linked" / "_asset.json").read_text())["file"] == "root:/shared/x.csv"
+    with pytest.raises(RuntimeError):
+        db.add_asset({"file": "y"}, "linked", overwrite=False)
 
 
 def test_add_asset_validates(proj: Path) -> None:
     db = LocalProject(root=proj / "g1")
     with pytest.raises(ValueError):
-        db.add_asset({"type": "x"}, "nofile")
+        db.add_asset({"file": "x", "metadata": ["not", "a", "dict"]}, "badmeta")
+    # what the original accepted loads, with a warning
+    db.add_asset({"file": "x", "tags": "notalist", "name": 5}, "badtags")
+    from thotd.project.index import Index
+
+    index = Index.load(proj)
+    assert index.errors() == []
+    assert len([w for w in index.load_warnings() if "badtags" in w]) == 2
+
+
+def test_dev_mode_is_static_and_dev_root_is_used_by_hand(
+    proj: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert LocalProject.dev_mode() is True and ThotProject.dev_mode() is True
+    db = ThotProject(dev_root=proj / "g2")
+    assert db.root == str(proj / "g2")
+    monkeypatch.setenv("THOT_CONTAINER_ID", str(proj / "g1"))
+    assert LocalProject.dev_mode() is False
+    assert ThotProject(dev_root=proj / "g2").root == str(proj / "g1")  # the runner's wins
+
+
+def test_missing_container_is_a_value_error() -> None:
     with pytest.raises(ValueError):
-        db.add_asset({"file": "x", "tags": "notalist"}, "badtags")
+        LocalProject()
+
+
+def test_relative_roots_resolve_against_the_first_working_directory(
+    proj: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(proj.parent)
+    first = LocalProject("proj/g1")
+    assert os.getcwd() == str(proj / "g1")
+    second = LocalProject("proj/g2")  # not proj/g1/proj/g2
+    assert (first.root, second.root) == (str(proj / "g1"), str(proj / "g2"))
+    assert os.environ["THOT_ORIGINAL_DIR"] == str(proj.parent)
+
+
+def test_scripts_are_associations_in_file_order(tree: Any) -> None:
+    root = tree({"_container.json": {}, "_scripts.json": [
+        {"script": "b.py", "priority": 2}, {"script": "a.py", "priority": 1.5, "autorun": False},
+        {"script": "c.py"}]})
+    (c,) = LocalProject(root).find_containers()
+    assert [(s.script, s.priority, s.autorun) for s in c.scripts] == [
+        (str(root / "b.py"), 2, True), (str(root / "a.py"), 1.5, False), (str(root / "c.py"), 0, True)]
+    assert type(c.scripts[0].priority) is int
+    assert c.scripts[0]["script"] == c.scripts[0].script
+    assert sorted(c.scripts)[0].script == str(root / "c.py")
+
+
+def test_fields_the_file_leaves_out_read_as_the_originals_defaults(proj: Path) -> None:
+    from datetime import datetime
+
+    db = LocalProject(root=proj / "g1")
+    raw = db.find_asset({"type": "raw"})
+    assert isinstance(raw.created, datetime) and raw.roles == [] and raw.tags == []
+    assert raw.creator_type is None and raw["description"] is None and raw.get("creator") is None
+    assert "tags" not in raw  # ... but they are not in the object: a search cannot match them
+    note = db.find_container({"type": "group"}).notes[0]
+    assert isinstance(note["created"], str) and datetime.fromisoformat(note["created"])
+
+
+def test_search_sees_only_keys_the_file_sets(tree: Any) -> None:
+    root = tree({"_container.json": {}, "a": {"_container.json": {"tags": [], "description": None}},
+                 "b": {"_container.json": {}}})
+    db = LocalProject(root)
+    assert [c.name for c in db.find_containers({"tags": []})] == ["a"]
+    assert [c.name for c in db.find_containers({"description": None})] == ["a"]
+    calls: list[Any] = []
+    db.find_containers({"description": lambda v: calls.append(v) or True})
+    assert calls == [None]  # called for "a" only
 
 
 def test_script_under_runner(tmp_path: Path, state: Path) -> None:
@@ -257,3 +339,16 @@ def test_api_in_a_subprocess_by_hand(proj: Path) -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(proj / "g2" / "s2" / "raw" / "data.csv")]
+
+
+def test_import_thot_leaves_the_original_entry_points_unloaded() -> None:
+    """``thot.filter``, ``thot.db.local``, ``thot.utilities`` and ``thot.runner`` exist for
+    scripts written for the original; a script that does not use them does not pay for them."""
+    code = ("import sys, thot\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('thot.', 'thotd'))))\n"
+            "print(thot.filter({'k': 1}, [{'k': 1}, {'k': True}, {'k': 2}, {}]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded, filtered = proc.stdout.splitlines()
+    assert loaded == "[]"
+    assert filtered == "[{'k': 1}, {'k': True}]"

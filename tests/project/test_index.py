@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,8 @@ def test_inherited_metadata_is_searchable(nested: Path) -> None:
 def test_notes(nested: Path) -> None:
     index = Index.load(nested)
     notes = index.view(str(nested))["notes"]
-    assert notes == [{"title": "readme", "created": NOTE_MTIME, "content": "hello\nworld\n"}]
+    assert notes == [{"title": "readme", "created": datetime.fromtimestamp(NOTE_MTIME).isoformat(" "),
+                      "content": "hello\nworld\n"}]
     assert index.view(str(nested / "a-group"))["notes"] == []
     # _notes is not a child object
     assert str(nested / "_notes") not in index.nodes
@@ -99,13 +101,18 @@ def test_script_paths_and_priorities(nested: Path, tmp_path: Path) -> None:
     index = Index.load(nested)
     scripts = index.view(str(nested))["scripts"]
     analysis = tmp_path / "analysis"
+    # Scripts see them in file order, as the original listed them; the run order (priority,
+    # then file order) is the index's own.
     assert [(s["script"], s["priority"], s["autorun"]) for s in scripts] == [
-        ("/abs/manual.py", -1, False),
-        (str(nested / "local.py"), 0, True),
+        (str(analysis / "late.py"), 2, True),
         (str(analysis / "first-tie.py"), 1, True),
         (str(analysis / "second-tie.py"), 1, True),
-        (str(analysis / "late.py"), 2, True),
+        (str(nested / "local.py"), 0, True),
+        ("/abs/manual.py", -1, False),
     ]
+    assert [s["script"] for s in index.nodes[str(nested)].scripts] == [
+        "/abs/manual.py", str(nested / "local.py"), str(analysis / "first-tie.py"),
+        str(analysis / "second-tie.py"), str(analysis / "late.py")]
 
 
 def test_asset_file_paths(nested: Path) -> None:
@@ -161,20 +168,46 @@ def test_focus_load_sees_the_subtree_and_the_inherited_metadata(nested: Path) ->
     assert index.view(str(nested / "b-group" / "s1"))["metadata"]["lab"] == "B12"
 
 
-def test_both_object_files_is_an_error_and_the_rest_loads(tree: Any) -> None:
+def test_both_object_files_skip_the_folder_with_a_warning(tree: Any) -> None:
+    """As the original: such a folder (and what is below it) is no object; it blocks nothing,
+    and the load says why it was skipped."""
     root = tree({
         "_container.json": {},
-        "bad": {"_container.json": {}, "_asset.json": {"file": "x"}},
+        "bad": {"_container.json": {}, "_asset.json": {"file": "x"},
+                "inner": {"_asset.json": {"file": "y"}}},
         "good": {"_container.json": {"type": "sample"}},
     })
     index = Index.load(root)
-    errors = index.errors()
-    assert len(errors) == 1
-    assert errors[0].path == str(root / "bad")
-    assert "both" in errors[0].reason
-    assert not index.nodes[str(root / "bad")].valid
+    assert index.errors() == []
+    assert index.blocked_by() == {}
+    assert str(root / "bad") not in index.nodes
     assert [c["_id"] for c in index.find_containers()] == [str(root), str(root / "good")]
+    assert index.find_assets() == []
     assert index.view(str(root))["children"] == [str(root / "good")]
+    for warnings in (index.load_warnings(), index.warnings()):
+        assert len(warnings) == 1 and "both" in warnings[0] and str(root / "bad") in warnings[0]
+    (root / "bad" / "_asset.json").unlink()
+    index.update([str(root / "bad" / "_asset.json")])
+    assert index.nodes[str(root / "bad")].kind == "container"
+    assert [a["_id"] for a in index.find_assets()] == [str(root / "bad" / "inner")]
+    assert index.load_warnings() == []
+
+
+def test_fields_the_original_accepts_load_with_warnings(tree: Any) -> None:
+    root = tree({
+        "_container.json": {},
+        "s": {"_container.json": {"tags": "x", "name": 5},
+              "a": {"_asset.json": {"file": "d.csv", "description": ["long"]}}},
+    })
+    index = Index.load(root)
+    assert index.errors() == [] and index.blocked_by() == {}
+    view = index.view(str(root / "s"))
+    assert (view["tags"], view["name"]) == ("x", 5)
+    assert [c["_id"] for c in index.find_containers({"tags": "x"})] == [str(root / "s")]
+    assert index.view(str(root / "s" / "a"))["description"] == ["long"]
+    warnings = index.load_warnings()
+    assert len(warnings) == 3 and all("kept as written" in w for w in warnings)
+    assert sorted(w.split(": ")[1] for w in warnings) == ["description", "name", "tags"]
 
 
 def test_broken_file_is_an_error_with_line_and_column(tree: Any) -> None:
@@ -370,7 +403,7 @@ def test_update_kind_change_and_both_files(nested: Path) -> None:
     folder = nested / "a-group" / "s10"
     (folder / "_asset.json").write_text('{"file": "x"}')
     index.update([str(folder / "_asset.json")])
-    assert not index.nodes[str(folder)].valid
+    assert str(folder) not in index.nodes  # skipped, as the original does
     assert_same_as_fresh(index)
     (folder / "_container.json").unlink()
     index.update([str(folder / "_container.json")])

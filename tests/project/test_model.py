@@ -56,7 +56,7 @@ def test_asset_nulls_take_defaults() -> None:
            "metadata": None, "_id": None, "created": "yesterday"}
     model = parse(ASSET_FILE, json.dumps(raw).encode())
     assert isinstance(model, AssetFile)
-    assert model.creator_type == "user"
+    assert model.creator_type is None  # as the original: unset unless a script made it
     assert model.creator is None
     assert model.tags == [] and model.metadata == {}
     assert model.model_dump()["created"] == "yesterday"
@@ -229,7 +229,7 @@ _asset_only = {
     "creator": st.none() | _text,
     "creator_type": st.none() | st.sampled_from(["user", "script"]) | _text,
 }
-_DEFAULTS = {"tags": [], "metadata": {}, "creator_type": "user"}
+_DEFAULTS = {"tags": [], "metadata": {}}
 
 
 def _doc(fields: dict[str, Any], required: tuple[str, ...] = ()) -> st.SearchStrategy[dict[str, Any]]:

@@ -40,10 +40,14 @@ def test_scalar_equality() -> None:
     assert not matches(OBJ, {"missing": "x"})
 
 
-def test_bool_and_int_are_different() -> None:
+def test_bool_and_int_compare_as_in_python() -> None:
+    """``1 == True``: in Python and in every original release."""
     assert matches(OBJ, {"metadata.flag": True})
-    assert not matches(OBJ, {"metadata.flag": 1})
-    assert not matches({"n": 1}, {"n": True})
+    assert matches(OBJ, {"metadata.flag": 1})
+    assert matches({"n": 1}, {"n": True})
+    assert matches({"n": 0}, {"n": False}) and not matches({"n": 0}, {"n": True})
+    assert matches({"n": [1, 2]}, {"n": True})
+    assert matches({"n": True}, {"n": {"$in": [1]}}) and matches({"n": True}, {"n": {"$gt": 0}})
 
 
 def test_all_keys_must_match() -> None:
@@ -76,9 +80,10 @@ def test_compiled_regex_searches_strings() -> None:
 def test_callable_condition() -> None:
     assert matches(OBJ, {"metadata.temp": lambda v: v > 20})
     assert not matches(OBJ, {"metadata.temp": lambda v: v > 30})
-    seen = []
-    matches(OBJ, {"missing": lambda v: seen.append(v) or True})
-    assert seen == [None]
+    seen: list[Any] = []
+    assert not matches(OBJ, {"missing": lambda v: seen.append(v) or True})
+    assert seen == []  # never called for a key the object does not have
+    assert matches(OBJ, {"metadata.none": lambda v: v is None})
 
 
 @pytest.mark.parametrize(
@@ -110,8 +115,12 @@ def test_operators_on_missing_and_null() -> None:
     assert matches(OBJ, {"missing": {"$nin": [1]}})
     assert not matches(OBJ, {"missing": {"$gt": 0}})
     assert not matches(OBJ, {"metadata.none": {"$lt": 5}})
-    assert matches(OBJ, {"missing": {"$eq": None}})
+    # a missing key is not None (the original's rule), except for $ne/$nin/$exists above
+    assert not matches(OBJ, {"missing": {"$eq": None}})
+    assert not matches(OBJ, {"missing": None})
+    assert not matches(OBJ, {"missing": {"$in": [None]}})
     assert matches(OBJ, {"metadata.none": None})
+    assert matches(OBJ, {"metadata.none": {"$eq": None}})
 
 
 def test_regex_operator_and_options() -> None:
@@ -135,11 +144,14 @@ def test_in_on_list_values_and_strings() -> None:
     assert not matches(OBJ, {"tags": {"$ne": "pilot"}})
 
 
-def test_sub_document_matches_key_by_key() -> None:
-    assert matches(OBJ, {"metadata": {"batch": 1}})
-    assert matches(OBJ, {"metadata": {"batch": 1, "lab": {"room": 104}}})
-    assert not matches(OBJ, {"metadata": {"batch": 2}})
-    assert matches(OBJ, {"metadata": {"temp": {"$gt": 20}, "ops": ["chen"]}})
+def test_sub_document_is_exact_equality() -> None:
+    """As 0.0.2 and 0.2.3 (and MongoDB); dotted keys are the way to match one field."""
+    assert matches(OBJ, {"metadata.lab": {"room": 104, "building": "B2"}})
+    assert matches(OBJ, {"metadata.lab": {"building": "B2", "room": 104.0}})
+    assert not matches(OBJ, {"metadata.lab": {"room": 104}})
+    assert not matches(OBJ, {"metadata": {"batch": 1}})
+    assert matches(OBJ, {"metadata": dict(OBJ["metadata"])})
+    assert not matches(OBJ, {"metadata": {"batch": {"$in": [1], "$where": "x"}}})
     assert not matches(OBJ, {"name": {"x": 1}})  # not a document
     assert not matches(OBJ, {"missing": {"x": 1}})
 
@@ -158,7 +170,6 @@ def test_dotted_keys() -> None:
     "search",
     [
         {"metadata.batch": {"$foo": 1}},
-        {"metadata": {"batch": {"$in": [1], "$where": "x"}}},
         {"$or": [{"type": "a"}]},
         {"type": {"$in": 5}},
         {"tags": {"$nin": "pilot"}},
@@ -169,6 +180,15 @@ def test_unknown_operator_or_bad_operand_raises(search: dict[str, Any]) -> None:
         compile_search(search)
     with pytest.raises(SearchError):
         matches({}, search)  # an error even when no object would be looked at
+
+
+def test_search_errors_are_type_errors_too() -> None:
+    """The original raised TypeError for these: scripts catching it still do."""
+    for search in ({"tags": {"$foo": 1}}, {"tags": {"$in": "x"}}):
+        with pytest.raises(TypeError):
+            compile_search(search)
+        with pytest.raises(ValueError):
+            compile_search(search)
 
 
 def test_search_must_be_a_dict() -> None:
@@ -232,7 +252,7 @@ def test_comparisons_agree_with_python(obj: dict[str, Any], key: str, bound: int
     from thotd.project.search import lookup
 
     value = lookup(obj, key)
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    numeric = isinstance(value, int | float)  # bool included: True > 0, as in Python
     assert matches(obj, {key: {"$gt": bound}}) == (numeric and value > bound)
     assert matches(obj, {key: {"$lte": bound}}) == (numeric and value <= bound)
 

@@ -24,10 +24,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     run = sub.add_parser("run", help="run the project's scripts bottom-up")
-    run.add_argument("--root", default=".", help="project root (default: current folder)")
+    run.add_argument("-r", "--root", default=".", help="project root (default: current folder)")
     run.add_argument("--changed", action="store_true", help="run only stale runs")
     run.add_argument("--dry-run", action="store_true", help="show what would run and why")
-    run.add_argument("-j", "--jobs", type=int, default=1, help="independent subtrees in parallel")
+    run.add_argument("-j", "-t", "--jobs", "--tasks", type=int, nargs="?", const=16, default=1,
+                     help="independent subtrees in parallel (-t alone: 16, as the original)")
+    _original_run_options(run)
     run.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
     run.add_argument("--json", action="store_true", help="machine-readable report")
     run.add_argument("--no-fork", action="store_true",
@@ -54,6 +56,46 @@ def _parser() -> argparse.ArgumentParser:
     graph.add_argument("--root", default=".")
     graph.add_argument("--format", choices=("dot", "mermaid", "json"), default="dot")
     return ap
+
+
+def _original_run_options(run: argparse.ArgumentParser) -> None:
+    """The original runner's options (``python -m thot.runner``), so its commands still work."""
+    run.add_argument("--scripts", type=_script_list, default=None,
+                     help="only these scripts: a JSON list of paths, relative to --root or "
+                     "'root:/...' (the original runner's form), or one path")
+    run.add_argument("--ignore-errors", action="store_true",
+                     help="accepted for the original runner: here a failed run never stops "
+                     "the others")
+    run.add_argument("--verbose", action="store_true", help="accepted for the original runner")
+
+
+def _script_list(value: str) -> list[str]:
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return [value]
+    if isinstance(parsed, str):
+        return [parsed]
+    if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+        raise argparse.ArgumentTypeError("--scripts takes a JSON list of script paths")
+    return parsed
+
+
+def _only_scripts(engine: Any, root: str, scripts: list[str]) -> None:
+    """Make ``engine`` plan only the runs of ``scripts`` (resolved as the original runner
+    did: against ``root``, ``root:`` against the project root)."""
+    from thotd.engine.staleness import Planned
+    from thotd.project.locate import norm, resolve_path
+
+    wanted = {resolve_path(s, norm(root), engine.index.root) for s in scripts}
+    full = engine.plan
+
+    def plan(*args: Any, **kwargs: Any) -> list[Planned]:
+        kept = [p for p in full(*args, **kwargs) if p.script in wanted]
+        return [Planned(p.key, p.priority, i, p.depth, p.schedule, p.blocked)
+                for i, p in enumerate(kept)]
+
+    engine.plan = plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         server = start_forkserver()
     try:
         engine = _engine(args.root, args.state, snapshot=True)
+        if args.scripts is not None:
+            _only_scripts(engine, args.root, args.scripts)
     except BaseException:
         if server is not None:
             server.close()
@@ -282,7 +326,8 @@ def why_info(engine: Any, path: str) -> dict[str, Any]:
             "stale": engine.reasons(key),
         })
     kind = node.kind if node is not None else None
-    creator = node.props.get("creator_type") if node is not None else None
+    # unset in the file (the original's default, None) means a person put it there
+    creator = (node.props.get("creator_type") or "user") if node is not None else None
     return {"path": target, "kind": kind, "creator_type": creator, "runs": runs}
 
 

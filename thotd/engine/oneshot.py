@@ -174,7 +174,7 @@ def run_project(
         if not reasons:
             finish(p)
             return
-        from thotd.executor.process import RunSpec, run_sync, script_env
+        from thotd.executor.process import RunSpec, run_sync, script_cwd, script_env
 
         if server is None:
             from thotd.engine.queryserver import QueryServer
@@ -187,7 +187,7 @@ def run_project(
         if server is not None:
             extra["THOTD_QUERY_SOCKET"] = server.path
         spec = RunSpec(
-            script=Path(p.script), cwd=Path(p.container),
+            script=Path(p.script), cwd=script_cwd(p.script, p.container, os.getcwd()),
             env=script_env(os.environ, extra),
             log_path=log, timeout_s=timeout_s, log_cap_bytes=log_cap_bytes,
         )

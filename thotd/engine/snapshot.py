@@ -33,7 +33,7 @@ from thotd.project.objectfile import ObjectError
 if TYPE_CHECKING:
     from thotd.engine.staleness import Engine, RunKey
 
-FORMAT = 1
+FORMAT = 2  # 2: object properties hold only the keys their file sets
 #: What is stored of a node (its view and the by-file map are derived on load).
 _FIELDS = ("id", "kind", "parent", "props", "scripts", "notes", "warnings", "file", "sig",
            "dsig", "names", "subdirs", "metadata", "entries", "_fp")

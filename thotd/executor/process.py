@@ -76,6 +76,7 @@ from thotd.executor.runspec import (
     RunSpec,
     ScriptError,
     interpreter_for,
+    script_cwd,
     script_env,
 )
 from thotd.executor.runstate import RunState
@@ -99,6 +100,7 @@ __all__ = [
     "interpreter_for",
     "run_async",
     "run_sync",
+    "script_cwd",
     "script_env",
     "start_forkserver",
 ]

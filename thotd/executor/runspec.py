@@ -177,6 +177,16 @@ def interpreter_for(script: Path) -> list[str]:
     )
 
 
+def script_cwd(script: str | os.PathLike[str], container: str, started_in: str) -> Path:
+    """Where a run starts. A Python script starts where the runner was started
+    (``started_in``), as the original runner's did; the script API then moves it into its
+    container (``LocalProject()`` does). Other scripts (R, shell: the original ran none)
+    start in their container, having no API to move them there."""
+    if os.fspath(script).lower().endswith(".py"):
+        return Path(started_in)
+    return Path(container)
+
+
 def script_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """Return the environment for a script: ``base`` minus daemon-only variables, plus ``extra``.
 

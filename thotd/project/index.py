@@ -191,6 +191,12 @@ def _covered(folder: str, outer: list[list[str]]) -> bool:
     return i >= 0 and len(outer[i]) < len(parts) and parts[: len(outer[i])] == outer[i]
 
 
+def _iso(timestamp: float) -> str:
+    from datetime import datetime  # only for folders with notes
+
+    return datetime.fromtimestamp(timestamp).isoformat(" ")
+
+
 def _read_notes(folder: str) -> list[dict[str, Any]]:
     notes: list[dict[str, Any]] = []
     try:
@@ -202,7 +208,8 @@ def _read_notes(folder: str) -> list[dict[str, Any]]:
             continue
         try:
             content = _read(entry.path).decode("utf-8", errors="replace")
-            created = entry.stat().st_mtime
+            # a local-time ISO string, as the original Thot gave scripts
+            created = _iso(entry.stat().st_mtime)
         except OSError:
             continue
         notes.append(
@@ -233,6 +240,8 @@ class Index:
         self.signatures = False  # record folder signatures (for a snapshot: see restore)
         # Folders met that hold no object (by signature), for restore(): one may become one.
         self._plain: dict[str, Any] = {}
+        # Folders skipped because they hold both object files -> the warning saying so.
+        self._skipped: dict[str, str] = {}
 
     # ------------------------------------------------------------------ loading
 
@@ -400,7 +409,7 @@ class Index:
         except OSError:
             return None, []
         base = folder + os.sep if folder != os.sep else folder
-        has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
+        has_c, has_a = self._object_files(folder, found, parent)
         if not has_c and not has_a:
             if keep:
                 self._plain[folder] = dsig
@@ -428,12 +437,13 @@ class Index:
         try:
             data, st = _read_stat(own)
             sigs[0] = _sig(st, racy_from) if keep else None
-            node.props = objectfile.load(own_name, data, own)
+            node.props, tolerated = objectfile.load_tolerant(own_name, data, own)
+            node.warnings.extend(tolerated)
         except ObjectFileError as exc:
             errors.extend(exc.errors)
         except OSError as exc:
             errors.append(ObjectError(own, None, f"cannot read: {exc.strerror or exc}"))
-        if kind == "asset" and "file" in node.props:
+        if kind == "asset" and isinstance(node.props.get("file"), str):
             node.file = resolve_path(node.props["file"], folder, self.root)
         if SCRIPTS_FILE in found:
             spath = base + SCRIPTS_FILE
@@ -456,6 +466,20 @@ class Index:
         if keep and None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
             node.sig = (sigs[0], sigs[1])
         return node, subdirs
+
+    def _object_files(self, folder: str, found: frozenset[str], parent: str | None) -> tuple[bool, bool]:
+        """Whether the folder holds a container file and an asset file. Below the root, one
+        holding both is skipped with what is below it, as the original Thot did, and the
+        load says so (:meth:`load_warnings`)."""
+        has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
+        self._skipped.pop(folder, None)
+        if has_c and has_a and parent is not None:
+            self._skipped[folder] = (
+                f"{folder}: holds both {CONTAINER_FILE} and {ASSET_FILE}; skipped with what is "
+                "below it (a folder is one or the other: delete one of them)"
+            )
+            return False, False
+        return has_c, has_a
 
     def _resolve_scripts(self, assocs: list[dict[str, Any]], folder: str) -> list[dict[str, Any]]:
         out = []
@@ -721,8 +745,9 @@ class Index:
             kids = [self.nodes[c] for c in node.entries if c in self.nodes]
             data["children"] = [k.id for k in kids if k.kind == "container" and k.valid]
             data["assets"] = [k.id for k in kids if k.kind == "asset" and k.valid]
-            data["scripts"] = [
-                {k: v for k, v in s.items() if k != "order"} for s in node.scripts
+            data["scripts"] = [  # in file order, as the original Thot listed them
+                {k: v for k, v in s.items() if k != "order"}
+                for s in sorted(node.scripts, key=lambda s: s["order"])
             ]
         else:
             data["file"] = node.file
@@ -774,10 +799,25 @@ class Index:
             return []
         return [e for n in self.walk(include_invalid=True) for e in n.errors]
 
+    def load_warnings(self) -> list[str]:
+        """What the load tolerated and a person should fix (folders skipped, fields of the
+        wrong type kept as written): cheap, for status displays; :meth:`warnings` adds
+        the likely typos, which need the files parsed again."""
+        out = [w for f, w in self._skipped.items() if self._still_skipped(f)]
+        for node in self.walk(include_invalid=True):
+            out.extend(node.warnings)
+        return out
+
+    def _still_skipped(self, folder: str) -> bool:
+        parent = self.nodes.get(os.path.dirname(folder))
+        return (parent is not None and parent.kind == "container"
+                and os.path.isfile(os.path.join(folder, CONTAINER_FILE))
+                and os.path.isfile(os.path.join(folder, ASSET_FILE)))
+
     def warnings(self) -> list[str]:
         """Likely typos (unknown fields) and misplaced files. Computed on demand by parsing
         the files again: only ``thot validate`` asks, and the load stays lean."""
-        out: list[str] = []
+        out = [w for f, w in self._skipped.items() if self._still_skipped(f)]
         for node in self.walk(include_invalid=True):
             out.extend(node.warnings)
             files = [CONTAINER_FILE if node.kind == "container" else ASSET_FILE]

@@ -3,7 +3,9 @@
 Object files are written by people and by older Thot versions, so every model keeps unknown
 fields (``extra="allow"``) and treats ``null`` as "use the default". These models are the
 definition (JSON Schemas, error messages, every lax case); :mod:`thotd.project.objectfile` reads the
-common well-formed file without importing pydantic and defers to them for anything else.
+common well-formed file without importing pydantic and defers to them for anything else (it
+imports this module, never the other way: both take their names from
+:mod:`thotd.project.vocabulary`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 
-from thotd.project.objectfile import (  # noqa: F401 - re-exported: the models' public vocabulary
+from thotd.project.vocabulary import (
     ASSET_FILE,
     CONTAINER_FILE,
     KNOWN_EXTRAS,
@@ -25,6 +35,12 @@ from thotd.project.objectfile import (  # noqa: F401 - re-exported: the models' 
     ObjectFileError,
     format_loc,
 )
+
+__all__ = [  # with the vocabulary, re-exported: the models' public names
+    "ASSET_FILE", "CONTAINER_FILE", "KNOWN_EXTRAS", "NOTES_DIR", "OBJECT_FILES", "SCRIPTS_FILE",
+    "SCRIPTS_ADAPTER", "AssetFile", "ContainerFile", "ObjectError", "ObjectFileError",
+    "ScriptAssociation", "extra_keys", "format_loc", "json_schemas", "parse", "write_schemas",
+]
 
 
 def _none_to(default: Any) -> Any:
@@ -67,10 +83,8 @@ class AssetFile(_Common):
         min_length=1,
     )
     creator: str | None = Field(default=None, description="Who or what made it.")
-    creator_type: str = Field(default="user", description="'user', or 'script' for outputs.")
-
-    _creator_type_default = field_validator("creator_type", mode="before")(
-        _none_to(lambda: "user")
+    creator_type: str | None = Field(
+        default=None, description="'script' for outputs; unset for data put there by a person."
     )
 
 
@@ -91,6 +105,12 @@ class ScriptAssociation(BaseModel):
     )
 
     _priority_default = field_validator("priority", mode="before")(_none_to(lambda: 0))
+
+    @field_validator("priority", mode="wrap")
+    @classmethod
+    def _int_stays_int(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """``1`` stays ``1`` (the original handed scripts the number as written)."""
+        return value if type(value) is int else handler(value)
     _autorun_default = field_validator("autorun", mode="before")(_none_to(lambda: True))
 
 

@@ -6,104 +6,36 @@ them with a strict, stdlib-only reader whose result equals the models' output; a
 not sure of (a wrong type, lax coercions like ``"priority": "1"``, broken JSON) goes to the
 pydantic models in :mod:`thotd.project.model`, which give the error messages. A property test holds
 the two to the same answers.
+
+The properties returned hold the keys the file has, and only those: a search tells a key the
+file leaves out from one it sets, as the original Thot did (defaults are the script API's
+business, :class:`thotd.project.objects.ThotObject`). ``null`` in ``tags`` or ``metadata``
+still reads as empty.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
 from typing import Any
 
-from thotd.slotted import Slotted
-
-CONTAINER_FILE = "_container.json"
-ASSET_FILE = "_asset.json"
-SCRIPTS_FILE = "_scripts.json"
-NOTES_DIR = "_notes"
-OBJECT_FILES = (CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE)
-
-#: Top-level keys Thot itself writes or tolerates: not reported as likely typos.
-KNOWN_EXTRAS = frozenset(
-    {"$schema", "_id", "id", "created", "modified", "roles", "parent", "children", "assets",
-     "scripts", "notes", "_notes", "permissions"}
+from thotd.project.vocabulary import (
+    ASSET_FILE,
+    CONTAINER_FILE,
+    KNOWN_EXTRAS,
+    NOTES_DIR,
+    OBJECT_FILES,
+    SCRIPTS_FILE,
+    ObjectError,
+    ObjectFileError,
+    format_loc,
 )
 
-
-class ObjectError(Slotted):
-    """Why an object file could not be used: enough to find and fix it.
-
-    Immutable, compared and hashed by its fields (a plain class, not a frozen dataclass:
-    ``dataclasses`` costs every ``thot`` command and script ~5 ms to import).
-    """
-
-    __slots__ = ("path", "field", "reason", "line", "column")
-
-    path: str  # the object file
-    field: str | None  # JSON path such as ``scripts[1].priority``; None for the whole file
-    reason: str
-    line: int | None
-    column: int | None
-
-    def __init__(
-        self,
-        path: str,
-        field: str | None,
-        reason: str,
-        line: int | None = None,
-        column: int | None = None,
-    ) -> None:
-        init = object.__setattr__
-        init(self, "path", path)
-        init(self, "field", field)
-        init(self, "reason", reason)
-        init(self, "line", line)
-        init(self, "column", column)
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"cannot delete field {name!r}")
-
-    def __reduce__(self) -> tuple[type[ObjectError], tuple[Any, ...]]:
-        return (self.__class__, self._key())  # pickle/copy without __setattr__
-
-    def __str__(self) -> str:
-        where = self.path
-        if self.line is not None:
-            where += f":{self.line}:{self.column}"
-        if self.field:
-            where += f": {self.field}"
-        return f"{where}: {self.reason}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.path, "field": self.field, "reason": self.reason,
-            "line": self.line, "column": self.column,
-        }
-
-
-class ObjectFileError(Exception):
-    """Raised by :func:`parse` with every problem found in one file."""
-
-    def __init__(self, errors: list[ObjectError]) -> None:
-        super().__init__("; ".join(str(e) for e in errors))
-        self.errors = errors
-
-
-def format_loc(loc: Sequence[int | str]) -> str:
-    """``("scripts", 1, "priority")`` -> ``scripts[1].priority``: a JSON path a person can follow."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
+__all__ = [  # the vocabulary, re-exported: callers read object files through this module
+    "ASSET_FILE", "CONTAINER_FILE", "KNOWN_EXTRAS", "NOTES_DIR", "OBJECT_FILES", "SCRIPTS_FILE",
+    "TOLERATED", "ObjectError", "ObjectFileError", "fast_load", "format_loc", "load",
+    "load_tolerant", "plain",
+]
 
 class _Defer(Exception):
     """The strict reader is not sure: let the models decide."""
@@ -121,45 +53,32 @@ def _opt_str(obj: dict[str, Any], key: str) -> None:
 
 # Built once: json.loads with any keyword builds a new decoder on every call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_COMMON = ("name", "type", "description")
-_ASSET_ONLY = ("file", "creator", "creator_type")
+_STRINGS = ("name", "type", "description", "creator", "creator_type", "$schema")
 
 
 def _object(raw: Any, asset: bool) -> dict[str, Any]:
     if not isinstance(raw, dict) or "schema_" in raw:
         raise _Defer("shape")
-    for key in (*_COMMON, "$schema", "creator"):
+    for key in _STRINGS:
         _opt_str(raw, key)
-    tags = raw.get("tags")
-    if tags is None:
-        tags = []
-    elif not (isinstance(tags, list) and all(type(t) is str for t in tags)):
-        raise _Defer("tags")
-    metadata = raw.get("metadata")
-    if metadata is None:
-        metadata = {}
-    elif not isinstance(metadata, dict):
-        raise _Defer("metadata")
-    props: dict[str, Any] = {k: raw.get(k) for k in _COMMON}
-    props["tags"] = tags
-    props["metadata"] = metadata
-    known = {*_COMMON, "tags", "metadata", "$schema"}
+    props = dict(raw)
+    props.pop("$schema", None)
+    if "tags" in raw:
+        tags = raw["tags"]
+        if tags is None:
+            props["tags"] = []
+        elif not (isinstance(tags, list) and all(type(t) is str for t in tags)):
+            raise _Defer("tags")
+    if "metadata" in raw:
+        metadata = raw["metadata"]
+        if metadata is None:
+            props["metadata"] = {}
+        elif not isinstance(metadata, dict):
+            raise _Defer("metadata")
     if asset:
         file = raw.get("file")
         if not isinstance(file, str) or not file:
             raise _Defer("file")
-        creator_type = raw.get("creator_type")
-        if creator_type is None:
-            creator_type = "user"
-        elif not isinstance(creator_type, str):
-            raise _Defer("creator_type")
-        props["file"] = file
-        props["creator"] = raw.get("creator")
-        props["creator_type"] = creator_type
-        known.update(_ASSET_ONLY)
-    for key, value in raw.items():
-        if key not in known:
-            props[key] = value
     return props
 
 
@@ -173,14 +92,14 @@ def _association(raw: Any) -> dict[str, Any]:
     if priority is None:
         priority = 0
     elif type(priority) not in (int, float):
-        raise _Defer("priority")
+        raise _Defer("priority")  # as written: 1 stays an int, 1.5 a float
     autorun = raw.get("autorun")
     if autorun is None:
         autorun = True
     elif type(autorun) is not bool:
         raise _Defer("autorun")
     _opt_str(raw, "schedule")
-    item: dict[str, Any] = {"script": script, "priority": float(priority), "autorun": autorun,
+    item: dict[str, Any] = {"script": script, "priority": priority, "autorun": autorun,
                             "schedule": raw.get("schedule")}
     for key, value in raw.items():
         if key not in item:
@@ -203,10 +122,13 @@ def fast_load(filename: str, data: bytes) -> Any:
 
 
 def plain(parsed: Any) -> Any:
-    """A validated model (or list of them) as the plain dicts the index keeps."""
+    """A validated model (or list of them) as the plain dicts the index keeps: an object's
+    fields the file sets (see the module's docstring), every field of a script entry."""
     if isinstance(parsed, list):
         return [{**item.__dict__, **(item.__pydantic_extra__ or {})} for item in parsed]
-    props = {**parsed.__dict__, **(parsed.__pydantic_extra__ or {})}
+    given = parsed.model_fields_set
+    props = {k: v for k, v in parsed.__dict__.items() if k in given}
+    props.update(parsed.__pydantic_extra__ or {})
     props.pop("schema_", None)
     return props
 
@@ -219,3 +141,34 @@ def load(filename: str, data: bytes, path: str = "") -> Any:
         return fast
     from thotd.project import model  # the definition: error messages and every lax case
     return plain(model.parse(filename, data, path))
+
+
+#: Fields the original Thot never checked: a wrong type there is read as written, with a
+#: warning, instead of holding every run that would see the object (docs/decisions.md).
+TOLERATED = frozenset({"name", "type", "description", "tags", "creator", "creator_type"})
+_TOP = re.compile(r"[^.\[]+")
+
+
+def load_tolerant(filename: str, data: bytes, path: str = "") -> tuple[Any, list[str]]:
+    """:func:`load`, except that wrong types in :data:`TOLERATED` fields of a container or
+    asset are kept as written; returns the properties and a warning for each such field.
+    Anything else wrong still raises :class:`ObjectFileError`."""
+    try:
+        return load(filename, data, path), []
+    except ObjectFileError as exc:
+        tops = {_top(e.field) for e in exc.errors}
+        if filename == SCRIPTS_FILE or not tops or not tops <= TOLERATED:
+            raise
+        raw = json.loads(data)
+        rest = {k: v for k, v in raw.items() if k not in tops}
+        props = load(filename, json.dumps(rest).encode(), path)
+        props.update((k, raw[k]) for k in tops)
+        warnings = [f"{e.path}: {e.field}: {e.reason}; kept as written (the original Thot "
+                    "accepts it)" for e in exc.errors]
+        return props, warnings
+
+
+def _top(field: str | None) -> str:
+    """The top-level key of a JSON path (``tags[0]`` -> ``tags``); empty for the whole file."""
+    found = _TOP.match(field or "")
+    return found.group(0) if found and field != "(top level)" else ""

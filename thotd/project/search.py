@@ -4,8 +4,13 @@ A search maps dotted keys (``metadata.batch``) to conditions; all must hold. A c
 a scalar (equality; for a list value, membership, as in MongoDB), a list (every element is
 in the object's list), a compiled regex (``search`` finds a match in a string), a callable
 (true for the value), a dict of ``$`` operators (all hold) or a dict without operators (the
-sub-document matches key by key). An unknown operator is an error at compile time, not a
-silent miss.
+value equals it exactly). An unknown operator is an error at compile time, not a silent
+miss.
+
+What the original Thot did, kept (docs/decisions.md): values compare as in Python, so
+``1 == True == 1.0``; a key the object file does not set is *missing*, not ``None``, and a
+missing key matches no condition -- a callable is not even called -- except ``$exists:
+false``, ``$ne`` and ``$nin``, which keep MongoDB's meaning.
 
 Searches are also *recorded* by the engine (:func:`encode`) so a run's questions can be asked
 again later; a regex is stored as ``$regex``/``$options``, a callable makes the query opaque.
@@ -20,14 +25,14 @@ from typing import Any
 Matcher = Callable[[Any, bool], bool]  # (value, present) -> matched
 _MISSING = object()
 
-OPERATORS = frozenset(
-    {"$eq", "$ne", "$in", "$nin", "$exists", "$regex", "$options", "$gt", "$gte", "$lt", "$lte"}
-)
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
 
 
-class SearchError(ValueError):
-    """A search dict that cannot be evaluated (unknown operator, bad operand)."""
+class SearchError(ValueError, TypeError):
+    """A search dict that cannot be evaluated (unknown operator, bad operand).
+
+    A ``TypeError`` too: the original Thot raised that for an unknown operator or a ``$in``
+    without a list, and scripts written for it may catch it."""
 
 
 def lookup(obj: Any, dotted: str) -> Any:
@@ -51,100 +56,132 @@ def lookup(obj: Any, dotted: str) -> Any:
     return cur
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Python's ``==`` (so ``1 == True``), false for values that refuse to compare."""
+    try:
+        return bool(a == b)
+    except Exception:  # a value with an odd __eq__ (an array...) is simply not equal
+        return False
+
+
 def _equals(query: Any, value: Any) -> bool:
     if isinstance(value, list | tuple) and not isinstance(query, list | tuple):
-        return any(_scalar_eq(query, v) for v in value)
-    return _scalar_eq(query, value)
+        return any(_same(query, v) for v in value)
+    return _same(query, value)
 
 
-def _scalar_eq(a: Any, b: Any) -> bool:
-    # bool is an int in Python; JSON keeps them apart, and so do we.
-    if isinstance(a, bool) != isinstance(b, bool):
-        return False
-    return bool(a == b)
+def _compare(op: str) -> Callable[[Any, Mapping[str, Any]], Matcher]:
+    def build(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+        def test(value: Any, present: bool) -> bool:
+            if not present or value is None:
+                return False
+            try:
+                if op == "$gt":
+                    return bool(value > operand)
+                if op == "$gte":
+                    return bool(value >= operand)
+                if op == "$lt":
+                    return bool(value < operand)
+                return bool(value <= operand)
+            except TypeError:
+                return False
 
+        return test
 
-def _compare(op: str, operand: Any) -> Matcher:
-    def test(value: Any, present: bool) -> bool:
-        if not present or value is None or isinstance(value, bool) != isinstance(operand, bool):
-            return False
-        try:
-            if op == "$gt":
-                return bool(value > operand)
-            if op == "$gte":
-                return bool(value >= operand)
-            if op == "$lt":
-                return bool(value < operand)
-            return bool(value <= operand)
-        except TypeError:
-            return False
-
-    return test
+    return build
 
 
 def _regex_matcher(pattern: re.Pattern[str]) -> Matcher:
     return lambda value, present: isinstance(value, str) and pattern.search(value) is not None
 
 
+def _choices(op: str, operand: Any) -> list[Any]:
+    if not isinstance(operand, list | tuple | set | frozenset):
+        raise SearchError(f"{op} needs a list, got {operand!r}")
+    return list(operand)
+
+
+def _op_eq(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+    return lambda v, p: p and _equals(operand, v)
+
+
+def _op_ne(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+    return lambda v, p: not p or not _equals(operand, v)
+
+
+def _op_in(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+    choices = _choices("$in", operand)
+    return lambda v, p: p and any(_equals(c, v) for c in choices)
+
+
+def _op_nin(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+    choices = _choices("$nin", operand)
+    return lambda v, p: not p or not any(_equals(c, v) for c in choices)
+
+
+def _op_exists(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+    want = bool(operand)
+    return lambda v, p: p == want
+
+
+def _op_regex(operand: Any, spec: Mapping[str, Any]) -> Matcher:
+    flags = 0
+    for ch in str(spec.get("$options", "")):
+        if ch not in _FLAGS:
+            raise SearchError(f"unknown $options flag {ch!r}; known: {''.join(_FLAGS)}")
+        flags |= _FLAGS[ch]
+    try:
+        pattern = operand if isinstance(operand, re.Pattern) else re.compile(operand, flags)
+    except (re.error, TypeError) as exc:
+        raise SearchError(f"bad $regex {operand!r}: {exc}") from None
+    return _regex_matcher(pattern)
+
+
+def _op_options(_operand: Any, spec: Mapping[str, Any]) -> None:
+    if "$regex" not in spec:
+        raise SearchError("$options is only meaningful beside $regex")
+
+
+_OPERATORS: dict[str, Callable[[Any, Mapping[str, Any]], Matcher | None]] = {
+    "$eq": _op_eq, "$ne": _op_ne, "$in": _op_in, "$nin": _op_nin, "$exists": _op_exists,
+    "$regex": _op_regex, "$options": _op_options,
+    "$gt": _compare("$gt"), "$gte": _compare("$gte"), "$lt": _compare("$lt"),
+    "$lte": _compare("$lte"),
+}
+OPERATORS = frozenset(_OPERATORS)
+
+
 def _operators(spec: Mapping[str, Any]) -> Matcher:
     tests: list[Matcher] = []
     for op, operand in spec.items():
-        if op not in OPERATORS:
+        build = _OPERATORS.get(op)
+        if build is None:
             raise SearchError(f"unknown search operator {op!r}; known: {', '.join(sorted(OPERATORS))}")
-        if op == "$eq":
-            tests.append(lambda v, p, q=operand: _equals(q, v if p else None))
-        elif op == "$ne":
-            tests.append(lambda v, p, q=operand: not _equals(q, v if p else None))
-        elif op in ("$in", "$nin"):
-            if not isinstance(operand, list | tuple | set | frozenset):
-                raise SearchError(f"{op} needs a list, got {operand!r}")
-            choices = list(operand)
-
-            def is_in(v: Any, p: bool, choices: list[Any] = choices) -> bool:
-                return any(_equals(c, v if p else None) for c in choices)
-
-            tests.append(is_in if op == "$in" else (lambda v, p, f=is_in: not f(v, p)))
-        elif op == "$exists":
-            tests.append(lambda v, p, want=bool(operand): p == want)
-        elif op == "$regex":
-            flags = 0
-            for ch in str(spec.get("$options", "")):
-                if ch not in _FLAGS:
-                    raise SearchError(f"unknown $options flag {ch!r}; known: {''.join(_FLAGS)}")
-                flags |= _FLAGS[ch]
-            try:
-                pattern = operand if isinstance(operand, re.Pattern) else re.compile(operand, flags)
-            except (re.error, TypeError) as exc:
-                raise SearchError(f"bad $regex {operand!r}: {exc}") from None
-            tests.append(_regex_matcher(pattern))
-        elif op == "$options":
-            if "$regex" not in spec:
-                raise SearchError("$options is only meaningful beside $regex")
-        else:
-            tests.append(_compare(op, operand))
+        test = build(operand, spec)
+        if test is not None:
+            tests.append(test)
     return lambda v, p: all(t(v, p) for t in tests)
+
+
+def _contains_all(wanted: list[Any]) -> Matcher:
+    def contains(v: Any, p: bool) -> bool:
+        if not p or not isinstance(v, list | tuple):
+            return False
+        return all(any(_same(w, x) for x in v) for w in wanted)
+
+    return contains
 
 
 def _condition(cond: Any) -> Matcher:
     if isinstance(cond, re.Pattern):
         return _regex_matcher(cond)
     if callable(cond):
-        return lambda v, p: bool(cond(v if p else None))
-    if isinstance(cond, Mapping):
-        if any(isinstance(k, str) and k.startswith("$") for k in cond):
-            return _operators(cond)
-        sub = compile_search(cond)
-        return lambda v, p: p and isinstance(v, Mapping) and sub(v)
+        return lambda v, p: p and bool(cond(v))
+    if isinstance(cond, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in cond):
+        return _operators(cond)
     if isinstance(cond, list | tuple):
-        wanted = list(cond)
-
-        def contains(v: Any, p: bool) -> bool:
-            if not p or not isinstance(v, list | tuple):
-                return False
-            return all(any(_scalar_eq(w, x) for x in v) for w in wanted)
-
-        return contains
-    return lambda v, p: _equals(cond, v if p else None)
+        return _contains_all(list(cond))
+    return lambda v, p: p and _equals(cond, v)
 
 
 def compile_search(search: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], bool]:

@@ -25,7 +25,14 @@ import structlog
 from thotd.engine.record import stat_of
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
-from thotd.executor.process import RunSpec, end_leftovers, run_async, script_env, start_forkserver
+from thotd.executor.process import (
+    RunSpec,
+    end_leftovers,
+    run_async,
+    script_cwd,
+    script_env,
+    start_forkserver,
+)
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
@@ -515,7 +522,9 @@ class Daemon:
         env = engine.env_for(p.key, record)
         env["THOTD_QUERY_SOCKET"] = str(self.socket_path)
         spec = RunSpec(
-            script=Path(p.script), cwd=Path(p.container), env=script_env(os.environ, env),
+            # started_in: the project root, where the original runner was started
+            script=Path(p.script), cwd=script_cwd(p.script, p.container, engine.index.root),
+            env=script_env(os.environ, env),
             log_path=log_path, timeout_s=self.config.pool.timeout_s,
             log_cap_bytes=self.config.pool.log_cap_bytes,
             grace_s=min(5.0, self.config.daemon.shutdown_grace_s),
