@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from thotd.engine.record import Recorder, stat_of
+from thotd.engine.record import Recorder
+from thotd.fingerprint import stat_of
 from thotd.project.objects import ThotObject
 
 ENV_CONTAINER = "THOT_CONTAINER_ID"

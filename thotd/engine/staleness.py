@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from thotd.digest import blake2b
-from thotd.engine.record import RunRecord, read_record, stat_of
+from thotd.engine.record import RunRecord, read_record
 from thotd.engine.state import RunRow, Store
+from thotd.fingerprint import Hasher, stat_of
 from thotd.project.index import Index
 from thotd.project.locate import upward
 from thotd.project.search import SearchError
@@ -68,52 +69,6 @@ def _not_utf8(*paths: str) -> str | None:
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
             return f"waiting for a rename: {shown} is not a UTF-8 name"
     return None
-
-
-def content_hash(path: str) -> str | None:
-    h = blake2b(digest_size=16)
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-class Hasher:
-    """Content hashes cached by ``(path, size, mtime_ns)``: a file is hashed only when its
-    size or mtime moved, so a big data set is read once, not on every check."""
-
-    def __init__(self) -> None:
-        self.cache: dict[tuple[str, int, int], str | None] = {}
-
-    def hash(self, path: str, stat: list[int] | None) -> str | None:
-        if stat is None:
-            return None
-        key = (path, stat[0], stat[1])
-        if key not in self.cache:
-            self.cache[key] = content_hash(path)
-        return self.cache[key]
-
-    def fingerprint(self, path: str | None) -> dict[str, Any] | None:
-        if not path:
-            return None
-        st = stat_of(path)
-        return {"stat": st, "hash": self.hash(path, st)}
-
-    def changed(self, path: str | None, old: dict[str, Any] | None) -> bool:
-        """Whether a file differs from its recorded fingerprint (a touch does not count)."""
-        if not path:
-            return False
-        now = stat_of(path)
-        if old is None:
-            return now is not None
-        if now is None or old.get("stat") is None:
-            return now != old.get("stat")
-        if list(now) == list(old["stat"]):
-            return False
-        return self.hash(path, now) != old.get("hash")
 
 
 class Engine:

@@ -17,11 +17,11 @@ import itertools
 import json
 import os
 import stat
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from thotd.digest import blake2b
+from thotd.fingerprint import racy_from, stat_key, trusted_key
 from thotd.project import objectfile
 from thotd.project.locate import NotAProject, find_project_root, norm, resolve_path, upward
 from thotd.project.objectfile import (
@@ -107,35 +107,6 @@ def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dic
 #: Object files are small JSON descriptions; a bigger one is refused instead of being parsed
 #: (and fingerprinted, and sent to scripts) on the daemon's loop: 64 MiB costs ~0.5 s a read.
 MAX_OBJECT_BYTES = 16 * 1024 * 1024
-
-
-#: A file whose timestamps are this close to the moment it was read may still change within
-#: the same timestamp tick (file times come from a coarse clock), keeping size and times: its
-#: signature is not trusted, so the next load reads it again (git's "racy" entries).
-RACY_NS = 100_000_000
-
-
-def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What says a file is unchanged: size, mtime, ctime (which no ``touch -d`` can set
-    back) and inode (a replacement by rename)."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def _sig(st: os.stat_result, racy_from: int) -> tuple[int, int, int, int] | None:
-    """:func:`stat_key`, or None when the file changed too recently to trust it."""
-    if st.st_ctime_ns >= racy_from or st.st_mtime_ns >= racy_from:
-        return None
-    return stat_key(st)
-
-
-def _scripts_sig(base: str, names: frozenset[str], kind: str, racy_from: int) -> Any:
-    """The ``_scripts.json`` part of a node's signature: 0 when absent, 1 in an asset (where
-    it is ignored), its file signature in a container."""
-    if SCRIPTS_FILE not in names:
-        return 0
-    if kind == "asset":
-        return 1
-    return _sig(os.stat(base + SCRIPTS_FILE), racy_from)
 
 
 def _list_folder(folder: str) -> tuple[frozenset[str], list[str]]:
@@ -360,9 +331,8 @@ class Index:
     def _listing_moved(self, node: Node) -> list[str]:
         """A folder whose listing changed: what appeared or went among its marker names and
         sub-folders. The node takes the new listing (update() re-reads it if needed)."""
-        racy_from = time.time_ns() - RACY_NS
         try:
-            dsig = _sig(os.stat(node.id), racy_from)
+            dsig = trusted_key(os.stat(node.id), racy_from())
             names, dirs = _list_folder(node.id)
         except OSError:
             return [node.id]
@@ -384,9 +354,9 @@ class Index:
         keeps the signatures of its folder and files for :meth:`restore`.
         """
         keep = self.signatures  # the snapshot's bookkeeping costs a cold load ~8 %
-        racy_from = time.time_ns() - RACY_NS if keep else 0
+        racy_since = racy_from() if keep else 0
         try:
-            dsig = _sig(os.stat(folder), racy_from) if keep else None
+            dsig = trusted_key(os.stat(folder), racy_since) if keep else None
             found, dirs = _list_folder(folder)
         except PermissionError as exc:
             if parent is None or os.path.basename(folder) == "lost+found":
@@ -427,7 +397,7 @@ class Index:
         own = base + own_name
         try:
             data, st = _read_stat(own)
-            sigs[0] = _sig(st, racy_from) if keep else None
+            sigs[0] = trusted_key(st, racy_since) if keep else None
             node.props = objectfile.load(own_name, data, own)
         except ObjectFileError as exc:
             errors.extend(exc.errors)
@@ -443,7 +413,7 @@ class Index:
             else:
                 try:
                     data, st = _read_stat(spath)
-                    sigs[1] = _sig(st, racy_from) if keep else None
+                    sigs[1] = trusted_key(st, racy_since) if keep else None
                     assocs = objectfile.load(SCRIPTS_FILE, data, spath)
                     node.scripts = self._resolve_scripts(assocs, folder)
                 except ObjectFileError as exc:

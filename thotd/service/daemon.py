@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from thotd.engine.record import stat_of
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.executor.process import RunSpec, end_leftovers, run_async, script_env, start_forkserver
+from thotd.fingerprint import stat_of
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
