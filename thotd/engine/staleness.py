@@ -138,12 +138,10 @@ class Engine:
         if key in self.known_clean.get(key[0], ()):
             return []
         row = self.rows.get(key)
-        if row is None or row.record is None:
-            if row is not None and row.status in INTERRUPTED:
-                return ["interrupted before it finished"]
-            return ["never ran"]
-        if row.status in INTERRUPTED:
+        if row is not None and row.status in INTERRUPTED:
             return ["interrupted before it finished"]
+        if row is None or row.record is None:
+            return ["never ran"]
         rec = row.record
         container, script = key
         out: list[str] = []
@@ -152,6 +150,14 @@ class Engine:
         own = set(rec.get("outputs", {}))
         for q in rec.get("queries", []):
             out.extend(self._query_reasons(container, q, own))
+        out.extend(self._input_reasons(rec))
+        out.extend(self._output_reasons(rec))
+        return list(dict.fromkeys(out))
+
+    def _input_reasons(self, rec: dict[str, Any]) -> list[str]:
+        """The recorded inputs that changed or went (one a query no longer returns is told
+        by the query's reasons)."""
+        out: list[str] = []
         for oid, info in rec.get("consumed", {}).items():
             node = self.index.nodes.get(oid)
             if node is None or not node.valid:
@@ -162,15 +168,19 @@ class Engine:
                 out.append(f"input {self.rel(oid)} changed")
             elif node.file and self.hasher.changed(node.file, info.get("data")):
                 out.append(f"input {self.rel(node.file)} changed")
-        # An output someone deleted is made again (a full run would). Only deletion counts:
-        # two runs that write the same asset must not keep making each other stale.
+        return out
+
+    def _output_reasons(self, rec: dict[str, Any]) -> list[str]:
+        """An output someone deleted is made again (a full run would). Only deletion counts:
+        two runs that write the same asset must not keep making each other stale."""
+        out: list[str] = []
         for oid, info in rec.get("outputs", {}).items():
             data = info.get("data") or {}
             if oid not in self.index.nodes:
                 out.append(f"output {self.rel(oid)} missing")
             elif data.get("stat") is not None and stat_of(info.get("file")) is None:
                 out.append(f"output {self.rel(info['file'])} missing")
-        return list(dict.fromkeys(out))
+        return out
 
     def forget_clean(self, container: str) -> None:
         """A run at ``container`` wrote something: the runs that can consume it (at that
@@ -180,7 +190,8 @@ class Engine:
         for folder in upward(container, self.project):
             self.known_clean.pop(folder, None)
 
-    def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:
+    def current_ids(self, container: str, kind: str, search: Any) -> list[str]:
+        """What a recorded query answers now (nothing, for a search that no longer parses)."""
         try:
             return self.index.query_ids(kind, search, container)
         except SearchError:
@@ -189,7 +200,7 @@ class Engine:
     def _query_reasons(self, container: str, q: dict[str, Any], own: set[str]) -> list[str]:
         if container not in self.index.nodes:
             return []
-        now = [i for i in self._current_ids(container, q["kind"], q["search"]) if i not in own]
+        now = [i for i in self.current_ids(container, q["kind"], q["search"]) if i not in own]
         then = [i for i in q["ids"] if i not in own]
         if now == then:
             return []
@@ -201,6 +212,49 @@ class Engine:
 
     def stale(self, plan: Iterable[Planned]) -> list[tuple[Planned, list[str]]]:
         return [(p, r) for p in plan if (r := self.reasons(p.key))]
+
+    def input_state(self, key: RunKey) -> list[Any]:
+        """A run's inputs as they are now (script, consumed objects and data files, the
+        answers to its queries): what a run caught in a cycle is held on until someone
+        changes it."""
+        row = self.rows.get(key)
+        record = (row.record if row else None) or {}
+        state: list[Any] = [stat_of(key[1])]
+        for oid, info in sorted(record.get("consumed", {}).items()):
+            node = self.index.nodes.get(oid)
+            fp = self.index.fingerprint(oid) if node is not None and node.valid else None
+            state.append((oid, fp, stat_of((node.file if node else None) or info.get("file"))))
+        for q in record.get("queries", []):
+            state.append(self.current_ids(key[0], q["kind"], q["search"]))
+        return state
+
+    def candidates(self, plan: Iterable[Planned], containers: Iterable[str | None],
+                   subtree_of: Iterable[str] = ()) -> list[Planned]:
+        """The runs of ``plan`` that can see a change: those of the changed ``containers``
+        and their ancestors, and, for a container in ``subtree_of`` (metadata flows down),
+        its whole subtree."""
+        index = self.index
+        wanted: set[str] = set()
+        for c in containers:
+            cur = c
+            while cur is not None and cur not in wanted:
+                wanted.add(cur)
+                node = index.nodes.get(cur)
+                cur = node.parent if node else None
+        below = [c for c in subtree_of if c in index.nodes and index.nodes[c].kind == "container"]
+        walked: set[str] = set()
+        for c in sorted(below, key=len):  # an ancestor's walk covers its added descendants
+            if c not in walked:
+                ids = [n.id for n in index.walk(c, include_invalid=True) if n.kind == "container"]
+                walked.update(ids)
+                wanted.update(ids)
+        return [p for p in plan if p.container in wanted]
+
+    def autorun(self, key: RunKey) -> bool:
+        """Whether the run's association (still) says it runs by itself."""
+        node = self.index.nodes.get(key[0])
+        return bool(node and any(s["script"] == key[1] and s["autorun"] for s in node.scripts))
+
 
     # ------------------------------------------------------------------ executing
 

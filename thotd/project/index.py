@@ -12,17 +12,14 @@ were some) so the rest of the tree still loads and the runs that would see them 
 from __future__ import annotations
 
 import bisect
-import errno
 import itertools
 import json
 import os
-import stat
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from thotd.digest import blake2b
-from thotd.fingerprint import racy_from, stat_key, trusted_key
-from thotd.project import objectfile
+from thotd.project.folder import Node, moved_paths, read_file, read_object
 from thotd.project.locate import NotAProject, find_project_root, norm, resolve_path, upward
 from thotd.project.objectfile import (
     ASSET_FILE,
@@ -39,57 +36,8 @@ from thotd.project.search import compile_search
 __all__ = ["Changes", "Index", "Node", "NotAProject", "find_project_root", "load_project", "norm",
            "resolve_path"]
 
-_MARKERS = frozenset((CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE, NOTES_DIR))
 _SHAPES = itertools.count()  # shape versions, unique across Index instances
 _VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
-
-
-class Node:
-    """One object (container or asset) and what the index derived for it.
-
-    A plain class, not a dataclass: ``dataclasses`` costs ~8 ms of every ``thot`` start-up
-    (it imports ``inspect``)."""
-
-    __slots__ = ("id", "kind", "parent", "props", "scripts", "notes", "entries", "metadata",
-                 "errors", "warnings", "file", "sig", "dsig", "names", "subdirs", "_view", "_fp")
-
-    def __init__(
-        self, id: str, kind: str, parent: str | None, props: dict[str, Any],  # noqa: A002
-        *, dsig: tuple[int, int, int, int] | None = None,
-        names: frozenset[str] = frozenset(), subdirs: Sequence[str] = (),
-    ) -> None:
-        self.id = id
-        self.kind = kind  # "container" | "asset"
-        self.parent = parent
-        self.props = props  # validated own properties, extras kept, defaults applied
-        self.scripts: list[dict[str, Any]] = []  # containers: resolved, ordered
-        self.notes: list[dict[str, Any]] = []
-        self.entries: list[str] = []  # child object ids, by folder name
-        self.metadata: dict[str, Any] = {}  # effective (inherited) metadata
-        self.errors: list[ObjectError] = []
-        self.warnings: list[str] = []
-        self.file: str | None = None  # assets: absolute data file
-        # What the node was read from: the object files' (size, mtime_ns, ctime_ns, inode),
-        # so a later load can reuse it without re-reading; None when that is not safe.
-        self.sig: tuple[Any, ...] | None = None
-        # Its folder's signature when listed, which of the marker names it held, and its
-        # sub-folders: an unchanged folder need not be listed again.
-        self.dsig = dsig
-        self.names = names
-        self.subdirs = subdirs
-        self._view: ThotObject | None = None
-        self._fp: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
-
-    def invalidate(self) -> None:
-        self._view = None
-        self._fp = None
-
-    def __repr__(self) -> str:
-        return f"Node({self.id!r}, {self.kind!r}, errors={len(self.errors)})"
 
 
 # One encoder for every cache key: json.dumps with options builds a new encoder per call.
@@ -102,47 +50,6 @@ def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dic
     if not own:
         return inherited  # type: ignore[return-value]
     return {**inherited, **own}
-
-
-#: Object files are small JSON descriptions; a bigger one is refused instead of being parsed
-#: (and fingerprinted, and sent to scripts) on the daemon's loop: 64 MiB costs ~0.5 s a read.
-MAX_OBJECT_BYTES = 16 * 1024 * 1024
-
-
-def _list_folder(folder: str) -> tuple[frozenset[str], list[str]]:
-    """The marker names (object files, ``_notes``) a folder holds and its sub-folders
-    (sorted, ``_notes`` left out), from one listing; raises ``OSError``."""
-    names: set[str] = set()
-    dirs: list[str] = []
-    with os.scandir(folder) as it:
-        for entry in it:
-            name = entry.name
-            if name in _MARKERS:
-                names.add(name)
-            if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
-                dirs.append(name)
-    return frozenset(names), sorted(dirs)
-
-
-def _read(path: str) -> bytes:
-    return _read_stat(path)[0]
-
-
-def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
-    # O_NONBLOCK: a named pipe called _asset.json must not hang the reader; only regular
-    # files are read.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        if st.st_size > MAX_OBJECT_BYTES:
-            raise OSError(
-                errno.EFBIG,
-                f"{st.st_size / 2**20:.1f} MiB, over the {MAX_OBJECT_BYTES >> 20} MiB limit for "
-                "object files (they describe data; the data belongs in the asset's file)",
-            )
-        return fh.read(), st
 
 
 def _outermost(folders: Iterable[str]) -> list[list[str]]:
@@ -160,26 +67,6 @@ def _covered(folder: str, outer: list[list[str]]) -> bool:
     parts = folder.split(os.sep)
     i = bisect.bisect_right(outer, parts) - 1
     return i >= 0 and len(outer[i]) < len(parts) and parts[: len(outer[i])] == outer[i]
-
-
-def _read_notes(folder: str) -> list[dict[str, Any]]:
-    notes: list[dict[str, Any]] = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return notes
-    for entry in entries:
-        if not entry.is_file() or entry.name.startswith("."):
-            continue
-        try:
-            content = _read(entry.path).decode("utf-8", errors="replace")
-            created = entry.stat().st_mtime
-        except OSError:
-            continue
-        notes.append(
-            {"title": os.path.splitext(entry.name)[0], "created": created, "content": content}
-        )
-    return notes
 
 
 class Index:
@@ -273,169 +160,15 @@ class Index:
         idx._plain = dict(plain or {})
         idx.answers = answers or {}
         idx.signatures = True
-        paths = idx._moved_paths()
+        paths = moved_paths(idx.nodes, idx._plain)
         # What a fresh load would give, now and for the rest of this index's life (the
         # snapshot it is saved to must say what the files say).
         idx.keep_last_good = False
         return idx, (idx.update(paths) if paths else Changes())
 
-    def _moved_paths(self) -> list[str]:
-        """The paths whose signature differs from the one recorded, in the form
-        :meth:`update` takes: an object file (read the object again), a folder (sync it),
-        or a marker name that appeared or went (``_notes``, ``_scripts.json``...)."""
-        out: list[str] = []
-        stat = os.stat
-        for node in list(self.nodes.values()):
-            folder = node.id
-            try:
-                st = stat(folder)
-            except OSError:
-                out.append(folder)  # gone (or unreadable): update drops or re-reads it
-                continue
-            if node.dsig is None or node.dsig != stat_key(st):
-                out.extend(self._listing_moved(node))
-            own = folder + os.sep + (CONTAINER_FILE if node.kind == "container" else ASSET_FILE)
-            if node.sig is None:  # not trusted (too fresh, unreadable, with notes): read again
-                out.append(own)
-                continue
-            then_own, then_scripts = node.sig
-            try:
-                st = stat(own)
-            except OSError:
-                out.append(own)
-                continue
-            if then_own != stat_key(st):
-                out.append(own)
-            elif type(then_scripts) is tuple:
-                spath = folder + os.sep + SCRIPTS_FILE
-                try:
-                    st = stat(spath)
-                    if then_scripts != stat_key(st):
-                        out.append(spath)
-                except OSError:
-                    out.append(spath)
-        for folder, then in list(self._plain.items()):
-            parent = self.nodes.get(os.path.dirname(folder))
-            if parent is None or parent.kind != "container":
-                del self._plain[folder]  # no longer where an object could be
-                continue
-            try:
-                st = stat(folder)
-            except OSError:
-                del self._plain[folder]
-                continue
-            if then is None or then != stat_key(st):
-                out.append(folder)  # it may have become an object
-        return out
-
-    def _listing_moved(self, node: Node) -> list[str]:
-        """A folder whose listing changed: what appeared or went among its marker names and
-        sub-folders. The node takes the new listing (update() re-reads it if needed)."""
-        try:
-            dsig = trusted_key(os.stat(node.id), racy_from())
-            names, dirs = _list_folder(node.id)
-        except OSError:
-            return [node.id]
-        base = node.id + os.sep
-        out = [base + name for name in names ^ node.names]
-        if node.kind == "container":
-            now = [base + d for d in dirs]
-            new, old = set(now), set(node.subdirs)
-            out += [p for p in now if p not in old] + [p for p in node.subdirs if p not in new]
-            node.subdirs = now
-        node.dsig, node.names = dsig, names
-        return out
-
     def _read_object(self, folder: str, parent: str | None) -> tuple[Node | None, list[str]]:
-        """Read one folder's object files with a single listing of the folder.
-
-        Returns the object (None when the folder is not one) and its sub-folders, which the
-        walk needs anyway: no ``stat`` per candidate file, each file parsed once. The node
-        keeps the signatures of its folder and files for :meth:`restore`.
-        """
-        keep = self.signatures  # the snapshot's bookkeeping costs a cold load ~8 %
-        racy_since = racy_from() if keep else 0
-        try:
-            dsig = trusted_key(os.stat(folder), racy_since) if keep else None
-            found, dirs = _list_folder(folder)
-        except PermissionError as exc:
-            if parent is None or os.path.basename(folder) == "lost+found":
-                return None, []
-            # It may hold objects: say so, and hold the runs that would see it, rather than
-            # run them as if its data did not exist.
-            node = Node(id=folder, kind="container", parent=parent, props={})
-            node.errors = [ObjectError(folder, None, f"cannot read this folder ({exc.strerror}); "
-                                       "what it holds is unknown: fix its permissions")]
-            return node, []
-        except OSError:
-            return None, []
-        base = folder + os.sep if folder != os.sep else folder
-        has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
-        if not has_c and not has_a:
-            if keep:
-                self._plain[folder] = dsig
-            return None, []
-        kind = "container" if has_c else "asset"
-        subdirs = [base + d for d in dirs] if has_c else []
-        if keep:
-            self._plain.pop(folder, None)
-            node = Node(id=folder, kind=kind, parent=parent, props={}, dsig=dsig, names=found,
-                        subdirs=subdirs)
-        else:
-            node = Node(id=folder, kind=kind, parent=parent, props={})
-        sigs: list[Any] = [None, 0]
-        errors: list[ObjectError] = []
-        if has_c and has_a:
-            errors.append(
-                ObjectError(
-                    folder, None,
-                    f"holds both {CONTAINER_FILE} and {ASSET_FILE}; a folder is one or the "
-                    "other: delete one of them",
-                )
-            )
-        own_name = CONTAINER_FILE if has_c else ASSET_FILE
-        own = base + own_name
-        try:
-            data, st = _read_stat(own)
-            sigs[0] = trusted_key(st, racy_since) if keep else None
-            node.props = objectfile.load(own_name, data, own)
-        except ObjectFileError as exc:
-            errors.extend(exc.errors)
-        except OSError as exc:
-            errors.append(ObjectError(own, None, f"cannot read: {exc.strerror or exc}"))
-        if kind == "asset" and "file" in node.props:
-            node.file = resolve_path(node.props["file"], folder, self.root)
-        if SCRIPTS_FILE in found:
-            spath = base + SCRIPTS_FILE
-            if kind == "asset":
-                sigs[1] = 1  # only its presence matters (a warning), the file is not read
-                node.warnings.append(f"{spath}: scripts belong to containers; ignored in an asset")
-            else:
-                try:
-                    data, st = _read_stat(spath)
-                    sigs[1] = trusted_key(st, racy_since) if keep else None
-                    assocs = objectfile.load(SCRIPTS_FILE, data, spath)
-                    node.scripts = self._resolve_scripts(assocs, folder)
-                except ObjectFileError as exc:
-                    errors.extend(exc.errors)
-                except OSError as exc:
-                    errors.append(ObjectError(spath, None, f"cannot read: {exc.strerror or exc}"))
-        if NOTES_DIR in found:
-            node.notes = _read_notes(base + NOTES_DIR)
-        node.errors = errors
-        if keep and None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
-            node.sig = (sigs[0], sigs[1])
-        return node, subdirs
-
-    def _resolve_scripts(self, assocs: list[dict[str, Any]], folder: str) -> list[dict[str, Any]]:
-        out = []
-        for order, assoc in enumerate(assocs):
-            item = dict(assoc)
-            item["script"] = resolve_path(assoc["script"], folder, self.root)
-            item["order"] = order
-            out.append(item)
-        out.sort(key=lambda a: (a["priority"], a["order"]))
-        return out
+        """:func:`~thotd.project.folder.read_object`, keeping signatures when asked to."""
+        return read_object(folder, parent, self.root, self._plain if self.signatures else None)
 
     def _load_subtree(self, folder: str, parent: str | None, meta: Mapping[str, Any]) -> list[str]:
         """Load ``folder`` and everything below it; returns the ids added (preorder)."""
@@ -598,38 +331,46 @@ class Index:
         return self.answers[start][key]
 
     def _sync(self, folder: str, full: bool, changes: Changes) -> None:
+        """Bring one folder's object in line with the disk: drop it, reload its subtree
+        (new, changed kind, or ``full``), or re-read only its own files."""
         parent = os.path.dirname(folder)
         in_project = folder == self.root or (
             parent in self.nodes and self.nodes[parent].kind == "container"
         )
         old = self.nodes.get(folder)
-        if not in_project or not os.path.isdir(folder):
-            if old is not None:
-                changes.removed.update(self._drop(folder))
-            return
-        fresh, _subdirs = self._read_object(folder, None if folder == self.root else parent)
+        fresh = None
+        if in_project and os.path.isdir(folder):
+            fresh, _subdirs = self._read_object(folder, None if folder == self.root else parent)
         if fresh is None:
             if old is not None:
                 changes.removed.update(self._drop(folder))
-            return
-        if old is None or old.kind != fresh.kind or full:
-            before = {n.id: n for n in self.walk(folder, include_invalid=True)} if old else {}
-            old_fps = {nid: self.fingerprint(nid) for nid in before}
-            old_errors = {nid: n.errors for nid, n in before.items()}
-            if old is not None:
-                self._drop(folder)
-            inherited = self.nodes[parent].metadata if folder != self.root else {}
-            added = self._load_subtree(folder, fresh.parent, inherited)
-            if parent in self.nodes:
-                self.nodes[parent].invalidate()
-            for nid in added:
-                if nid not in before:
-                    changes.added.add(nid)
-                elif self.fingerprint(nid) != old_fps[nid] or self.nodes[nid].errors != old_errors[nid]:
-                    changes.modified.add(nid)
-            changes.removed.update(set(before) - set(added))
-            return
-        # Same kind: re-read only this folder's files; children keep their nodes.
+        elif old is None or old.kind != fresh.kind or full:
+            self._reload(folder, parent, old, fresh, changes)
+        else:
+            self._replace(folder, parent, old, fresh, changes)
+
+    def _reload(self, folder: str, parent: str, old: Node | None, fresh: Node,
+                changes: Changes) -> None:
+        """Load ``folder``'s subtree again; what differs from before goes into ``changes``."""
+        before = {n.id: n for n in self.walk(folder, include_invalid=True)} if old else {}
+        old_fps = {nid: self.fingerprint(nid) for nid in before}
+        old_errors = {nid: n.errors for nid, n in before.items()}
+        if old is not None:
+            self._drop(folder)
+        inherited = self.nodes[parent].metadata if folder != self.root else {}
+        added = self._load_subtree(folder, fresh.parent, inherited)
+        if parent in self.nodes:
+            self.nodes[parent].invalidate()
+        for nid in added:
+            if nid not in before:
+                changes.added.add(nid)
+            elif self.fingerprint(nid) != old_fps[nid] or self.nodes[nid].errors != old_errors[nid]:
+                changes.modified.add(nid)
+        changes.removed.update(set(before) - set(added))
+
+    def _replace(self, folder: str, parent: str, old: Node, fresh: Node, changes: Changes) -> None:
+        """The same kind of object, re-read: only this folder's files; children keep their
+        nodes (and inherit its metadata again when that moved)."""
         fresh.entries = old.entries
         if fresh.errors and old.valid and self.keep_last_good:
             # Keep the last good version's properties: dependents must not run on garbage,
@@ -651,13 +392,17 @@ class Index:
         if self.fingerprint(folder) != old_fp or fresh.errors != old.errors:
             changes.modified.add(folder)
         if meta_changed:
-            for node in self.walk(folder, include_invalid=True):
-                if node.id == folder:
-                    continue
-                par = self.nodes[node.parent] if node.parent else None
-                node.metadata = _inherit(par.metadata if par else {}, node.props.get("metadata"))
-                node.invalidate()
-                changes.modified.add(node.id)
+            self._inherit_below(folder, changes)
+
+    def _inherit_below(self, folder: str, changes: Changes) -> None:
+        """``folder``'s metadata moved: everything below inherits it again."""
+        for node in self.walk(folder, include_invalid=True):
+            if node.id == folder:
+                continue
+            par = self.nodes[node.parent] if node.parent else None
+            node.metadata = _inherit(par.metadata if par else {}, node.props.get("metadata"))
+            node.invalidate()
+            changes.modified.add(node.id)
 
     # ------------------------------------------------------------------ reading
 
@@ -757,7 +502,7 @@ class Index:
                 path = os.path.join(node.id, name)
                 from thotd.project import model
                 try:
-                    parsed = model.parse(name, _read(path), path)
+                    parsed = model.parse(name, read_file(path), path)
                 except (ObjectFileError, OSError):
                     continue
                 out.extend(f"{path}: unknown field {k!r} (kept; a typo?)" for k in model.extra_keys(parsed))
