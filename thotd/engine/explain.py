@@ -46,12 +46,16 @@ def _run_info(engine: Engine, key: RunKey) -> dict[str, Any]:
                     for q in rec.get("queries", [])],
         "outputs": sorted(rec.get("outputs", {})),
         "stale": engine.reasons(key),
+        "reasons": [{"kind": r.kind, "path": r.path,
+                     "query": {"kind": r.query[0], "search": json.loads(r.query[1])} if r.query else None}
+                    for r in engine.why_stale(key)],
     }
 
 
 def why_info(engine: Engine, path: str) -> dict[str, Any]:
     """Provenance of an asset or container: the run that produced it (and, for a container,
-    its own runs) with their inputs, queries, outputs and why each is stale."""
+    its own runs) with their inputs, queries, outputs and why each is stale (``stale`` in
+    words, ``reasons`` as data: kind, path, query)."""
     target, node, known = _target(engine, path)
     if not known:
         return {"path": target, "error": "not an object of this project"}

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from thotd.digest import blake2b
 from thotd.engine.record import RunRecord, read_record
@@ -31,6 +31,32 @@ from thotd.project.search import SearchError
 
 RunKey = tuple[str, str]  # (container id, absolute script path)
 INTERRUPTED = ("running", "killed")
+
+
+class Reason(NamedTuple):
+    """Why a run must execute, as data: what happened (``kind``, a key of ``_WORDS``), to
+    which path, and for a query's answer, the query (its kind and its search as JSON).
+    :meth:`Engine.say` puts it in words."""
+
+    kind: str
+    path: str | None = None
+    query: tuple[str, str] | None = None
+
+
+_WORDS = {
+    "interrupted": "interrupted before it finished",
+    "never-ran": "never ran",
+    "script-changed": "script changed",
+    "script-missing": "script missing",
+    "input-removed": "input {path} removed",
+    "input-changed": "input {path} changed",
+    "input-data-changed": "input {path} changed",
+    "output-missing": "output {path} missing",
+    "output-data-missing": "output {path} missing",
+    "query-new": "new {what} {path} matches {search}",
+    "query-lost": "{path} no longer matches {search}",
+    "query-order": "the answer to {search} changed order",
+}
 
 
 class Planned:
@@ -135,18 +161,34 @@ class Engine:
 
     def reasons(self, key: RunKey) -> list[str]:
         """Why the run must execute, in words; empty when it is up to date."""
+        return list(dict.fromkeys(self.say(r) for r in self.why_stale(key)))
+
+    def say(self, reason: Reason) -> str:
+        """A :class:`Reason` in words, its paths relative to the project."""
+        words = _WORDS[reason.kind]
+        if reason.query is None:
+            return words.format(path=self.rel(reason.path) if reason.path else "")
+        kind, search = reason.query
+        shown = "anything" if kind == "*" else search
+        what = "object" if kind == "*" else kind
+        return words.format(path=self.rel(reason.path) if reason.path else "", what=what,
+                            search=shown)
+
+    def why_stale(self, key: RunKey) -> list[Reason]:
+        """Why the run must execute, as data; empty when it is up to date."""
         if key in self.known_clean.get(key[0], ()):
             return []
         row = self.rows.get(key)
         if row is not None and row.status in INTERRUPTED:
-            return ["interrupted before it finished"]
+            return [Reason("interrupted")]
         if row is None or row.record is None:
-            return ["never ran"]
+            return [Reason("never-ran")]
         rec = row.record
         container, script = key
-        out: list[str] = []
+        out: list[Reason] = []
         if self.hasher.changed(script, rec.get("script")):
-            out.append("script changed" if os.path.exists(script) else "script missing")
+            out.append(Reason("script-changed" if os.path.exists(script) else "script-missing",
+                              script))
         own = set(rec.get("outputs", {}))
         for q in rec.get("queries", []):
             out.extend(self._query_reasons(container, q, own))
@@ -154,32 +196,32 @@ class Engine:
         out.extend(self._output_reasons(rec))
         return list(dict.fromkeys(out))
 
-    def _input_reasons(self, rec: dict[str, Any]) -> list[str]:
+    def _input_reasons(self, rec: dict[str, Any]) -> list[Reason]:
         """The recorded inputs that changed or went (one a query no longer returns is told
         by the query's reasons)."""
-        out: list[str] = []
+        out: list[Reason] = []
         for oid, info in rec.get("consumed", {}).items():
             node = self.index.nodes.get(oid)
             if node is None or not node.valid:
                 if not any(oid in q["ids"] for q in rec.get("queries", [])):
-                    out.append(f"input {self.rel(oid)} removed")
+                    out.append(Reason("input-removed", oid))
                 continue
             if self.index.fingerprint(oid) != info.get("fp"):
-                out.append(f"input {self.rel(oid)} changed")
+                out.append(Reason("input-changed", oid))
             elif node.file and self.hasher.changed(node.file, info.get("data")):
-                out.append(f"input {self.rel(node.file)} changed")
+                out.append(Reason("input-data-changed", node.file))
         return out
 
-    def _output_reasons(self, rec: dict[str, Any]) -> list[str]:
+    def _output_reasons(self, rec: dict[str, Any]) -> list[Reason]:
         """An output someone deleted is made again (a full run would). Only deletion counts:
         two runs that write the same asset must not keep making each other stale."""
-        out: list[str] = []
+        out: list[Reason] = []
         for oid, info in rec.get("outputs", {}).items():
             data = info.get("data") or {}
             if oid not in self.index.nodes:
-                out.append(f"output {self.rel(oid)} missing")
+                out.append(Reason("output-missing", oid))
             elif data.get("stat") is not None and stat_of(info.get("file")) is None:
-                out.append(f"output {self.rel(info['file'])} missing")
+                out.append(Reason("output-data-missing", info["file"]))
         return out
 
     def forget_clean(self, container: str) -> None:
@@ -197,18 +239,17 @@ class Engine:
         except SearchError:
             return []
 
-    def _query_reasons(self, container: str, q: dict[str, Any], own: set[str]) -> list[str]:
+    def _query_reasons(self, container: str, q: dict[str, Any], own: set[str]) -> list[Reason]:
         if container not in self.index.nodes:
             return []
         now = [i for i in self.current_ids(container, q["kind"], q["search"]) if i not in own]
         then = [i for i in q["ids"] if i not in own]
         if now == then:
             return []
-        shown = "anything" if q["kind"] == "*" else json.dumps(q["search"], sort_keys=True)
-        what = "object" if q["kind"] == "*" else q["kind"]
-        out = [f"new {what} {self.rel(i)} matches {shown}" for i in now if i not in then]
-        out += [f"{self.rel(i)} no longer matches {shown}" for i in then if i not in now]
-        return out or [f"the answer to {shown} changed order"]
+        asked = (q["kind"], json.dumps(q["search"], sort_keys=True))
+        out = [Reason("query-new", i, asked) for i in now if i not in then]
+        out += [Reason("query-lost", i, asked) for i in then if i not in now]
+        return out or [Reason("query-order", None, asked)]
 
     def stale(self, plan: Iterable[Planned]) -> list[tuple[Planned, list[str]]]:
         return [(p, r) for p in plan if (r := self.reasons(p.key))]
