@@ -111,6 +111,8 @@ class Dispatcher:
         p = self.by_key.get(p.key, p)
         if pending.any_in(self._starts.get(p.container, p.order), p.order):
             return False
+        if not pending.strays:
+            return True
         prefix = p.container + os.sep
         return not any(c.startswith(prefix) for c in pending.strays)
 
