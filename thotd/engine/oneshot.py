@@ -1,12 +1,11 @@
 """The one-shot runner behind ``thot run``: evaluate a project bottom-up, or only what is stale.
 
-Scripts run as their own processes (see :mod:`thotd.executor.process`), each waited for by a thread of
-its own that reports to one queue; the index, the engine and the SQLite store stay on the
-calling thread, so nothing needs a lock. (A thread per run rather than
+Scripts run as their own processes (see :mod:`thotd.executor.process`), each waited for by a
+thread of its own that reports to one queue; the index, the engine and the SQLite store stay
+on the calling thread, so nothing needs a lock. (A thread per run rather than
 ``concurrent.futures``: runs are few and long, and its import alone costs ~7 ms of every
-``thot run``.) With
-``jobs > 1`` independent subtrees run side by side: which run may start is the rule of
-:mod:`thotd.engine.dispatch`, the daemon's too.
+``thot run``.) With ``jobs > 1`` independent subtrees run side by side; which run may start
+is decided by :mod:`thotd.engine.dispatch`, for the daemon too.
 """
 
 from __future__ import annotations
