@@ -141,10 +141,10 @@ def group_dead(pgid: int) -> bool:
 
 
 def wait_past_racy_window(root: Path) -> None:
-    """Let the clock move past the racy window (``thotd.project.index.RACY_NS``) of everything under
+    """Let the clock move past the racy window (``thotd.fingerprint.RACY_NS``) of everything under
     ``root``, so a snapshot may trust those files' signatures: a wait on the clock, the one
     condition here, not a sleep in the hope of an event."""
-    from thotd.project.index import RACY_NS
+    from thotd.fingerprint import RACY_NS
 
     newest = max(os.lstat(os.path.join(d, n)).st_ctime_ns
                  for d, dirs, files in os.walk(root) for n in [*dirs, *files, "."])

@@ -113,7 +113,6 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.xfail(strict=True, reason="methods imports why/graph from cli.thot: moving to engine")
 def test_no_room_imports_a_room_above_it() -> None:
     assert layer_violations(_graph()) == []
 

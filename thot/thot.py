@@ -18,7 +18,8 @@ import uuid
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from thotd.engine.record import Recorder, stat_of
+from thotd.engine.record import Recorder
+from thotd.fingerprint import stat_of
 from thotd.project.objects import ScriptAssociation, ThotObject
 
 ENV_CONTAINER = "THOT_CONTAINER_ID"

@@ -5,12 +5,12 @@ Rooms, one way down (a module imports only from its own room or the ones below i
 
     cli       the thot, thotd and thotctl commands
     service   the daemon: lifecycle, watcher, control socket, config, logs, systemd
-    engine    runs and records: fingerprints, staleness, dispatch, explain, state, snapshot
+    engine    runs and records: staleness, dispatch, explain, state, snapshot
     executor  how a run happens: process control, the fork server
     project   what a project is: object files, model, index, search
 
-The modules beside this file (``paths``, ``slotted``, ``digest``) are leaves every room may
-use; they import nothing from thotd.  Every ``__init__.py`` stays free of imports: the
+The modules beside this file (``paths``, ``slotted``, ``digest``, ``fingerprint``) are
+leaves every room may use; they import nothing from thotd but each other.  Every ``__init__.py`` stays free of imports: the
 ``thot`` script API imports parts of ``project`` and ``engine``, and a script must not pay
 for what it does not use.
 """

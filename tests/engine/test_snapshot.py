@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thotd.engine import snapshot
-from thotd.project.index import RACY_NS, Index, _sig
+from thotd.fingerprint import RACY_NS, trusted_key
+from thotd.project.index import Index
 
 QUERIES: list[tuple[str, Any]] = [
     ("asset", {"type": "raw"}),
@@ -134,8 +135,8 @@ def test_a_file_changed_just_before_it_was_read_is_not_trusted(tmp_path: Path) -
     if fresh.stat().st_ctime_ns >= done - RACY_NS:  # read within the window (the usual case)
         assert index.nodes[str(fresh.parent)].sig is None
     assert index.nodes[str(root / "g1" / "s0" / "raw")].sig is not None
-    assert _sig(fresh.stat(), time.time_ns() - RACY_NS) is None
-    assert _sig(fresh.stat(), fresh.stat().st_ctime_ns + 1) is not None
+    assert trusted_key(fresh.stat(), time.time_ns() - RACY_NS) is None
+    assert trusted_key(fresh.stat(), fresh.stat().st_ctime_ns + 1) is not None
 
 
 def test_what_a_run_made_is_checked_for_its_consumers_though_they_were_clean(tmp_path: Path) -> None:

@@ -330,6 +330,12 @@ def test_why_names_the_run_and_its_inputs(gs3: GS) -> None:
     (gs3.project / "group-0" / "sample-001" / "raw" / "data.csv").write_text("value\n1\n")
     code, out, _ = cli("--state", gs3.state, "why", gs3.project / "group-0" / "sample-001" / "stats")
     assert "input group-0/sample-001/raw/data.csv changed" in out
+    # The same reason as data: what happened, to which file (rendered in words at the edge).
+    code, out, _ = cli("--state", gs3.state, "why", gs3.project / "group-0" / "sample-001" / "stats",
+                       "--json")
+    (run,) = json.loads(out)["runs"]
+    assert run["reasons"] == [{"kind": "input-data-changed", "query": None,
+                               "path": str(gs3.project / "group-0" / "sample-001" / "raw" / "data.csv")}]
 
 
 def test_why_on_a_user_file(gs3: GS) -> None:

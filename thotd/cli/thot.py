@@ -295,43 +295,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def why_info(engine: Any, path: str) -> dict[str, Any]:
-    """Provenance of an asset or container, shared by ``thot why`` and ``thotctl why``."""
-    from thotd.project.index import norm
-
-    target = norm(path)
-    node = engine.index.nodes.get(target)
-    if node is None:
-        owner = engine.index.owner_container(target)
-        assets = sorted(engine.index.by_file.get(target, ()))  # a data file: its asset
-        if assets:
-            target, node = assets[0], engine.index.nodes[assets[0]]
-        elif owner is None:
-            return {"path": target, "error": "not an object of this project"}
-    producers = engine.producers()
-    runs = []
-    keys = [producers[target]] if target in producers else []
-    if node is not None and node.kind == "container":
-        keys += [k for k in engine.rows if k[0] == target]
-    for key in keys:
-        row = engine.rows[key]
-        rec = row.record or {}
-        runs.append({
-            "container": key[0], "script": key[1], "status": row.status,
-            "finished": row.finished, "log": row.log,
-            "inputs": sorted(rec.get("consumed", {})),
-            "queries": [{"kind": q["kind"], "search": q["search"], "ids": q["ids"]}
-                        for q in rec.get("queries", [])],
-            "outputs": sorted(rec.get("outputs", {})),
-            "stale": engine.reasons(key),
-        })
-    kind = node.kind if node is not None else None
-    # unset in the file (the original's default, None) means a person put it there
-    creator = (node.props.get("creator_type") or "user") if node is not None else None
-    return {"path": target, "kind": kind, "creator_type": creator, "runs": runs}
-
-
 def cmd_why(args: argparse.Namespace) -> int:
+    from thotd.engine.explain import render_why, why_info
     from thotd.project.index import find_project_root
 
     start = args.path if os.path.isdir(args.path) else os.path.dirname(os.path.abspath(args.path))
@@ -342,25 +307,6 @@ def cmd_why(args: argparse.Namespace) -> int:
         return EXIT_OK if "error" not in info else EXIT_FAIL
     print(render_why(info))
     return EXIT_OK if "error" not in info else EXIT_FAIL
-
-
-def render_why(info: dict[str, Any]) -> str:
-    if "error" in info:
-        return f"{info['path']}: {info['error']}"
-    lines = [f"{info['path']} ({info['kind']}, made by {info['creator_type'] or 'user'})"]
-    if not info["runs"]:
-        lines.append("  no run produced it (a user's file, or no run recorded yet)")
-    for r in info["runs"]:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["finished"])) if r["finished"] else "never finished"
-        lines.append(f"  run {r['script']} in {r['container']}: {r['status']} at {when}")
-        for q in r["queries"]:
-            lines.append(f"    asked {q['kind']} {json.dumps(q['search'])} -> {len(q['ids'])} objects")
-        for i in r["inputs"]:
-            lines.append(f"    input {i}")
-        lines.append("    stale: " + ("; ".join(r["stale"]) if r["stale"] else "no, up to date"))
-        if r["log"]:
-            lines.append(f"    log: {r['log']}")
-    return "\n".join(lines)
 
 
 def _outermost(start: str) -> str:
@@ -374,43 +320,9 @@ def _outermost(start: str) -> str:
     return cur
 
 
-def graph_data(engine: Any) -> dict[str, Any]:
-    runs = [{"id": f"{c}::{s}", "container": c, "script": s,
-             "status": engine.rows[(c, s)].status if (c, s) in engine.rows else "never"}
-            for c, s in (p.key for p in engine.plan())]
-    edges = [{"from": f"{a[0]}::{a[1]}", "asset": asset, "to": f"{b[0]}::{b[1]}"}
-             for a, asset, b in engine.edges()]
-    produced = [{"run": f"{k[0]}::{k[1]}", "asset": oid} for oid, k in engine.producers().items()]
-    return {"runs": runs, "edges": edges, "produced": produced}
-
-
-def render_graph(engine: Any, data: dict[str, Any], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(data, indent=2)
-
-    def label(run_id: str) -> str:
-        c, s = run_id.split("::")
-        return f"{os.path.basename(s)} @ {engine.rel(c)}"
-
-    ids = {r["id"]: f"r{i}" for i, r in enumerate(data["runs"])}
-    assets = sorted({p["asset"] for p in data["produced"]} | {e["asset"] for e in data["edges"]})
-    aids = {a: f"a{i}" for i, a in enumerate(assets)}
-    if fmt == "dot":
-        out = ["digraph thot {", "  rankdir=BT;"]
-        out += [f'  {ids[r["id"]]} [shape=box label="{label(r["id"])}"];' for r in data["runs"]]
-        out += [f'  {aids[a]} [shape=ellipse label="{engine.rel(a)}"];' for a in assets]
-        out += [f'  {ids[p["run"]]} -> {aids[p["asset"]]};' for p in data["produced"] if p["run"] in ids]
-        out += [f'  {aids[e["asset"]]} -> {ids[e["to"]]};' for e in data["edges"] if e["to"] in ids]
-        return "\n".join([*out, "}"])
-    out = ["flowchart BT"]
-    out += [f'  {ids[r["id"]]}["{label(r["id"])}"]' for r in data["runs"]]
-    out += [f'  {aids[a]}(["{engine.rel(a)}"])' for a in assets]
-    out += [f"  {ids[p['run']]} --> {aids[p['asset']]}" for p in data["produced"] if p["run"] in ids]
-    out += [f"  {aids[e['asset']]} --> {ids[e['to']]}" for e in data["edges"] if e["to"] in ids]
-    return "\n".join(out)
-
-
 def cmd_graph(args: argparse.Namespace) -> int:
+    from thotd.engine.explain import graph_data, render_graph
+
     engine = _engine(args.root, args.state)
     print(render_graph(engine, graph_data(engine), args.format))
     return EXIT_OK

@@ -201,7 +201,7 @@ def logs(args: argparse.Namespace, c: Client) -> int:
 
 
 def why(args: argparse.Namespace, c: Client) -> int:
-    from thotd.cli.thot import render_why
+    from thotd.engine.explain import render_why
 
     res = c.call("why", path=_abs(args.path))
     return _out(args, res, render_why(res))

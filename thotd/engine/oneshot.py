@@ -1,13 +1,11 @@
 """The one-shot runner behind ``thot run``: evaluate a project bottom-up, or only what is stale.
 
-Scripts run as their own processes (see :mod:`thotd.executor.process`), each waited for by a thread of
-its own that reports to one queue; the index, the engine and the SQLite store stay on the
-calling thread, so nothing needs a lock. (A thread per run rather than
+Scripts run as their own processes (see :mod:`thotd.executor.process`), each waited for by a
+thread of its own that reports to one queue; the index, the engine and the SQLite store stay
+on the calling thread, so nothing needs a lock. (A thread per run rather than
 ``concurrent.futures``: runs are few and long, and its import alone costs ~7 ms of every
-``thot run``.) With
-``jobs > 1`` independent subtrees run side by side: a run waits only for the runs in its
-container's subtree and for the earlier runs of its own container, which in the postorder
-plan are exactly the runs between its subtree's first run and itself.
+``thot run``.) With ``jobs > 1`` independent subtrees run side by side; which run may start
+is decided by :mod:`thotd.engine.dispatch`, for the daemon too.
 """
 
 from __future__ import annotations
@@ -20,10 +18,10 @@ import threading
 try:  # what queue.SimpleQueue is; queue.py itself (and its heapq) costs ~0.6 ms to import
     from _queue import SimpleQueue
 except ImportError:  # pragma: no cover -- CPython always has it
-    from queue import SimpleQueue  # type: ignore[assignment]
-from pathlib import Path
+    from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, TextIO
 
+from thotd.engine.dispatch import Dispatcher, launch
 from thotd.engine.staleness import Engine, Planned
 from thotd.slotted import Slotted
 
@@ -111,18 +109,116 @@ class Progress:
             self.stream.flush()
 
 
-def _subtree_starts(plan: list[Planned]) -> dict[str, int]:
-    """For each container with runs, the order of the first run in its subtree."""
-    starts: dict[str, int] = {}
-    for p in plan:
-        cur = p.container
-        while cur not in starts:  # a container already seen has its ancestors seen too
-            starts[cur] = p.order
-            parent = os.path.dirname(cur)
-            if parent == cur:
-                break
-            cur = parent
-    return starts
+class _OneShot:
+    """One :func:`run_project` call: the plan's pending runs, the ones running, and the
+    threads reporting to one queue. Which run starts next is the dispatcher's to say."""
+
+    def __init__(self, engine: Engine, plan: list[Planned], report: Report, progress: Progress, *,
+                 changed: bool, jobs: int, timeout_s: float | None, log_cap_bytes: int,
+                 trigger: str, forkserver: ForkServer | None) -> None:
+        self.engine = engine
+        self.report = report
+        self.progress = progress
+        self.changed = changed
+        self.jobs = max(1, jobs)
+        self.timeout_s = timeout_s
+        self.log_cap_bytes = log_cap_bytes
+        self.trigger = trigger
+        self.forkserver = forkserver
+        self.dispatcher = Dispatcher(plan)
+        self.pending = self.dispatcher.pending(p.key for p in plan)
+        self.ran: set[tuple[str, str]] = set()
+        self.lock = threading.Lock()  # the index: changed here between runs, read by the query server
+        self.server: QueryServer | None = None
+        self.server_tried = False
+        self.results: SimpleQueue[tuple[int, ProcResult | BaseException]] = SimpleQueue()
+        self.running: dict[int, tuple[Planned, list[str], str, str]] = {}
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while self.pending:
+                for p in self.dispatcher.ready_runs(self.pending, self.running):
+                    if len(self.running) >= self.jobs:
+                        break
+                    self.start(p)
+                if self.running:
+                    self.collect()
+        except BaseException:
+            # Ctrl-C (or a bug): stop the scripts still running -- they are in sessions of their
+            # own, no terminal signal reaches them -- and record them as killed.
+            self.cancel.set()
+            self.drain()
+            raise
+        finally:
+            self.progress.close()
+            if self.server is not None:
+                self.server.close()
+
+    def drain(self) -> None:
+        while self.running:
+            try:
+                self.collect()
+            except BaseException:  # noqa: BLE001, S112 - already on the way out
+                continue
+
+    def finish(self, p: Planned) -> None:
+        self.pending.discard(p.order)
+        self.progress.done += 1
+
+    def query_socket(self) -> str | None:
+        """The query server's socket, started at the first run. Without it scripts walk the
+        disk themselves: slower, the same answers."""
+        if self.server is None and not self.server_tried:
+            from thotd.engine.queryserver import QueryServer
+
+            self.server_tried = True
+            with contextlib.suppress(OSError):
+                self.server = QueryServer(self.engine.index, self.lock)
+        return self.server.path if self.server is not None else None
+
+    def start(self, p: Planned) -> None:
+        """Skip the run, or start it with a thread to wait for it."""
+        if p.blocked:
+            self.report.outcomes.append(Outcome(p, "blocked", [p.blocked]))
+            self.finish(p)
+            return
+        reasons = self.engine.reasons(p.key) if self.changed else ["full run"]
+        if not reasons:
+            self.finish(p)
+            return
+        from thotd.executor.process import run_sync
+
+        run = launch(self.engine, p, reasons, self.trigger, started_in=os.getcwd(),
+                     query_socket=self.query_socket(),
+                     timeout_s=self.timeout_s, log_cap_bytes=self.log_cap_bytes)
+        self.progress.show(f"running {self.engine.rel(p.script)} in {self.engine.rel(p.container)}")
+
+        def wait_for_it() -> None:
+            try:
+                self.results.put((p.order, run_sync(run.spec, self.cancel, self.forkserver)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self.results.put((p.order, exc))
+
+        self.running[p.order] = (p, reasons, run.log, run.record)
+        threading.Thread(target=wait_for_it, name=f"thot-run-{p.order}", daemon=True).start()
+
+    def collect(self) -> None:
+        order, res = self.results.get()
+        p, reasons, log, record = self.running.pop(order)
+        if isinstance(res, BaseException):
+            raise res
+        with self.lock:
+            self.engine.complete(
+                p.key, status=res.status, exit_code=res.exit_code, started=res.started,
+                finished=res.finished, log=log, record_path=record, reasons=reasons,
+                trigger=self.trigger,
+            )
+        self.ran.add(p.key)
+        self.report.outcomes.append(
+            Outcome(p, res.status, reasons, res.exit_code, res.duration_s, log, res.message)
+        )
+        self.finish(p)
 
 
 def run_project(
@@ -142,114 +238,16 @@ def run_project(
     :mod:`thotd.executor.forkserver`); until then, and whenever it refuses, they are exec'd."""
     plan = engine.plan()
     report = Report(considered=len(plan))
-    starts = _subtree_starts(plan)
-    done = [False] * len(plan)
-    ran: set[tuple[str, str]] = set()
     progress = progress or Progress(len(plan), enabled=False)
     progress.total = len(plan)
-    nxt = 0  # plan entries before this index have been started or skipped
-
-    def ready(p: Planned) -> bool:
-        first = starts.get(p.container, p.order)
-        return all(done[first:p.order])
-
-    def finish(p: Planned) -> None:
-        done[p.order] = True
-        progress.done += 1
-
-    lock = threading.Lock()  # the index: changed here between runs, read by the query server
-    server: QueryServer | None = None
-    results: SimpleQueue[tuple[int, ProcResult | BaseException]] = SimpleQueue()
-    running: dict[int, tuple[Planned, list[str], str, str]] = {}
-    cancel = threading.Event()
-
-    def start(p: Planned) -> None:
-        """Skip the run, or start it with a thread to wait for it."""
-        nonlocal server
-        if p.blocked:
-            report.outcomes.append(Outcome(p, "blocked", [p.blocked]))
-            finish(p)
-            return
-        reasons = engine.reasons(p.key) if changed else ["full run"]
-        if not reasons:
-            finish(p)
-            return
-        from thotd.executor.process import RunSpec, run_sync, script_cwd, script_env
-
-        if server is None:
-            from thotd.engine.queryserver import QueryServer
-
-            # Without it scripts walk the disk themselves: slower, the same answers.
-            with contextlib.suppress(OSError):
-                server = QueryServer(engine.index, lock)
-        log, record = engine.begin(p.key, reasons, trigger)
-        extra = engine.env_for(p.key, record)
-        if server is not None:
-            extra["THOTD_QUERY_SOCKET"] = server.path
-        spec = RunSpec(
-            script=Path(p.script), cwd=script_cwd(p.script, p.container, os.getcwd()),
-            env=script_env(os.environ, extra),
-            log_path=log, timeout_s=timeout_s, log_cap_bytes=log_cap_bytes,
-        )
-        progress.show(f"running {engine.rel(p.script)} in {engine.rel(p.container)}")
-
-        def wait_for_it() -> None:
-            try:
-                results.put((p.order, run_sync(spec, cancel, forkserver)))
-            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-                results.put((p.order, exc))
-
-        running[p.order] = (p, reasons, str(log), record)
-        threading.Thread(target=wait_for_it, name=f"thot-run-{p.order}", daemon=True).start()
-
-    def collect() -> None:
-        order, res = results.get()
-        p, reasons, log, record = running.pop(order)
-        if isinstance(res, BaseException):
-            raise res
-        with lock:
-            engine.complete(
-                p.key, status=res.status, exit_code=res.exit_code, started=res.started,
-                finished=res.finished, log=log, record_path=record, reasons=reasons,
-                trigger=trigger,
-            )
-        ran.add(p.key)
-        report.outcomes.append(
-            Outcome(p, res.status, reasons, res.exit_code, res.duration_s, log, res.message)
-        )
-        finish(p)
-
-    try:
-        while True:
-            while nxt < len(plan) and done[nxt]:
-                nxt += 1
-            if nxt == len(plan) and not running:
-                break
-            for i in range(nxt, len(plan)):
-                if len(running) >= max(1, jobs):
-                    break
-                if not done[i] and i not in running and ready(plan[i]):
-                    start(plan[i])
-            if running:
-                collect()
-    except BaseException:
-        # Ctrl-C (or a bug): stop the scripts still running -- they are in sessions of their
-        # own, no terminal signal reaches them -- and record them as killed.
-        cancel.set()
-        while running:
-            try:
-                collect()
-            except BaseException:  # noqa: BLE001, S112 - already on the way out
-                continue
-        raise
-    finally:
-        progress.close()
-        if server is not None:
-            server.close()
+    runs = _OneShot(engine, plan, report, progress, changed=changed, jobs=jobs,
+                    timeout_s=timeout_s, log_cap_bytes=log_cap_bytes, trigger=trigger,
+                    forkserver=forkserver)
+    runs.run()
     if changed:
         # A run stale again right after it ran feeds itself through another run: report the
         # cycle once instead of looping.
-        for p, reasons in engine.stale(p for p in engine.plan() if p.key in ran):
+        for p, reasons in engine.stale(p for p in engine.plan() if p.key in runs.ran):
             if not p.blocked:
                 report.outcomes.append(
                     Outcome(p, "cycle", reasons, message="stale again after it ran: a dependency cycle")

@@ -17,17 +17,6 @@ from thotd.slotted import Slotted
 ENV_RECORD = "THOT_RECORD"
 
 
-def stat_of(path: str | None) -> list[int] | None:
-    """``[size, mtime_ns]`` of a data file, or None when it is missing."""
-    if not path:
-        return None
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):  # ValueError: a NUL in a path a script wrote down
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
 class Recorder:
     """Appends events to the record file; does nothing when the runner gave none."""
 

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from thotd.digest import blake2b
-from thotd.project.index import RACY_NS, Changes, Index, Node, _sig, stat_key
+from thotd.fingerprint import path_key, racy_from, unmoved
+from thotd.project.index import Changes, Index, Node
 from thotd.project.locate import norm, upward
 from thotd.project.objectfile import ObjectError
 
@@ -120,11 +121,11 @@ def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[s
     for file, then in runs["data"].items():
         if then is None:
             index.generation += 1  # worth writing again, once it can be trusted
-        elif _unmoved(file, then):
+        elif unmoved(file, then):
             continue
         for aid in index.by_file.get(file, ()):
             mark(aid)
-    scripts = {s for s, then in runs["scripts"].items() if then is not None and _unmoved(s, then)}
+    scripts = {s for s, then in runs["scripts"].items() if then is not None and unmoved(s, then)}
     stale, stamps = set(runs["stale"]), runs["stamps"]
     out: dict[str, set[RunKey]] = {}
     for key, row in engine.rows.items():
@@ -136,30 +137,14 @@ def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[s
     return out
 
 
-def _unmoved(path: str, then: Any) -> bool:
-    """Whether a file still has the signature it had (``"missing"`` for one that was not
-    there). Only the signature recorded needed to be safe from racy timestamps."""
-    try:
-        return then == stat_key(os.stat(path))
-    except OSError:
-        return then == "missing"
-
-
-def _file_sig(path: str, racy_from: int) -> Any:
-    try:
-        return _sig(os.stat(path), racy_from)
-    except OSError:
-        return "missing"
-
-
 def _runs_info(engine: Engine) -> dict[str, Any]:
     """What :func:`clean_runs` needs next time. The files' signatures are taken *before* the
     runs are checked, so a change that slips in between shows next time as a changed file."""
     index = engine.index
-    racy_from = time.time_ns() - RACY_NS
-    data = {f: _file_sig(f, racy_from) for f in index.by_file}
+    racy_since = racy_from()
+    data = {f: path_key(f, racy_since) for f in index.by_file}
     plan = engine.plan()
-    scripts = {p.script: _file_sig(p.script, racy_from) for p in plan}
+    scripts = {p.script: path_key(p.script, racy_since) for p in plan}
     engine.known_clean = {}
     stale = [p.key for p in plan if engine.reasons(p.key)]
     stamps = {key: (row.status, row.finished) for key, row in engine.rows.items()}

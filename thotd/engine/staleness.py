@@ -19,17 +19,44 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from thotd.digest import blake2b
-from thotd.engine.record import RunRecord, read_record, stat_of
+from thotd.engine.record import RunRecord, read_record
 from thotd.engine.state import RunRow, Store
+from thotd.fingerprint import Hasher, stat_of
 from thotd.project.index import Index
 from thotd.project.locate import upward
 from thotd.project.search import SearchError
 
 RunKey = tuple[str, str]  # (container id, absolute script path)
 INTERRUPTED = ("running", "killed")
+
+
+class Reason(NamedTuple):
+    """Why a run must execute, as data: what happened (``kind``, a key of ``_WORDS``), to
+    which path, and for a query's answer, the query (its kind and its search as JSON).
+    :meth:`Engine.say` puts it in words."""
+
+    kind: str
+    path: str | None = None
+    query: tuple[str, str] | None = None
+
+
+_WORDS = {
+    "interrupted": "interrupted before it finished",
+    "never-ran": "never ran",
+    "script-changed": "script changed",
+    "script-missing": "script missing",
+    "input-removed": "input {path} removed",
+    "input-changed": "input {path} changed",
+    "input-data-changed": "input {path} changed",
+    "output-missing": "output {path} missing",
+    "output-data-missing": "output {path} missing",
+    "query-new": "new {what} {path} matches {search}",
+    "query-lost": "{path} no longer matches {search}",
+    "query-order": "the answer to {search} changed order",
+}
 
 
 class Planned:
@@ -68,52 +95,6 @@ def _not_utf8(*paths: str) -> str | None:
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
             return f"waiting for a rename: {shown} is not a UTF-8 name"
     return None
-
-
-def content_hash(path: str) -> str | None:
-    h = blake2b(digest_size=16)
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
-
-
-class Hasher:
-    """Content hashes cached by ``(path, size, mtime_ns)``: a file is hashed only when its
-    size or mtime moved, so a big data set is read once, not on every check."""
-
-    def __init__(self) -> None:
-        self.cache: dict[tuple[str, int, int], str | None] = {}
-
-    def hash(self, path: str, stat: list[int] | None) -> str | None:
-        if stat is None:
-            return None
-        key = (path, stat[0], stat[1])
-        if key not in self.cache:
-            self.cache[key] = content_hash(path)
-        return self.cache[key]
-
-    def fingerprint(self, path: str | None) -> dict[str, Any] | None:
-        if not path:
-            return None
-        st = stat_of(path)
-        return {"stat": st, "hash": self.hash(path, st)}
-
-    def changed(self, path: str | None, old: dict[str, Any] | None) -> bool:
-        """Whether a file differs from its recorded fingerprint (a touch does not count)."""
-        if not path:
-            return False
-        now = stat_of(path)
-        if old is None:
-            return now is not None
-        if now is None or old.get("stat") is None:
-            return now != old.get("stat")
-        if list(now) == list(old["stat"]):
-            return False
-        return self.hash(path, now) != old.get("hash")
 
 
 class Engine:
@@ -180,42 +161,68 @@ class Engine:
 
     def reasons(self, key: RunKey) -> list[str]:
         """Why the run must execute, in words; empty when it is up to date."""
+        return list(dict.fromkeys(self.say(r) for r in self.why_stale(key)))
+
+    def say(self, reason: Reason) -> str:
+        """A :class:`Reason` in words, its paths relative to the project."""
+        words = _WORDS[reason.kind]
+        if reason.query is None:
+            return words.format(path=self.rel(reason.path) if reason.path else "")
+        kind, search = reason.query
+        shown = "anything" if kind == "*" else search
+        what = "object" if kind == "*" else kind
+        return words.format(path=self.rel(reason.path) if reason.path else "", what=what,
+                            search=shown)
+
+    def why_stale(self, key: RunKey) -> list[Reason]:
+        """Why the run must execute, as data; empty when it is up to date."""
         if key in self.known_clean.get(key[0], ()):
             return []
         row = self.rows.get(key)
+        if row is not None and row.status in INTERRUPTED:
+            return [Reason("interrupted")]
         if row is None or row.record is None:
-            if row is not None and row.status in INTERRUPTED:
-                return ["interrupted before it finished"]
-            return ["never ran"]
-        if row.status in INTERRUPTED:
-            return ["interrupted before it finished"]
+            return [Reason("never-ran")]
         rec = row.record
         container, script = key
-        out: list[str] = []
+        out: list[Reason] = []
         if self.hasher.changed(script, rec.get("script")):
-            out.append("script changed" if os.path.exists(script) else "script missing")
+            out.append(Reason("script-changed" if os.path.exists(script) else "script-missing",
+                              script))
         own = set(rec.get("outputs", {}))
         for q in rec.get("queries", []):
             out.extend(self._query_reasons(container, q, own))
+        out.extend(self._input_reasons(rec))
+        out.extend(self._output_reasons(rec))
+        return list(dict.fromkeys(out))
+
+    def _input_reasons(self, rec: dict[str, Any]) -> list[Reason]:
+        """The recorded inputs that changed or went (one a query no longer returns is told
+        by the query's reasons)."""
+        out: list[Reason] = []
         for oid, info in rec.get("consumed", {}).items():
             node = self.index.nodes.get(oid)
             if node is None or not node.valid:
                 if not any(oid in q["ids"] for q in rec.get("queries", [])):
-                    out.append(f"input {self.rel(oid)} removed")
+                    out.append(Reason("input-removed", oid))
                 continue
             if self.index.fingerprint(oid) != info.get("fp"):
-                out.append(f"input {self.rel(oid)} changed")
+                out.append(Reason("input-changed", oid))
             elif node.file and self.hasher.changed(node.file, info.get("data")):
-                out.append(f"input {self.rel(node.file)} changed")
-        # An output someone deleted is made again (a full run would). Only deletion counts:
-        # two runs that write the same asset must not keep making each other stale.
+                out.append(Reason("input-data-changed", node.file))
+        return out
+
+    def _output_reasons(self, rec: dict[str, Any]) -> list[Reason]:
+        """An output someone deleted is made again (a full run would). Only deletion counts:
+        two runs that write the same asset must not keep making each other stale."""
+        out: list[Reason] = []
         for oid, info in rec.get("outputs", {}).items():
             data = info.get("data") or {}
             if oid not in self.index.nodes:
-                out.append(f"output {self.rel(oid)} missing")
+                out.append(Reason("output-missing", oid))
             elif data.get("stat") is not None and stat_of(info.get("file")) is None:
-                out.append(f"output {self.rel(info['file'])} missing")
-        return list(dict.fromkeys(out))
+                out.append(Reason("output-data-missing", info["file"]))
+        return out
 
     def forget_clean(self, container: str) -> None:
         """A run at ``container`` wrote something: the runs that can consume it (at that
@@ -225,27 +232,70 @@ class Engine:
         for folder in upward(container, self.project):
             self.known_clean.pop(folder, None)
 
-    def _current_ids(self, container: str, kind: str, search: Any) -> list[str]:
+    def current_ids(self, container: str, kind: str, search: Any) -> list[str]:
+        """What a recorded query answers now (nothing, for a search that no longer parses)."""
         try:
             return self.index.query_ids(kind, search, container)
         except SearchError:
             return []
 
-    def _query_reasons(self, container: str, q: dict[str, Any], own: set[str]) -> list[str]:
+    def _query_reasons(self, container: str, q: dict[str, Any], own: set[str]) -> list[Reason]:
         if container not in self.index.nodes:
             return []
-        now = [i for i in self._current_ids(container, q["kind"], q["search"]) if i not in own]
+        now = [i for i in self.current_ids(container, q["kind"], q["search"]) if i not in own]
         then = [i for i in q["ids"] if i not in own]
         if now == then:
             return []
-        shown = "anything" if q["kind"] == "*" else json.dumps(q["search"], sort_keys=True)
-        what = "object" if q["kind"] == "*" else q["kind"]
-        out = [f"new {what} {self.rel(i)} matches {shown}" for i in now if i not in then]
-        out += [f"{self.rel(i)} no longer matches {shown}" for i in then if i not in now]
-        return out or [f"the answer to {shown} changed order"]
+        asked = (q["kind"], json.dumps(q["search"], sort_keys=True))
+        out = [Reason("query-new", i, asked) for i in now if i not in then]
+        out += [Reason("query-lost", i, asked) for i in then if i not in now]
+        return out or [Reason("query-order", None, asked)]
 
     def stale(self, plan: Iterable[Planned]) -> list[tuple[Planned, list[str]]]:
         return [(p, r) for p in plan if (r := self.reasons(p.key))]
+
+    def input_state(self, key: RunKey) -> list[Any]:
+        """A run's inputs as they are now (script, consumed objects and data files, the
+        answers to its queries): what a run caught in a cycle is held on until someone
+        changes it."""
+        row = self.rows.get(key)
+        record = (row.record if row else None) or {}
+        state: list[Any] = [stat_of(key[1])]
+        for oid, info in sorted(record.get("consumed", {}).items()):
+            node = self.index.nodes.get(oid)
+            fp = self.index.fingerprint(oid) if node is not None and node.valid else None
+            state.append((oid, fp, stat_of((node.file if node else None) or info.get("file"))))
+        for q in record.get("queries", []):
+            state.append(self.current_ids(key[0], q["kind"], q["search"]))
+        return state
+
+    def candidates(self, plan: Iterable[Planned], containers: Iterable[str | None],
+                   subtree_of: Iterable[str] = ()) -> list[Planned]:
+        """The runs of ``plan`` that can see a change: those of the changed ``containers``
+        and their ancestors, and, for a container in ``subtree_of`` (metadata flows down),
+        its whole subtree."""
+        index = self.index
+        wanted: set[str] = set()
+        for c in containers:
+            cur = c
+            while cur is not None and cur not in wanted:
+                wanted.add(cur)
+                node = index.nodes.get(cur)
+                cur = node.parent if node else None
+        below = [c for c in subtree_of if c in index.nodes and index.nodes[c].kind == "container"]
+        walked: set[str] = set()
+        for c in sorted(below, key=len):  # an ancestor's walk covers its added descendants
+            if c not in walked:
+                ids = [n.id for n in index.walk(c, include_invalid=True) if n.kind == "container"]
+                walked.update(ids)
+                wanted.update(ids)
+        return [p for p in plan if p.container in wanted]
+
+    def autorun(self, key: RunKey) -> bool:
+        """Whether the run's association (still) says it runs by itself."""
+        node = self.index.nodes.get(key[0])
+        return bool(node and any(s["script"] == key[1] and s["autorun"] for s in node.scripts))
+
 
     # ------------------------------------------------------------------ executing
 

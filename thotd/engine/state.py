@@ -77,13 +77,17 @@ class RunRow:
     @property
     def reasons(self) -> list[str]:
         if isinstance(self._reasons, str):
-            self._reasons = json.loads(self._reasons)
+            decoded: list[str] = json.loads(self._reasons)
+            self._reasons = decoded
+            return decoded or []
         return self._reasons or []
 
     @property
     def record(self) -> dict[str, Any] | None:
         if isinstance(self._record, str):
-            self._record = json.loads(self._record)
+            decoded: dict[str, Any] | None = json.loads(self._record)
+            self._record = decoded
+            return decoded
         return self._record
 
     @property

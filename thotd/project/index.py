@@ -7,93 +7,33 @@ apply a batch of filesystem events without reloading the tree (:meth:`Index.upda
 
 Invalid objects stay in the index as error entries (with the last good properties when there
 were some) so the rest of the tree still loads and the runs that would see them can be held.
+
+This module holds the tree and keeps it whole (load, restore, update); reading one folder
+from disk, and telling whether it moved since, is :mod:`thotd.project.folder`; what the
+index answers (walks, views, ``find_*``) is :mod:`thotd.project.queries`.
 """
 
 from __future__ import annotations
 
 import bisect
-import errno
 import itertools
-import json
 import os
-import stat
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from thotd.digest import blake2b
-from thotd.project import objectfile
+from thotd.project.folder import Node, moved_paths, read_object
 from thotd.project.locate import NotAProject, find_project_root, norm, resolve_path, upward
 from thotd.project.objectfile import (
-    ASSET_FILE,
     CONTAINER_FILE,
     NOTES_DIR,
     OBJECT_FILES,
-    SCRIPTS_FILE,
-    ObjectError,
-    ObjectFileError,
 )
-from thotd.project.objects import ThotObject
-from thotd.project.search import compile_search
+from thotd.project.queries import Queries
 
 __all__ = ["Changes", "Index", "Node", "NotAProject", "find_project_root", "load_project", "norm",
            "resolve_path"]
 
-_MARKERS = frozenset((CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE, NOTES_DIR))
 _SHAPES = itertools.count()  # shape versions, unique across Index instances
-_VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
-
-
-class Node:
-    """One object (container or asset) and what the index derived for it.
-
-    A plain class, not a dataclass: ``dataclasses`` costs ~8 ms of every ``thot`` start-up
-    (it imports ``inspect``)."""
-
-    __slots__ = ("id", "kind", "parent", "props", "scripts", "notes", "entries", "metadata",
-                 "errors", "warnings", "file", "sig", "dsig", "names", "subdirs", "_view", "_fp")
-
-    def __init__(
-        self, id: str, kind: str, parent: str | None, props: dict[str, Any],  # noqa: A002
-        *, dsig: tuple[int, int, int, int] | None = None,
-        names: frozenset[str] = frozenset(), subdirs: Sequence[str] = (),
-    ) -> None:
-        self.id = id
-        self.kind = kind  # "container" | "asset"
-        self.parent = parent
-        self.props = props  # validated own properties, extras kept, defaults applied
-        self.scripts: list[dict[str, Any]] = []  # containers: resolved, ordered
-        self.notes: list[dict[str, Any]] = []
-        self.entries: list[str] = []  # child object ids, by folder name
-        self.metadata: dict[str, Any] = {}  # effective (inherited) metadata
-        self.errors: list[ObjectError] = []
-        self.warnings: list[str] = []
-        self.file: str | None = None  # assets: absolute data file
-        # What the node was read from: the object files' (size, mtime_ns, ctime_ns, inode),
-        # so a later load can reuse it without re-reading; None when that is not safe.
-        self.sig: tuple[Any, ...] | None = None
-        # Its folder's signature when listed, which of the marker names it held, and its
-        # sub-folders: an unchanged folder need not be listed again.
-        self.dsig = dsig
-        self.names = names
-        self.subdirs = subdirs
-        self._view: ThotObject | None = None
-        self._fp: str | None = None
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
-
-    def invalidate(self) -> None:
-        self._view = None
-        self._fp = None
-
-    def __repr__(self) -> str:
-        return f"Node({self.id!r}, {self.kind!r}, errors={len(self.errors)})"
-
-
-# One encoder for every cache key: json.dumps with options builds a new encoder per call.
-_search_key = json.JSONEncoder(sort_keys=True, default=repr).encode
 
 
 def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -102,76 +42,6 @@ def _inherit(inherited: Mapping[str, Any], own: Mapping[str, Any] | None) -> dic
     if not own:
         return inherited  # type: ignore[return-value]
     return {**inherited, **own}
-
-
-#: Object files are small JSON descriptions; a bigger one is refused instead of being parsed
-#: (and fingerprinted, and sent to scripts) on the daemon's loop: 64 MiB costs ~0.5 s a read.
-MAX_OBJECT_BYTES = 16 * 1024 * 1024
-
-
-#: A file whose timestamps are this close to the moment it was read may still change within
-#: the same timestamp tick (file times come from a coarse clock), keeping size and times: its
-#: signature is not trusted, so the next load reads it again (git's "racy" entries).
-RACY_NS = 100_000_000
-
-
-def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What says a file is unchanged: size, mtime, ctime (which no ``touch -d`` can set
-    back) and inode (a replacement by rename)."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-
-def _sig(st: os.stat_result, racy_from: int) -> tuple[int, int, int, int] | None:
-    """:func:`stat_key`, or None when the file changed too recently to trust it."""
-    if st.st_ctime_ns >= racy_from or st.st_mtime_ns >= racy_from:
-        return None
-    return stat_key(st)
-
-
-def _scripts_sig(base: str, names: frozenset[str], kind: str, racy_from: int) -> Any:
-    """The ``_scripts.json`` part of a node's signature: 0 when absent, 1 in an asset (where
-    it is ignored), its file signature in a container."""
-    if SCRIPTS_FILE not in names:
-        return 0
-    if kind == "asset":
-        return 1
-    return _sig(os.stat(base + SCRIPTS_FILE), racy_from)
-
-
-def _list_folder(folder: str) -> tuple[frozenset[str], list[str]]:
-    """The marker names (object files, ``_notes``) a folder holds and its sub-folders
-    (sorted, ``_notes`` left out), from one listing; raises ``OSError``."""
-    names: set[str] = set()
-    dirs: list[str] = []
-    with os.scandir(folder) as it:
-        for entry in it:
-            name = entry.name
-            if name in _MARKERS:
-                names.add(name)
-            if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
-                dirs.append(name)
-    return frozenset(names), sorted(dirs)
-
-
-def _read(path: str) -> bytes:
-    return _read_stat(path)[0]
-
-
-def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
-    # O_NONBLOCK: a named pipe called _asset.json must not hang the reader; only regular
-    # files are read.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        if st.st_size > MAX_OBJECT_BYTES:
-            raise OSError(
-                errno.EFBIG,
-                f"{st.st_size / 2**20:.1f} MiB, over the {MAX_OBJECT_BYTES >> 20} MiB limit for "
-                "object files (they describe data; the data belongs in the asset's file)",
-            )
-        return fh.read(), st
 
 
 def _outermost(folders: Iterable[str]) -> list[list[str]]:
@@ -191,34 +61,7 @@ def _covered(folder: str, outer: list[list[str]]) -> bool:
     return i >= 0 and len(outer[i]) < len(parts) and parts[: len(outer[i])] == outer[i]
 
 
-def _iso(timestamp: float) -> str:
-    from datetime import datetime  # only for folders with notes
-
-    return datetime.fromtimestamp(timestamp).isoformat(" ")
-
-
-def _read_notes(folder: str) -> list[dict[str, Any]]:
-    notes: list[dict[str, Any]] = []
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return notes
-    for entry in entries:
-        if not entry.is_file() or entry.name.startswith("."):
-            continue
-        try:
-            content = _read(entry.path).decode("utf-8", errors="replace")
-            # a local-time ISO string, as the original Thot gave scripts
-            created = _iso(entry.stat().st_mtime)
-        except OSError:
-            continue
-        notes.append(
-            {"title": os.path.splitext(entry.name)[0], "created": created, "content": content}
-        )
-    return notes
-
-
-class Index:
+class Index(Queries):
     """All objects of one project, by id (the absolute, normalised folder path)."""
 
     def __init__(self, root: str) -> None:
@@ -311,185 +154,16 @@ class Index:
         idx._plain = dict(plain or {})
         idx.answers = answers or {}
         idx.signatures = True
-        paths = idx._moved_paths()
+        paths = moved_paths(idx.nodes, idx._plain)
         # What a fresh load would give, now and for the rest of this index's life (the
         # snapshot it is saved to must say what the files say).
         idx.keep_last_good = False
         return idx, (idx.update(paths) if paths else Changes())
 
-    def _moved_paths(self) -> list[str]:
-        """The paths whose signature differs from the one recorded, in the form
-        :meth:`update` takes: an object file (read the object again), a folder (sync it),
-        or a marker name that appeared or went (``_notes``, ``_scripts.json``...)."""
-        out: list[str] = []
-        stat = os.stat
-        for node in list(self.nodes.values()):
-            folder = node.id
-            try:
-                st = stat(folder)
-            except OSError:
-                out.append(folder)  # gone (or unreadable): update drops or re-reads it
-                continue
-            if node.dsig is None or node.dsig != stat_key(st):
-                out.extend(self._listing_moved(node))
-            own = folder + os.sep + (CONTAINER_FILE if node.kind == "container" else ASSET_FILE)
-            if node.sig is None:  # not trusted (too fresh, unreadable, with notes): read again
-                out.append(own)
-                continue
-            then_own, then_scripts = node.sig
-            try:
-                st = stat(own)
-            except OSError:
-                out.append(own)
-                continue
-            if then_own != stat_key(st):
-                out.append(own)
-            elif type(then_scripts) is tuple:
-                spath = folder + os.sep + SCRIPTS_FILE
-                try:
-                    st = stat(spath)
-                    if then_scripts != stat_key(st):
-                        out.append(spath)
-                except OSError:
-                    out.append(spath)
-        for folder, then in list(self._plain.items()):
-            parent = self.nodes.get(os.path.dirname(folder))
-            if parent is None or parent.kind != "container":
-                del self._plain[folder]  # no longer where an object could be
-                continue
-            try:
-                st = stat(folder)
-            except OSError:
-                del self._plain[folder]
-                continue
-            if then is None or then != stat_key(st):
-                out.append(folder)  # it may have become an object
-        return out
-
-    def _listing_moved(self, node: Node) -> list[str]:
-        """A folder whose listing changed: what appeared or went among its marker names and
-        sub-folders. The node takes the new listing (update() re-reads it if needed)."""
-        racy_from = time.time_ns() - RACY_NS
-        try:
-            dsig = _sig(os.stat(node.id), racy_from)
-            names, dirs = _list_folder(node.id)
-        except OSError:
-            return [node.id]
-        base = node.id + os.sep
-        out = [base + name for name in names ^ node.names]
-        if node.kind == "container":
-            now = [base + d for d in dirs]
-            new, old = set(now), set(node.subdirs)
-            out += [p for p in now if p not in old] + [p for p in node.subdirs if p not in new]
-            node.subdirs = now
-        node.dsig, node.names = dsig, names
-        return out
-
     def _read_object(self, folder: str, parent: str | None) -> tuple[Node | None, list[str]]:
-        """Read one folder's object files with a single listing of the folder.
-
-        Returns the object (None when the folder is not one) and its sub-folders, which the
-        walk needs anyway: no ``stat`` per candidate file, each file parsed once. The node
-        keeps the signatures of its folder and files for :meth:`restore`.
-        """
-        keep = self.signatures  # the snapshot's bookkeeping costs a cold load ~8 %
-        racy_from = time.time_ns() - RACY_NS if keep else 0
-        try:
-            dsig = _sig(os.stat(folder), racy_from) if keep else None
-            found, dirs = _list_folder(folder)
-        except PermissionError as exc:
-            if parent is None or os.path.basename(folder) == "lost+found":
-                return None, []
-            # It may hold objects: say so, and hold the runs that would see it, rather than
-            # run them as if its data did not exist.
-            node = Node(id=folder, kind="container", parent=parent, props={})
-            node.errors = [ObjectError(folder, None, f"cannot read this folder ({exc.strerror}); "
-                                       "what it holds is unknown: fix its permissions")]
-            return node, []
-        except OSError:
-            return None, []
-        base = folder + os.sep if folder != os.sep else folder
-        has_c, has_a = self._object_files(folder, found, parent)
-        if not has_c and not has_a:
-            if keep:
-                self._plain[folder] = dsig
-            return None, []
-        kind = "container" if has_c else "asset"
-        subdirs = [base + d for d in dirs] if has_c else []
-        if keep:
-            self._plain.pop(folder, None)
-            node = Node(id=folder, kind=kind, parent=parent, props={}, dsig=dsig, names=found,
-                        subdirs=subdirs)
-        else:
-            node = Node(id=folder, kind=kind, parent=parent, props={})
-        sigs: list[Any] = [None, 0]
-        errors: list[ObjectError] = []
-        if has_c and has_a:
-            errors.append(
-                ObjectError(
-                    folder, None,
-                    f"holds both {CONTAINER_FILE} and {ASSET_FILE}; a folder is one or the "
-                    "other: delete one of them",
-                )
-            )
-        own_name = CONTAINER_FILE if has_c else ASSET_FILE
-        own = base + own_name
-        try:
-            data, st = _read_stat(own)
-            sigs[0] = _sig(st, racy_from) if keep else None
-            node.props, tolerated = objectfile.load_tolerant(own_name, data, own)
-            node.warnings.extend(tolerated)
-        except ObjectFileError as exc:
-            errors.extend(exc.errors)
-        except OSError as exc:
-            errors.append(ObjectError(own, None, f"cannot read: {exc.strerror or exc}"))
-        if kind == "asset" and isinstance(node.props.get("file"), str):
-            node.file = resolve_path(node.props["file"], folder, self.root)
-        if SCRIPTS_FILE in found:
-            spath = base + SCRIPTS_FILE
-            if kind == "asset":
-                sigs[1] = 1  # only its presence matters (a warning), the file is not read
-                node.warnings.append(f"{spath}: scripts belong to containers; ignored in an asset")
-            else:
-                try:
-                    data, st = _read_stat(spath)
-                    sigs[1] = _sig(st, racy_from) if keep else None
-                    assocs = objectfile.load(SCRIPTS_FILE, data, spath)
-                    node.scripts = self._resolve_scripts(assocs, folder)
-                except ObjectFileError as exc:
-                    errors.extend(exc.errors)
-                except OSError as exc:
-                    errors.append(ObjectError(spath, None, f"cannot read: {exc.strerror or exc}"))
-        if NOTES_DIR in found:
-            node.notes = _read_notes(base + NOTES_DIR)
-        node.errors = errors
-        if keep and None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
-            node.sig = (sigs[0], sigs[1])
-        return node, subdirs
-
-    def _object_files(self, folder: str, found: frozenset[str], parent: str | None) -> tuple[bool, bool]:
-        """Whether the folder holds a container file and an asset file. Below the root, one
-        holding both is skipped with what is below it, as the original Thot did, and the
-        load says so (:meth:`load_warnings`)."""
-        has_c, has_a = CONTAINER_FILE in found, ASSET_FILE in found
-        self._skipped.pop(folder, None)
-        if has_c and has_a and parent is not None:
-            self._skipped[folder] = (
-                f"{folder}: holds both {CONTAINER_FILE} and {ASSET_FILE}; skipped with what is "
-                "below it (a folder is one or the other: delete one of them)"
-            )
-            return False, False
-        return has_c, has_a
-
-    def _resolve_scripts(self, assocs: list[dict[str, Any]], folder: str) -> list[dict[str, Any]]:
-        out = []
-        for order, assoc in enumerate(assocs):
-            item = dict(assoc)
-            item["script"] = resolve_path(assoc["script"], folder, self.root)
-            item["order"] = order
-            out.append(item)
-        out.sort(key=lambda a: (a["priority"], a["order"]))
-        return out
+        """:func:`~thotd.project.folder.read_object`, keeping signatures when asked to."""
+        return read_object(folder, parent, self.root, self._plain if self.signatures else None,
+                           self._skipped)
 
     def _load_subtree(self, folder: str, parent: str | None, meta: Mapping[str, Any]) -> list[str]:
         """Load ``folder`` and everything below it; returns the ids added (preorder)."""
@@ -599,91 +273,47 @@ class Index:
             for folder in upward(nid, self.root):
                 self.answers.pop(folder, None)
 
-    def query_ids(self, kind: str, search: Any, start: str) -> list[str]:
-        """The ids a ``find_*`` (or, with kind ``*``, every object) in ``start``'s subtree
-        answers now, in walk order.
-
-        Each container's answer is cached and built from its children's, so after a change
-        only the containers above it are asked again, each joining its children's cached
-        lists: a new sample costs the depth of the tree, not the size of the project."""
-        key = (kind, _search_key(search))
-        ids = self._answer(start, key, kind, search)
-        if kind == "*" and ids and ids[0] == start:
-            ids = ids[1:]  # "everything below" does not include the container itself
-        return list(ids)
-
-    def _answer(self, start: str, key: tuple[str, str], kind: str, search: Any) -> tuple[str, ...]:
-        cached = self.answers.get(start)
-        if cached is not None and key in cached:
-            return cached[key]
-        test = None if kind == "*" else compile_search(search)
-
-        def matches(node: Node) -> bool:
-            if not node.valid:
-                return False
-            if test is None:
-                return True
-            return node.kind == kind and bool(test(self.view(node.id)))
-
-        # Iterative post-order (trees deeper than the recursion limit exist), descending
-        # only into containers whose answer is not cached.
-        stack: list[tuple[str, bool]] = [(start, False)]
-        while stack:
-            nid, children_done = stack.pop()
-            node = self.nodes[nid]
-            if not children_done:
-                stack.append((nid, True))
-                for e in node.entries:
-                    child = self.nodes.get(e)
-                    if child is not None and child.kind == "container" and key not in self.answers.get(e, ()):
-                        stack.append((e, False))
-                continue
-            out = [nid] if matches(node) else []
-            for e in node.entries:
-                child = self.nodes.get(e)
-                if child is None:
-                    continue
-                if child.kind == "container":
-                    out.extend(self.answers[e][key])
-                elif matches(child):
-                    out.append(e)
-            self.answers.setdefault(nid, {})[key] = tuple(out)
-        self.generation += 1
-        return self.answers[start][key]
-
     def _sync(self, folder: str, full: bool, changes: Changes) -> None:
+        """Bring one folder's object in line with the disk: drop it, reload its subtree
+        (new, changed kind, or ``full``), or re-read only its own files."""
         parent = os.path.dirname(folder)
         in_project = folder == self.root or (
             parent in self.nodes and self.nodes[parent].kind == "container"
         )
         old = self.nodes.get(folder)
-        if not in_project or not os.path.isdir(folder):
-            if old is not None:
-                changes.removed.update(self._drop(folder))
-            return
-        fresh, _subdirs = self._read_object(folder, None if folder == self.root else parent)
+        fresh = None
+        if in_project and os.path.isdir(folder):
+            fresh, _subdirs = self._read_object(folder, None if folder == self.root else parent)
         if fresh is None:
             if old is not None:
                 changes.removed.update(self._drop(folder))
-            return
-        if old is None or old.kind != fresh.kind or full:
-            before = {n.id: n for n in self.walk(folder, include_invalid=True)} if old else {}
-            old_fps = {nid: self.fingerprint(nid) for nid in before}
-            old_errors = {nid: n.errors for nid, n in before.items()}
-            if old is not None:
-                self._drop(folder)
-            inherited = self.nodes[parent].metadata if folder != self.root else {}
-            added = self._load_subtree(folder, fresh.parent, inherited)
-            if parent in self.nodes:
-                self.nodes[parent].invalidate()
-            for nid in added:
-                if nid not in before:
-                    changes.added.add(nid)
-                elif self.fingerprint(nid) != old_fps[nid] or self.nodes[nid].errors != old_errors[nid]:
-                    changes.modified.add(nid)
-            changes.removed.update(set(before) - set(added))
-            return
-        # Same kind: re-read only this folder's files; children keep their nodes.
+        elif old is None or old.kind != fresh.kind or full:
+            self._reload(folder, parent, old, fresh, changes)
+        else:
+            self._replace(folder, parent, old, fresh, changes)
+
+    def _reload(self, folder: str, parent: str, old: Node | None, fresh: Node,
+                changes: Changes) -> None:
+        """Load ``folder``'s subtree again; what differs from before goes into ``changes``."""
+        before = {n.id: n for n in self.walk(folder, include_invalid=True)} if old else {}
+        old_fps = {nid: self.fingerprint(nid) for nid in before}
+        old_errors = {nid: n.errors for nid, n in before.items()}
+        if old is not None:
+            self._drop(folder)
+        inherited = self.nodes[parent].metadata if folder != self.root else {}
+        added = self._load_subtree(folder, fresh.parent, inherited)
+        if parent in self.nodes:
+            self.nodes[parent].invalidate()
+        for nid in added:
+            if nid not in before:
+                changes.added.add(nid)
+            elif self.fingerprint(nid) != old_fps[nid] or self.nodes[nid].errors != old_errors[nid]:
+                changes.modified.add(nid)
+        changes.removed.update(set(before) - set(added))
+
+    def _replace(self, folder: str, parent: str, old: Node, fresh: Node, changes: Changes) -> None:
+        """The same kind of object, re-read: only this folder's files; children keep their
+        nodes (and inherit its metadata again when that moved)."""
         fresh.entries = old.entries
         if fresh.errors and old.valid and self.keep_last_good:
             # Keep the last good version's properties: dependents must not run on garbage,
@@ -705,196 +335,17 @@ class Index:
         if self.fingerprint(folder) != old_fp or fresh.errors != old.errors:
             changes.modified.add(folder)
         if meta_changed:
-            for node in self.walk(folder, include_invalid=True):
-                if node.id == folder:
-                    continue
-                par = self.nodes[node.parent] if node.parent else None
-                node.metadata = _inherit(par.metadata if par else {}, node.props.get("metadata"))
-                node.invalidate()
-                changes.modified.add(node.id)
+            self._inherit_below(folder, changes)
 
-    # ------------------------------------------------------------------ reading
-
-    def walk(self, start: str | None = None, *, include_invalid: bool = False) -> Iterator[Node]:
-        """Objects below ``start`` (default: the root) in preorder, siblings by folder name."""
-        start = norm(start) if start else self.root
-        if start not in self.nodes:
-            return
-        stack = [start]
-        while stack:
-            nid = stack.pop()
-            node = self.nodes.get(nid)
-            if node is None:
+    def _inherit_below(self, folder: str, changes: Changes) -> None:
+        """``folder``'s metadata moved: everything below inherits it again."""
+        for node in self.walk(folder, include_invalid=True):
+            if node.id == folder:
                 continue
-            if include_invalid or node.valid:
-                yield node
-            stack.extend(reversed(node.entries))
-
-    def view(self, node_id: str) -> ThotObject:
-        """The object as scripts see it: properties, effective metadata, ids of relatives."""
-        node = self.nodes[node_id]
-        if node._view is not None:
-            return node._view
-        data: dict[str, Any] = {k: v for k, v in node.props.items() if k not in _VIEW_RESERVED}
-        data["_id"] = node.id
-        data["name"] = node.props.get("name") or os.path.basename(node.id)
-        data["metadata"] = dict(node.metadata)
-        data["notes"] = [dict(n) for n in node.notes]
-        data["parent"] = node.parent
-        if node.kind == "container":
-            kids = [self.nodes[c] for c in node.entries if c in self.nodes]
-            data["children"] = [k.id for k in kids if k.kind == "container" and k.valid]
-            data["assets"] = [k.id for k in kids if k.kind == "asset" and k.valid]
-            data["scripts"] = [  # in file order, as the original Thot listed them
-                {k: v for k, v in s.items() if k != "order"}
-                for s in sorted(node.scripts, key=lambda s: s["order"])
-            ]
-        else:
-            data["file"] = node.file
-        node._view = ThotObject(data)
-        return node._view
-
-    def fingerprint(self, node_id: str) -> str:
-        """A digest of what a script sees of the object, minus the lists of its children:
-        those are answered by queries, and a container listing its own new outputs must
-        not make the run that wrote them stale."""
-        node = self.nodes[node_id]
-        if node._fp is None:
-            view = {k: v for k, v in self.view(node_id).items() if k not in ("children", "assets")}
-            blob = json.dumps(view, sort_keys=True, default=str).encode()
-            node._fp = blake2b(blob, digest_size=16).hexdigest()
-        return node._fp
-
-    def find(self, kind: str, search: Mapping[str, Any] | None, start: str | None = None) -> list[ThotObject]:
-        """Valid objects of ``kind`` in ``start``'s subtree matching ``search``, in order."""
-        test = compile_search(search)
-        out = []
-        for node in self.walk(start):
-            if node.kind == kind:
-                obj = self.view(node.id)
-                if test(obj):
-                    out.append(obj)
-        return out
-
-    def answer(self, kind: str, search: Any, start: str) -> dict[str, Any]:
-        """A script's ``find_*`` asked over a socket (daemon or runner): the objects and their
-        fingerprints, exactly what a local walk would give. Raises ``ValueError`` (a
-        :class:`~thotd.project.search.SearchError` for a bad search) on a bad question."""
-        if kind not in ("container", "asset"):
-            raise ValueError("kind must be 'container' or 'asset'")
-        start = norm(start)
-        if start not in self.nodes:
-            raise ValueError(f"{start} is not a container of the project {self.root}")
-        found = [self.view(i) for i in self.query_ids(kind, search or {}, start)]
-        return {"objects": found, "fingerprints": [self.fingerprint(o["_id"]) for o in found]}
-
-    def find_containers(self, search: Mapping[str, Any] | None = None, start: str | None = None) -> list[ThotObject]:
-        return self.find("container", search, start)
-
-    def find_assets(self, search: Mapping[str, Any] | None = None, start: str | None = None) -> list[ThotObject]:
-        return self.find("asset", search, start)
-
-    def errors(self) -> list[ObjectError]:
-        if not any(n.errors for n in self.nodes.values()):  # the usual case, 20x cheaper
-            return []
-        return [e for n in self.walk(include_invalid=True) for e in n.errors]
-
-    def load_warnings(self) -> list[str]:
-        """What the load tolerated and a person should fix (folders skipped, fields of the
-        wrong type kept as written): cheap, for status displays; :meth:`warnings` adds
-        the likely typos, which need the files parsed again."""
-        out = [w for f, w in self._skipped.items() if self._still_skipped(f)]
-        for node in self.walk(include_invalid=True):
-            out.extend(node.warnings)
-        return out
-
-    def _still_skipped(self, folder: str) -> bool:
-        parent = self.nodes.get(os.path.dirname(folder))
-        return (parent is not None and parent.kind == "container"
-                and os.path.isfile(os.path.join(folder, CONTAINER_FILE))
-                and os.path.isfile(os.path.join(folder, ASSET_FILE)))
-
-    def warnings(self) -> list[str]:
-        """Likely typos (unknown fields) and misplaced files. Computed on demand by parsing
-        the files again: only ``thot validate`` asks, and the load stays lean."""
-        out = [w for f, w in self._skipped.items() if self._still_skipped(f)]
-        for node in self.walk(include_invalid=True):
-            out.extend(node.warnings)
-            files = [CONTAINER_FILE if node.kind == "container" else ASSET_FILE]
-            if node.kind == "container" and node.scripts:
-                files.append(SCRIPTS_FILE)
-            for name in files:
-                path = os.path.join(node.id, name)
-                from thotd.project import model
-                try:
-                    parsed = model.parse(name, _read(path), path)
-                except (ObjectFileError, OSError):
-                    continue
-                out.extend(f"{path}: unknown field {k!r} (kept; a typo?)" for k in model.extra_keys(parsed))
-        return out
-
-    def blocked_by(self) -> dict[str, ObjectError]:
-        """Container id -> an invalid object file its runs must wait for: one in its subtree
-        (a summary must not silently miss a sample) or an invalid container above it (whose
-        metadata it would inherit). Walks from the few invalid objects, not every container."""
-        out: dict[str, ObjectError] = {}
-        if not any(n.errors for n in self.nodes.values()):  # the usual case: no walk
-            return out
-        for node in self.walk(include_invalid=True):
-            if not node.errors:
-                continue
-            err = node.errors[0]
-            cur: str | None = node.id
-            while cur is not None and cur not in out:
-                out[cur] = err
-                par = self.nodes.get(cur)
-                cur = par.parent if par else None
-            if node.kind == "container":
-                for below in self.walk(node.id, include_invalid=True):
-                    out.setdefault(below.id, err)
-        return out
-
-    def containers_postorder(self, start: str | None = None) -> list[Node]:
-        """Containers children-first (depth first, siblings by folder name): the run order."""
-        order: list[Node] = []
-        start = norm(start) if start else self.root
-        # Iterative: a tree deeper than the recursion limit (~1000 levels) is still a tree.
-        stack: list[tuple[str, bool]] = [(start, False)] if start in self.nodes else []
-        while stack:
-            nid, children_done = stack.pop()
-            node = self.nodes[nid]
-            if children_done:
-                order.append(node)
-                continue
-            stack.append((nid, True))
-            for child in reversed(node.entries):
-                if child in self.nodes and self.nodes[child].kind == "container":
-                    stack.append((child, False))
-        return order
-
-    def owner_container(self, path: str) -> str | None:
-        """The nearest container at or above ``path`` (a folder or file path)."""
-        cur = norm(path)
-        while True:
-            node = self.nodes.get(cur)
-            if node is not None and node.kind == "container":
-                return cur
-            if cur == self.root or len(cur) < len(self.root):
-                return None
-            parent = os.path.dirname(cur)
-            if parent == cur:
-                return None
-            cur = parent
-
-    def ancestors(self, node_id: str) -> list[str]:
-        """The object's ancestors, nearest first."""
-        out = []
-        cur = self.nodes[node_id].parent
-        while cur is not None and cur in self.nodes:
-            out.append(cur)
-            cur = self.nodes[cur].parent
-        return out
-
+            par = self.nodes[node.parent] if node.parent else None
+            node.metadata = _inherit(par.metadata if par else {}, node.props.get("metadata"))
+            node.invalidate()
+            changes.modified.add(node.id)
 
 class Changes:
     """What one :meth:`Index.update` changed, by object id."""

@@ -22,17 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from thotd.engine.record import stat_of
+from thotd.engine.dispatch import dispatcher_for, launch
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
-from thotd.executor.process import (
-    RunSpec,
-    end_leftovers,
-    run_async,
-    script_cwd,
-    script_env,
-    start_forkserver,
-)
+from thotd.executor.process import RunSpec, end_leftovers, run_async, start_forkserver
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
@@ -90,21 +83,6 @@ class Project:
             return False
         self.plan = {p.key: p for p in plan}
         return True
-
-
-def _input_state(engine: Engine, key: RunKey) -> list[Any]:
-    """A run's inputs as they are now (script, consumed objects and data files, the answers
-    to its queries): what a run caught in a cycle is held on until someone changes it."""
-    row = engine.rows.get(key)
-    record = (row.record if row else None) or {}
-    state: list[Any] = [stat_of(key[1])]
-    for oid, info in sorted(record.get("consumed", {}).items()):
-        node = engine.index.nodes.get(oid)
-        fp = engine.index.fingerprint(oid) if node is not None and node.valid else None
-        state.append((oid, fp, stat_of((node.file if node else None) or info.get("file"))))
-    for q in record.get("queries", []):
-        state.append(engine._current_ids(key[0], q["kind"], q["search"]))
-    return state
 
 
 def schedule_job_id(root: str, key: RunKey) -> str:
@@ -400,28 +378,11 @@ class Daemon:
         finally:
             self._applying -= 1
 
-    def _candidates(self, proj: Project, containers: set[Any], subtree_of: set[str] = frozenset()) -> list[Planned]:  # type: ignore[assignment]
-        """Runs that can see a change: those of the changed containers and their
-        ancestors, and, for a changed container (metadata flows down), its whole subtree."""
-        assert proj.index is not None
-        index = proj.index
-        wanted: set[str] = set()
-        for c in containers:
-            if c is None:
-                continue
-            cur: str | None = c
-            while cur is not None and cur not in wanted:
-                wanted.add(cur)
-                node = index.nodes.get(cur)
-                cur = node.parent if node else None
-        below = [c for c in subtree_of if c in index.nodes and index.nodes[c].kind == "container"]
-        walked: set[str] = set()
-        for c in sorted(below, key=len):  # an ancestor's walk covers its added descendants
-            if c not in walked:
-                ids = [n.id for n in index.walk(c, include_invalid=True) if n.kind == "container"]
-                walked.update(ids)
-                wanted.update(ids)
-        return [p for k, p in proj.plan.items() if k[0] in wanted]
+    def _candidates(self, proj: Project, containers: set[str | None],
+                    subtree_of: set[str] | frozenset[str] = frozenset()) -> list[Planned]:
+        """Runs that can see a change (see :meth:`Engine.candidates`)."""
+        assert proj.engine is not None
+        return proj.engine.candidates(proj.plan.values(), containers, subtree_of)
 
     def check_runs(self, proj: Project, planned: list[Planned], trigger: str) -> None:
         """Queue the stale ones among ``planned``; a change cannot make anything else stale."""
@@ -440,7 +401,7 @@ class Daemon:
             if reasons and p.key in proj.cycles:
                 # A run that changes its own inputs: hold it while they are as it left them
                 # (its own writes arrive here as events); a change by anyone else runs it.
-                if proj.cycles[p.key] == _input_state(proj.engine, p.key):
+                if proj.cycles[p.key] == proj.engine.input_state(p.key):
                     continue
                 del proj.cycles[p.key]
             if reasons:
@@ -450,9 +411,8 @@ class Daemon:
         self._kick.set()
 
     def _autorun(self, proj: Project, key: RunKey) -> bool:
-        assert proj.index is not None
-        node = proj.index.nodes.get(key[0])
-        return bool(node and any(s["script"] == key[1] and s["autorun"] for s in node.scripts))
+        assert proj.engine is not None
+        return proj.engine.autorun(key)
 
     def enqueue(self, proj: Project, key: RunKey, reasons: list[str], trigger: str) -> None:
         """Queue a run whatever its staleness (``rerun``, schedules, retries)."""
@@ -502,36 +462,22 @@ class Daemon:
         return trigger in FORCED_TRIGGERS or self._autorun(proj, key)
 
     def _ready(self, proj: Project, p: Planned, busy: set[RunKey]) -> bool:
-        """No queued or running run below its container, nor earlier in its container."""
-        prefix = p.container + os.sep
-        for other in busy:
-            if other == p.key:
-                continue
-            if other[0].startswith(prefix):
-                return False
-            if other[0] == p.container:
-                q = proj.plan.get(other)
-                if q is not None and q.order < p.order:
-                    return False
-        return True
+        """The readiness rule of :mod:`thotd.engine.dispatch`, over the queued and running."""
+        assert proj.engine is not None
+        dispatcher = dispatcher_for(proj.engine, manual=True)
+        return dispatcher.ready(p, dispatcher.pending(busy))
 
     def _start(self, proj: Project, p: Planned, reasons: list[str], trigger: str) -> None:
         assert proj.engine is not None
-        engine = proj.engine
-        log_path, record = engine.begin(p.key, reasons, trigger)
-        env = engine.env_for(p.key, record)
-        env["THOTD_QUERY_SOCKET"] = str(self.socket_path)
-        spec = RunSpec(
-            # started_in: the project root, where the original runner was started
-            script=Path(p.script), cwd=script_cwd(p.script, p.container, engine.index.root),
-            env=script_env(os.environ, env),
-            log_path=log_path, timeout_s=self.config.pool.timeout_s,
-            log_cap_bytes=self.config.pool.log_cap_bytes,
-            grace_s=min(5.0, self.config.daemon.shutdown_grace_s),
-        )
+        pool = self.config.pool
+        # started_in: the project root, where the original runner was started
+        run = launch(proj.engine, p, reasons, trigger, started_in=proj.engine.index.root,
+                     query_socket=str(self.socket_path),
+                     timeout_s=pool.timeout_s, log_cap_bytes=pool.log_cap_bytes,
+                     grace_s=min(5.0, self.config.daemon.shutdown_grace_s))
         cancel = asyncio.Event()
-        task = asyncio.create_task(self._run(proj, p, spec, cancel, reasons, trigger, str(log_path), record))
-        proj.running[p.key] = Running(p.key, task, cancel, time.time(), reasons, str(log_path))
+        task = asyncio.create_task(self._run(proj, p, run.spec, cancel, reasons, trigger, run.log, run.record))
+        proj.running[p.key] = Running(p.key, task, cancel, time.time(), reasons, run.log)
         self.emit("run", project=proj.root, container=p.container, script=p.script,
                   state="started", reasons=reasons)
         notify.status(self.status_line())
@@ -578,7 +524,7 @@ class Daemon:
                     log.warning("run is stale again right after running: a cycle; not rerun",
                                 reasons=again)
                     proj.reruns.pop(p.key, None)
-                    proj.cycles[p.key] = _input_state(proj.engine, p.key)
+                    proj.cycles[p.key] = proj.engine.input_state(p.key)
             else:
                 proj.reruns.pop(p.key, None)
                 proj.cycles.pop(p.key, None)

@@ -189,7 +189,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
 
     @method("why")
     async def why(params: dict[str, Any], conn: Connection) -> Any:
-        from thotd.cli.thot import why_info
+        from thotd.engine.explain import why_info
 
         path = _param(params, "path", str)
         proj = _project_for(daemon, path)
@@ -215,7 +215,7 @@ def register_methods(server: ControlServer, daemon: Daemon) -> None:
 
     @method("graph")
     async def graph(params: dict[str, Any], conn: Connection) -> Any:
-        from thotd.cli.thot import graph_data, render_graph
+        from thotd.engine.explain import graph_data, render_graph
 
         proj = _project_for(daemon, _param(params, "path", str))
         if proj.engine is None:

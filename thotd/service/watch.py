@@ -80,7 +80,6 @@ import ctypes
 import errno
 import os
 import re
-import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +102,8 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
+
+from thotd.fingerprint import FOLDER, Key, look
 
 __all__ = ["Batch", "Watcher"]
 
@@ -285,21 +286,6 @@ def _instance_limit_fix(current: int | None) -> str:
     )
 
 
-_Signature = tuple[int, int, int]
-_FOLDER: _Signature = (-1, -1, -1)
-
-
-def _signature(path: str) -> _Signature | None:
-    """(size, mtime_ns, inode) of a file; None if gone or unreadable; _FOLDER for a folder."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if stat.S_ISDIR(st.st_mode):
-        return _FOLDER
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
 # ----------------------------------------------------------------- watchdog plumbing
 
 _native_observer_factory: Callable[[Callable[[str], None]], BaseObserver]
@@ -448,7 +434,7 @@ class _Handler(FileSystemEventHandler):
 @dataclass
 class _PathState:
     last_event: float
-    sig: _Signature | None = None
+    sig: Key | None = None
     looks: int = 0
 
 
@@ -801,8 +787,8 @@ class Watcher:
         every write raises a new event (which takes a new look), so a file whose signature
         still matches one settle period after its last event held still across the two
         looks. That halves the delay before delivery compared with looking only then."""
-        sig = _signature(path)
-        first = sig if sig is not None and sig != _FOLDER else None
+        sig = look(path)
+        first = sig if sig is not None and sig != FOLDER else None
         state = project.pending.get(path)
         if state is None:
             project.pending[path] = _PathState(now, first, 1 if first else 0)
@@ -836,8 +822,8 @@ class Watcher:
         for path, state in project.pending.items():
             if now - state.last_event < settle:
                 continue  # only possible when overdue: this path itself is still hot
-            sig = _signature(path)
-            if sig is None or sig == _FOLDER:
+            sig = look(path)
+            if sig is None or sig == FOLDER:
                 ready.add(path)  # gone (nothing to read) or a folder (covered by rescan)
                 continue
             changed = False

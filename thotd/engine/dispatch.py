@@ -1,0 +1,186 @@
+"""What runs next: the one readiness rule, and the spec a run starts from.
+
+Two runners start runs: the one-shot ``thot run`` (:mod:`thotd.engine.oneshot`, a thread per
+run) and the daemon (an asyncio task per run). They differ in *how* a run executes and in
+what they queue; *which* queued run may start is decided here, for both:
+
+    A run waits while any run below its container, or earlier in its own container (by
+    priority), is queued or running.
+
+Order needs no recorded edges (see :mod:`thotd.engine.staleness`): a script sees only its
+own subtree, so its producers are the runs below it and the earlier runs of its container.
+In the plan's order (containers children-first, then priority) those are exactly the runs
+from its subtree's first run up to itself, so the rule is one window of the plan, and the
+question "is anything pending in it?" is one bisection of the pending orders.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import weakref
+from collections.abc import Container, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from thotd.slotted import Slotted
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from thotd.engine.staleness import Engine, Planned, RunKey
+    from thotd.executor.process import RunSpec
+
+
+def subtree_starts(plan: Sequence[Planned]) -> dict[str, int]:
+    """For each container with runs, the order of the first run in its subtree (a postorder
+    plan lists a subtree's runs together, its container's own last)."""
+    starts: dict[str, int] = {}
+    for p in plan:
+        cur = p.container
+        while cur not in starts:  # a container already seen has its ancestors seen too
+            starts[cur] = p.order
+            parent = os.path.dirname(cur)
+            if parent == cur:
+                break
+            cur = parent
+    return starts
+
+
+class Pending:
+    """The queued and running runs of one plan, as plan orders.
+
+    Kept sorted (descending: the one-shot runner finishes runs mostly in plan order, and
+    the earliest is then the cheapest to drop), so "any pending order in a window" is one
+    bisection. ``strays`` are the containers of pending runs the plan no longer holds (an
+    association removed while its run was queued): they hold the runs above them."""
+
+    __slots__ = ("_neg", "strays")
+
+    def __init__(self, orders: Iterable[int] = (), strays: Iterable[str] = ()) -> None:
+        self._neg = sorted(-o for o in set(orders))
+        self.strays = list(strays)
+
+    def __len__(self) -> int:
+        return len(self._neg)
+
+    def __contains__(self, order: object) -> bool:
+        if not isinstance(order, int):
+            return False
+        i = bisect.bisect_left(self._neg, -order)
+        return i < len(self._neg) and self._neg[i] == -order
+
+    def discard(self, order: int) -> None:
+        i = bisect.bisect_left(self._neg, -order)
+        if i < len(self._neg) and self._neg[i] == -order:
+            del self._neg[i]
+
+    def orders(self) -> list[int]:
+        """The pending orders, earliest first (a copy)."""
+        return [-n for n in reversed(self._neg)]
+
+    def any_in(self, lo: int, hi: int) -> bool:
+        """Whether an order ``lo <= order < hi`` is pending."""
+        i = bisect.bisect_right(self._neg, -hi)
+        return i < len(self._neg) and self._neg[i] <= -lo
+
+
+class Dispatcher:
+    """One plan's run order and the readiness rule over it."""
+
+    def __init__(self, plan: Sequence[Planned]) -> None:
+        self.plan = list(plan)
+        self.by_key: dict[RunKey, Planned] = {p.key: p for p in self.plan}
+        self._at: dict[int, Planned] = {p.order: p for p in self.plan}
+        self._starts = subtree_starts(self.plan)
+
+    def pending(self, keys: Iterable[RunKey]) -> Pending:
+        """The runs ``keys`` (queued or running) as :class:`Pending`."""
+        orders: list[int] = []
+        strays: list[str] = []
+        for key in keys:
+            p = self.by_key.get(key)
+            if p is None:
+                strays.append(key[0])
+            else:
+                orders.append(p.order)
+        return Pending(orders, strays)
+
+    def ready(self, p: Planned, pending: Pending) -> bool:
+        """The readiness rule: nothing pending below ``p``'s container, nor earlier in it."""
+        p = self.by_key.get(p.key, p)
+        if pending.any_in(self._starts.get(p.container, p.order), p.order):
+            return False
+        if not pending.strays:
+            return True
+        prefix = p.container + os.sep
+        return not any(c.startswith(prefix) for c in pending.strays)
+
+    def ready_runs(self, pending: Pending, busy: Container[int] = ()) -> Iterator[Planned]:
+        """The pending runs that may start, in plan order, skipping the orders in ``busy``
+        (already running). Each is judged when it is reached, so a run the caller finishes
+        on the way (skipped, up to date) lets the runs after it through in the same pass."""
+        for order in pending.orders():
+            if order in pending and order not in busy:
+                p = self._at[order]
+                if self.ready(p, pending):
+                    yield p
+
+
+_dispatchers: weakref.WeakKeyDictionary[Engine, tuple[tuple[int, bool], Dispatcher]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def dispatcher_for(engine: Engine, *, manual: bool = False) -> Dispatcher:
+    """The dispatcher of ``engine.plan(manual=manual)``, kept while the plan holds (the
+    engine rebuilds its plan only when the index's shape moves)."""
+    key = (engine.index.shape, manual)
+    cached = _dispatchers.get(engine)
+    if cached is None or cached[0] != key:
+        cached = (key, Dispatcher(engine.plan(manual=manual)))
+        _dispatchers[engine] = cached
+    return cached[1]
+
+
+class Launch(Slotted):
+    """A run about to start: its spec and where its log and record go."""
+
+    __slots__ = ("spec", "log", "record")
+
+    def __init__(self, spec: RunSpec, log: str, record: str) -> None:
+        self.spec = spec
+        self.log = log
+        self.record = record
+
+
+def launch(
+    engine: Engine,
+    p: Planned,
+    reasons: list[str],
+    trigger: str,
+    *,
+    started_in: str,
+    query_socket: str | None,
+    timeout_s: float | None,
+    log_cap_bytes: int,
+    grace_s: float | None = None,
+    base_env: Mapping[str, str] | None = None,
+) -> Launch:
+    """Mark the run started in the engine and build the spec it runs from: the same for
+    every runner (the query socket is the runner's: its own server, or the daemon's;
+    ``started_in`` is where the runner was started, where a Python script starts)."""
+    from thotd.executor.process import RunSpec, script_cwd, script_env  # lazy: only a run
+
+    log, record = engine.begin(p.key, reasons, trigger)
+    extra = engine.env_for(p.key, record)
+    if query_socket is not None:
+        extra["THOTD_QUERY_SOCKET"] = query_socket
+    spec = RunSpec(
+        script=Path(p.script), cwd=script_cwd(p.script, p.container, started_in),
+        env=script_env(os.environ if base_env is None else base_env, extra),
+        log_path=log, timeout_s=timeout_s, log_cap_bytes=log_cap_bytes,
+    )
+    if grace_s is not None:
+        spec.grace_s = grace_s
+    return Launch(spec, str(log), record)
