@@ -14,7 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from thotd import exits
+
 _EXITING = False  # set by entry(): the process ends when main() returns
 
 
@@ -64,9 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.cmd](args))
     except NotAProject as exc:
         print(f"thot: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return exits.FAILURE
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
     except BrokenPipeError:
         return quiet_broken_pipe()
 
@@ -93,7 +94,7 @@ def quiet_broken_pipe() -> int:
     the interpreter's final flush does not complain either."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return EXIT_OK
+    return exits.OK
 
 
 def _load(path: str) -> Any:
@@ -168,7 +169,7 @@ def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
                 for reason in r["reasons"]:
                     print(f"    because {reason}")
             print(f"{sum(not r['blocked'] for r in rows)} of {len(plan)} runs would run")
-        return EXIT_OK
+        return exits.OK
     t0 = time.monotonic()
     report = run_project(
         engine, changed=args.changed, jobs=args.jobs, timeout_s=args.timeout,
@@ -183,7 +184,7 @@ def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
         }, indent=2))
     else:
         print(format_report(report, engine, elapsed))
-    return EXIT_FAIL if report.failed or engine.index.errors() else EXIT_OK
+    return exits.FAILURE if report.failed or engine.index.errors() else exits.OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -198,7 +199,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for w in warnings:
             print(f"warning: {w}")
         print(f"{len(index.nodes)} objects, {len(errors)} invalid, {len(warnings)} warnings")
-    return EXIT_FAIL if errors else EXIT_OK
+    return exits.FAILURE if errors else exits.OK
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
@@ -216,7 +217,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
             return out
 
         print(json.dumps(node_json(index.root), indent=2))
-        return EXIT_OK
+        return exits.OK
 
     def show(nid: str, prefix: str, last: bool, top: bool) -> None:
         n = index.nodes[nid]
@@ -238,7 +239,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
             show(c, inner, i == len(kids) - 1, False)
 
     show(index.root, "", True, True)
-    return EXIT_OK
+    return exits.OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -248,7 +249,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     for path in write_schemas(Path(args.out)):
         print(path)
-    return EXIT_OK
+    return exits.OK
 
 
 def why_info(engine: Any, path: str) -> dict[str, Any]:
@@ -294,9 +295,9 @@ def cmd_why(args: argparse.Namespace) -> int:
     info = why_info(_engine(find_project_root(root), args.state), args.path)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-        return EXIT_OK if "error" not in info else EXIT_FAIL
+        return exits.OK if "error" not in info else exits.FAILURE
     print(render_why(info))
-    return EXIT_OK if "error" not in info else EXIT_FAIL
+    return exits.OK if "error" not in info else exits.FAILURE
 
 
 def render_why(info: dict[str, Any]) -> str:
@@ -368,7 +369,7 @@ def render_graph(engine: Any, data: dict[str, Any], fmt: str) -> str:
 def cmd_graph(args: argparse.Namespace) -> int:
     engine = _engine(args.root, args.state)
     print(render_graph(engine, graph_data(engine), args.format))
-    return EXIT_OK
+    return exits.OK
 
 
 COMMANDS = {
