@@ -131,6 +131,7 @@ class Daemon:
         self.started = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=500)
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.ready = asyncio.Event()  # set once start-up is complete and the socket listens
         self._wake = asyncio.Event()  # a signal arrived, or a stop was asked for
         self._reload_asked = False
         self._kick = asyncio.Event()
@@ -189,6 +190,7 @@ class Daemon:
         self.timetable.start()
         self._tasks = [asyncio.create_task(self._dispatch_loop()),
                        asyncio.create_task(self._health_loop())]
+        self.ready.set()
         notify.ready(self.status_line())
         log.info("thotd ready", socket=str(self.socket_path), projects=len(self.projects))
 
