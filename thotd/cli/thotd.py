@@ -60,7 +60,7 @@ def run_foreground(args: argparse.Namespace) -> int:
 
     from thotd import paths
     from thotd.service.config import ConfigError, load_config
-    from thotd.service.control import AlreadyRunning
+    from thotd.service.lock import AlreadyRunning
     from thotd.service.logs import configure_logging
 
     try:

@@ -31,8 +31,9 @@ from thotd.executor.process import RunSpec, end_leftovers, run_async, script_env
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
-from thotd.service.control import ControlServer, Handler, acquire_lock
+from thotd.service.control import ControlServer, Handler
 from thotd.service.forking import ForkServerKeeper
+from thotd.service.lock import acquire_lock
 from thotd.service.signals import RELOAD_SIGNALS, captured_signals
 from thotd.service.timetable import Timetable, schedule_job_id
 from thotd.service.watch import Batch, Watcher
