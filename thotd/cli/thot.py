@@ -11,12 +11,48 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from thotd import exits
 
 _EXITING = False  # set by entry(): the process ends when main() returns
+
+
+@dataclass(frozen=True)
+class PoolOption:
+    """One ``thot run`` option that is also a ``[pool]`` setting of thotd's configuration.
+
+    Declared once: the flags (the first is the historical one, later ones are aliases
+    spelled like the config key), the config key it mirrors (a test checks that it exists)
+    and the help text, which names the key. ``thot run`` does not read thotd's config file;
+    the shared name is for people moving between the two.
+    """
+
+    dest: str
+    flags: tuple[str, ...]
+    config_key: str  # "section.key" in thotd's config
+    help: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    config_value: str = ""  # for a flag that sets the key to one value: " = false"
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        section, key = self.config_key.split(".")
+        parser.add_argument(
+            *self.flags, dest=self.dest, **self.kwargs,
+            help=f"{self.help} (thotd's config: [{section}] {key}{self.config_value})")
+
+
+RUN_POOL_OPTIONS = (
+    PoolOption("jobs", ("-j", "--jobs", "--workers"), "pool.workers",
+               "independent subtrees in parallel", {"type": int, "default": 1}),
+    PoolOption("timeout", ("--timeout", "--timeout-s"), "pool.timeout_s",
+               "per-run timeout in seconds", {"type": float, "default": None}),
+    PoolOption("no_fork", ("--no-fork",), "pool.fork",
+               "start every Python script in a fresh interpreter instead of forking a "
+               "preloaded one (slower; see README)", {"action": "store_true"}, " = false"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,12 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--root", default=".", help="project root (default: current folder)")
     run.add_argument("--changed", action="store_true", help="run only stale runs")
     run.add_argument("--dry-run", action="store_true", help="show what would run and why")
-    run.add_argument("-j", "--jobs", type=int, default=1, help="independent subtrees in parallel")
-    run.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    for option in RUN_POOL_OPTIONS:
+        option.add_to(run)
     run.add_argument("--json", action="store_true", help="machine-readable report")
-    run.add_argument("--no-fork", action="store_true",
-                     help="start every Python script in a fresh interpreter instead of forking "
-                     "a preloaded one (slower; see README)")
 
     val = sub.add_parser("validate", help="list invalid object files")
     val.add_argument("path", nargs="?", default=".")
