@@ -5,6 +5,18 @@ the index applies them, the engine says which runs they made stale, the queue st
 when their producers are done, and a finished run's outputs feed the same check, so the
 wave rolls up the tree. The control socket, APScheduler's jobs and signal handlers all run
 on the same loop, so no lock guards any of this state.
+
+The lifecycle has uvicorn's shape: :meth:`Daemon.run` is :meth:`~Daemon.startup`, the main
+loop, and :meth:`~Daemon.shutdown` in a ``finally``; signal handlers only record the
+signal. Whoever builds a daemon hands it its control methods
+(:func:`thotd.service.methods.handlers`), so this module does not import them.
+
+Why this file is over 500 lines: it is one idea, the state the loop owns (projects, queues,
+running runs) and the flow through it, from a settled batch to a finished run. The parts
+with a life of their own are beside it: :mod:`~thotd.service.forking` (the fork server),
+:mod:`~thotd.service.timetable` (timed jobs), :mod:`~thotd.service.signals`,
+:mod:`~thotd.service.lock` and :mod:`~thotd.service.methods`. Which queued run may start
+(``_candidates``, ``_ready``, ``_start``) is engine logic due to move to the engine room.
 """
 
 from __future__ import annotations
