@@ -107,3 +107,26 @@ def test_sigterm_stops_the_daemon(tmp_path: Path, run_dir: Path) -> None:
 
     assert asyncio.run(main()) == 0
     _assert_released(d, run_dir)
+
+
+def test_a_failed_reload_leaves_the_daemon_serving(
+        tmp_path: Path, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = _daemon(tmp_path, run_dir)
+    calls: list[int] = []
+
+    async def broken_reload() -> dict[str, object]:
+        calls.append(1)
+        raise OSError("injected reload failure")
+
+    monkeypatch.setattr(d, "reload", broken_reload)
+
+    async def main() -> None:
+        async with running_daemon(tmp_path, run_dir, daemon=d):
+            d.handle_signal(signal.SIGHUP)
+            while not calls:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0)  # let the main loop see the failure
+            assert not d.stopping and d.watcher.healthy()
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    assert calls == [1]

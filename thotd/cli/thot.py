@@ -1,7 +1,7 @@
 """``thot``: run, check and explain a project from the command line (no daemon needed).
 
-Data goes to stdout, diagnostics to stderr; every query command takes ``--json``. Exit codes:
-0 ok, 1 something failed or is invalid, 2 usage.
+Data goes to stdout, diagnostics to stderr; every query command takes ``--json``. Exit codes
+(:mod:`thotd.exits`): 0 ok, 1 something failed or is invalid, 2 usage, 130 interrupted.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``thotctl``: ask the running daemon over its socket.
 
-Start-up matters here (people type it), so this imports only the standard library and the
-tiny JSON-RPC client. Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon not running.
+Start-up matters here (people type it), so this imports only the standard library, the
+tiny JSON-RPC client and :mod:`thotd.exits`. Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon
+not running.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 ``thotd start`` detaches by default and returns once the control socket answers, so a
 script can call ``thotctl`` right after it; ``--foreground`` is for systemd and tests.
+Exit codes (:mod:`thotd.exits`): 0 ok, 1 failure, 3 not running (``stop``), 78 bad
+configuration (systemd does not restart on it).
 """
 
 from __future__ import annotations

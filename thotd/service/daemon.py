@@ -214,7 +214,10 @@ class Daemon:
             self._wake.clear()
             if self._reload_asked and not self.stopping:
                 self._reload_asked = False
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # a failed reload must not take the daemon down
+                    log.exception("reload failed")
 
     async def shutdown(self) -> None:
         """No new runs; let running scripts finish within the grace; release everything."""
