@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from thotd.service.settle import FOLDER, Batch, Settle, Signature, Tuning, outermost
+from thotd.service.settle import Batch, Settle, Tuning, outermost
+
+Signature = tuple[int, int, int]
 
 TUNING = Tuning.of(settle_s=0.1, stable_checks=2, max_delay_s=1.0)
 
 
 @dataclass
 class Scripted:
-    """A folder whose files look as the test says; the clock only moves when told."""
+    """A folder whose files look as the test says (a path not on ``disk`` is gone or a
+    folder); the clock only moves when told."""
 
     tuning: Tuning = TUNING
     disk: dict[str, Signature] = field(default_factory=dict)
@@ -94,7 +97,6 @@ def test_a_constant_trickle_cannot_postpone_quiet_paths_forever() -> None:
 
 def test_a_rescan_folder_waits_for_the_files_below_it() -> None:
     f = Scripted()
-    f.disk["/p/new"] = FOLDER
     f.event("created", "/p/new", is_dir=True)
     f.write("/p/new/big.bin", 10, kind="created")
     f.advance(0.05)
@@ -108,7 +110,6 @@ def test_a_rescan_folder_waits_for_the_files_below_it() -> None:
 def test_deleted_paths_and_both_ends_of_a_move_go_at_once() -> None:
     f = Scripted()
     f.event("deleted", "/p/gone.csv")
-    f.disk["/p/b"] = FOLDER
     f.event("moved", "/p/a", "/p/b", is_dir=True)
     f.advance(0.1)
     assert f.delivered == [(0.1, Batch(paths={"/p/gone.csv", "/p/a", "/p/b"}, rescan={"/p/b"}))]

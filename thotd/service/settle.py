@@ -31,15 +31,15 @@ The rules, and why:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-__all__ = ["FOLDER", "Batch", "Settle", "Signature", "Tuning", "outermost"]
+__all__ = ["Batch", "Look", "Settle", "Tuning", "outermost"]
 
-#: What a look at a file sees: (size, mtime_ns, inode).
-Signature = tuple[int, int, int]
-#: The look of a folder (folders are covered by rescans, never "stable").
-FOLDER: Signature = (-1, -1, -1)
+#: How a path looks now: any value that changes when the file does (the watcher uses size,
+#: mtime and inode), or None when there is nothing to prove stable: the path is gone, or it
+#: is a folder (covered by a rescan).
+Look = Callable[[str], Hashable | None]
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Tuning:
 @dataclass
 class PathState:
     last_event: float
-    sig: Signature | None = None
+    sig: Hashable | None = None
     looks: int = 0
 
 
@@ -100,12 +100,11 @@ def outermost(dirs: set[str]) -> set[str]:
 class Settle:
     """The pending changes of one folder and when to look at them next.
 
-    ``look(path)`` is how the file looks now: its :data:`Signature`, :data:`FOLDER`, or
-    None when it is gone. ``due`` is when :meth:`tick` wants to run (None: nothing is
+    ``look(path)`` is how the path looks now (see :data:`Look`). ``due`` is when :meth:`tick` wants to run (None: nothing is
     pending, no timer is needed).
     """
 
-    def __init__(self, look: Callable[[str], Signature | None]) -> None:
+    def __init__(self, look: Look) -> None:
         self._look = look
         self.pending: dict[str, PathState] = {}
         self.rescan: set[str] = set()
@@ -141,8 +140,7 @@ class Settle:
         every write raises a new event (which takes a new look), so a file whose signature
         still matches one settle period after its last event held still across the two
         looks. That halves the delay before delivery compared with looking only then."""
-        sig = self._look(path)
-        first = sig if sig is not None and sig != FOLDER else None
+        first = self._look(path)
         state = self.pending.get(path)
         if state is None:
             self.pending[path] = PathState(now, first, 1 if first else 0)
@@ -196,7 +194,7 @@ class Settle:
             if now - state.last_event < tuning.settle_s:
                 continue  # only possible when overdue: this path itself is still hot
             sig = self._look(path)
-            if sig is None or sig == FOLDER:
+            if sig is None:
                 ready.add(path)  # gone (nothing to read) or a folder (covered by rescan)
                 continue
             changed = False

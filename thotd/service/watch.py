@@ -57,7 +57,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from thotd.service import watch_limits as limits
-from thotd.service.settle import FOLDER, Batch, Settle, Signature, Tuning
+from thotd.service.settle import Batch, Settle, Tuning
 from thotd.service.watch_observers import (
     EVENT_FILTER,
     NATIVE_MODE,
@@ -73,18 +73,18 @@ log = structlog.get_logger("thotd.service.watch")
 _DRAIN_CHUNK = 5000  # events handled per loop callback, so a huge burst cannot starve the loop
 
 
-_Signature = Signature
-_FOLDER = FOLDER
+_Signature = tuple[int, int, int]
 
 
 def _signature(path: str) -> _Signature | None:
-    """(size, mtime_ns, inode) of a file; None if gone or unreadable; _FOLDER for a folder."""
+    """What the settle machine looks at: (size, mtime_ns, inode) of a file; None if it is
+    gone or unreadable, or a folder (nothing there to prove stable: a rescan covers it)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     if stat.S_ISDIR(st.st_mode):
-        return _FOLDER
+        return None
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
