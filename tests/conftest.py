@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from corekit import THOT_VARS, make_gs, make_tree
+from inprocess import in_daemon, run_dir  # noqa: F401 - the in-process daemon's fixtures
 
 
 @pytest.fixture(autouse=True)

@@ -1,8 +1,8 @@
 """The one daemon harness. Where a real ``thotd`` process is the point (signals, crashes,
 start-up, the CLI): :class:`Daemon`, started with its own XDG folders, config and socket, a
 raw JSON-RPC client for its socket, and the process readings the fault suite takes (memory,
-scripts a killed daemon left behind). Where it is not: :class:`InProcess`, the daemon object
-on the test's own event loop, its state readable directly.
+scripts a killed daemon left behind). Where it is not, tests use the in-process daemon of
+``tests/inprocess.py`` (fixture ``in_daemon``): the daemon object on the test's own loop.
 
 A module with a unique name at the top of ``tests/`` (on ``sys.path`` through the root
 ``conftest``), so every test folder imports the same one: ``from daemonkit import Daemon``.
@@ -11,7 +11,6 @@ Conditions are polled with deadlines (:func:`corekit.wait_for`), never slept on.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -21,15 +20,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from corekit import THOT_VARS, await_for, wait_for
+from corekit import THOT_VARS, wait_for
 
 __all__ = [
-    "TAG_VAR", "Daemon", "InProcess", "RpcFailure", "in_process", "make_daemon", "proc_memory",
+    "TAG_VAR", "Daemon", "RpcFailure", "make_daemon", "proc_memory",
     "rpc", "tagged_processes",
 ]
 
@@ -285,80 +284,3 @@ def make_daemon(tmp_path: Path, name: str = "d", **config: dict[str, Any]) -> It
     finally:
         d.cleanup()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------- in process
-
-
-@dataclass
-class InProcess:
-    """The daemon as an object on the test's own event loop, for tests where a process is
-    not the point: its state (``daemon.projects``, ``daemon.quiet()``) can be read directly,
-    and its control methods are called through its real socket (:meth:`call`).
-
-    ``run(body)`` starts :class:`thotd.service.daemon.Daemon` on a fresh loop in this
-    thread (its signal handlers need the main thread), waits until it listens, awaits
-    ``body(daemon)``, then stops it and returns what ``body`` returned; the daemon's own
-    exit code is kept in ``exit_code``.
-    """
-
-    state: Path
-    socket: Path
-    config: dict[str, dict[str, Any]]
-    exit_code: int | None = None
-
-    def run(self, body: Callable[[Any], Awaitable[T]]) -> T:
-        return asyncio.run(self._serve(body))
-
-    async def _serve(self, body: Callable[[Any], Awaitable[T]]) -> T:
-        from thotd.service.config import Config
-        from thotd.service.daemon import Daemon
-
-        daemon = Daemon(Config.model_validate(self.config), store_path=self.state,
-                        socket_path=self.socket)
-        task = asyncio.create_task(daemon.run())
-        await await_for(lambda: task.done() or self.socket.exists(), 60, "the daemon to listen")
-        if task.done():
-            task.result()  # raises what made it stop
-            raise AssertionError("the daemon stopped before it listened")
-        try:
-            return await body(daemon)
-        finally:
-            daemon.request_stop()
-            self.exit_code = await asyncio.wait_for(task, 60)
-
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """One JSON-RPC call on the daemon's socket, from the daemon's own loop."""
-        reader, writer = await asyncio.open_unix_connection(os.fspath(self.socket), limit=1 << 26)
-        try:
-            req = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}
-            writer.write(json.dumps(req).encode() + b"\n")
-            await writer.drain()
-            reply = json.loads(await reader.readline())
-        finally:
-            writer.close()
-            await writer.wait_closed()
-        if "error" in reply:
-            raise RpcFailure(reply["error"])
-        return reply["result"]
-
-
-def in_process(tmp_path: Path, monkeypatch: Any, **config: dict[str, Any]) -> InProcess:
-    """An :class:`InProcess` daemon with private XDG folders (set in this process's
-    environment through ``monkeypatch``) and the test config, sections overridden by
-    ``config``. The socket lives in a short folder: ``sun_path`` holds 108 bytes."""
-    run_dir = Path(tempfile.mkdtemp(prefix="thd-", dir="/tmp"))
-    os.chmod(run_dir, 0o700)
-    home = tmp_path / "inproc"
-    env = {"XDG_RUNTIME_DIR": str(run_dir), "XDG_STATE_HOME": str(home / "state"),
-           "XDG_CONFIG_HOME": str(home / "cfg"), "THOTD_SOCKET": str(run_dir / "thotd.sock")}
-    for var, value in env.items():
-        monkeypatch.setenv(var, value)
-    for var in FOREIGN_VARS:
-        monkeypatch.delenv(var, raising=False)
-    base: dict[str, dict[str, Any]] = {"daemon": {"settle_ms": 50, "shutdown_grace_s": 2},
-                                       "pool": {"workers": 2}}
-    for name, values in config.items():
-        base.setdefault(name, {}).update(values)
-    (home / "state").mkdir(parents=True)
-    return InProcess(home / "state" / "state.sqlite3", run_dir / "thotd.sock", base)

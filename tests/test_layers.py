@@ -117,7 +117,6 @@ def test_no_room_imports_a_room_above_it() -> None:
     assert layer_violations(_graph()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="daemon<->methods, model<->objectfile: being untied")
 def test_no_import_cycles() -> None:
     assert import_cycles(_graph()) == []
 

@@ -1,5 +1,5 @@
 """Fixtures for the daemon tests, from the shared harness (``daemonkit``): a real ``thotd``
-process, the daemon in process, and a small G×S project."""
+process and a small G×S project."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from corekit import make_gs
-from daemonkit import Daemon, InProcess, in_process, make_daemon
+from daemonkit import Daemon, make_daemon
 
 
 @pytest.fixture
@@ -16,12 +16,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     """A configured, not yet started daemon (``daemon.start()``)."""
     with make_daemon(tmp_path, daemon={"shutdown_grace_s": 5}) as d:
         yield d
-
-
-@pytest.fixture
-def inproc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InProcess:
-    """The daemon on the test's own event loop: ``inproc.run(async_body)``."""
-    return in_process(tmp_path, monkeypatch)
 
 
 @pytest.fixture

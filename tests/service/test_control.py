@@ -61,6 +61,28 @@ def sockdir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+async def _echo(params: dict[str, Any], conn: Connection) -> Any:
+    return params
+
+
+async def _boom(params: dict[str, Any], conn: Connection) -> Any:
+    raise RuntimeError("handler exploded")
+
+
+async def _fail(params: dict[str, Any], conn: Connection) -> Any:
+    raise RpcError(-32010, "nope", {"why": "testing"})
+
+
+async def _unencodable(params: dict[str, Any], conn: Connection) -> Any:
+    return {"x": object()}
+
+
+async def _count(params: dict[str, Any], conn: Connection) -> Any:
+    for i in range(params["n"]):
+        await conn.send_notification("tick", {"i": i})
+    return "done"
+
+
 class Running:
     """A ControlServer on a background event loop, plus what the test handlers observed."""
 
@@ -84,66 +106,49 @@ class Running:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(TIMEOUT)
 
     def _register(self) -> None:
-        async def echo(params: dict[str, Any], conn: Connection) -> Any:
-            return params
-
-        async def boom(params: dict[str, Any], conn: Connection) -> Any:
-            raise RuntimeError("handler exploded")
-
-        async def fail(params: dict[str, Any], conn: Connection) -> Any:
-            raise RpcError(-32010, "nope", {"why": "testing"})
-
-        async def unencodable(params: dict[str, Any], conn: Connection) -> Any:
-            return {"x": object()}
-
-        async def count(params: dict[str, Any], conn: Connection) -> Any:
-            for i in range(params["n"]):
-                await conn.send_notification("tick", {"i": i})
-            return "done"
-
-        async def subscribe(params: dict[str, Any], conn: Connection) -> Any:
-            try:
-                i = 0
-                while not conn.closed.is_set():
-                    await conn.send_notification("event", {"i": i})
-                    i += 1
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(conn.closed.wait(), 0.01)
-                return "unsubscribed"
-            finally:
-                self.stream_ended.set()
-
-        async def firehose(params: dict[str, Any], conn: Connection) -> Any:
-            blob = "x" * 65536
-            try:
-                while True:
-                    await conn.send_notification("blob", blob)
-            except ClientGone:
-                self.gone.set()
-                raise
-
-        async def wait(params: dict[str, Any], conn: Connection) -> Any:
-            assert self.release is not None
-            await self.release.wait()
-            return "released"
-
-        async def release(params: dict[str, Any], conn: Connection) -> Any:
-            assert self.release is not None
-            self.release.set()
-            return "ok"
-
         for name, handler in {
-            "echo": echo,
-            "boom": boom,
-            "fail": fail,
-            "unencodable": unencodable,
-            "count": count,
-            "subscribe": subscribe,
-            "firehose": firehose,
-            "wait": wait,
-            "release": release,
+            "echo": _echo,
+            "boom": _boom,
+            "fail": _fail,
+            "unencodable": _unencodable,
+            "count": _count,
+            "subscribe": self._subscribe,
+            "firehose": self._firehose,
+            "wait": self._wait,
+            "release": self._release,
         }.items():
             self.server.register(name, handler)
+
+    async def _subscribe(self, params: dict[str, Any], conn: Connection) -> Any:
+        try:
+            i = 0
+            while not conn.closed.is_set():
+                await conn.send_notification("event", {"i": i})
+                i += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.closed.wait(), 0.01)
+            return "unsubscribed"
+        finally:
+            self.stream_ended.set()
+
+    async def _firehose(self, params: dict[str, Any], conn: Connection) -> Any:
+        blob = "x" * 65536
+        try:
+            while True:
+                await conn.send_notification("blob", blob)
+        except ClientGone:
+            self.gone.set()
+            raise
+
+    async def _wait(self, params: dict[str, Any], conn: Connection) -> Any:
+        assert self.release is not None
+        await self.release.wait()
+        return "released"
+
+    async def _release(self, params: dict[str, Any], conn: Connection) -> Any:
+        assert self.release is not None
+        self.release.set()
+        return "ok"
 
     def close(self) -> None:
         try:

@@ -1,4 +1,5 @@
-"""Tests for thotd.service.watch: real folders, the real inotify observer, a real asyncio loop.
+"""Tests for thotd.service.watch end to end: real folders, the real inotify observer, a real
+asyncio loop. The settle rules alone are driven without a kernel in ``test_settle``.
 
 No sleep-and-hope: every test polls for a condition with a deadline (generous, for a
 loaded machine) and asserts on what was delivered. The only sleeps are in writers
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from thotd.service import watch as watch_mod
+from thotd.service import watch_limits as limits
 from thotd.service.watch import Batch, Watcher
 
 DEADLINE_S = 10.0
@@ -380,7 +381,7 @@ def test_enospc_falls_back_to_polling_with_the_fix(
         w.add(str(tmp_path))
         st = w.status()[str(tmp_path)]
         assert st["mode"] == "degraded"
-        limit = watch_mod._read_int(watch_mod.MAX_USER_WATCHES_FILE)
+        limit = limits.read_int(limits.MAX_USER_WATCHES_FILE)
         assert st["max_user_watches"] == limit
         assert st["folders"] == _count_dirs(tmp_path) == 4
         assert f"max_user_watches={limit}" in st["reason"] and "4 folders" in st["reason"]
@@ -397,7 +398,7 @@ def test_watch_limit_hit_below_the_root_is_detected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """watchdog 7.1 swallows ENOSPC for sub-folders; the post-schedule probe catches it."""
-    monkeypatch.setattr(watch_mod, "_watch_limit_reached", lambda path: True)
+    monkeypatch.setattr(limits, "watch_limit_reached", lambda path: True)
 
     async def body(w: Watcher, rec: Recorder) -> None:
         w.add(str(tmp_path))
@@ -411,16 +412,11 @@ def test_watch_limit_hit_below_the_root_is_detected(
 
 
 def test_watch_limit_probe_on_this_machine(tmp_path: Path) -> None:
-    assert watch_mod._watch_limit_reached(str(tmp_path)) is False
-
-
-def test_outermost_rescan_dirs() -> None:
-    dirs = {"/p/a", "/p/a/b", "/p/a/b/c", "/p/a-x", "/p/a-x/y", "/q"}
-    assert watch_mod._outermost(dirs) == {"/p/a", "/p/a-x", "/q"}
+    assert limits.watch_limit_reached(str(tmp_path)) is False
 
 
 def test_network_filesystem_is_polled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(watch_mod, "_filesystem_type", lambda path: "nfs4")
+    monkeypatch.setattr(limits, "filesystem_type", lambda path: "nfs4")
 
     async def body(w: Watcher, rec: Recorder) -> None:
         w.add(str(tmp_path))
@@ -440,18 +436,18 @@ def test_filesystem_type_from_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyP
         "server:/export /mnt/lab\\040share nfs4 rw 0 0\n"
         "tmpfs /mnt/lab\\040share/scratch tmpfs rw 0 0\n"
     )
-    monkeypatch.setattr(watch_mod, "MOUNTS_FILE", str(mounts))
-    assert watch_mod._filesystem_type("/mnt/lab share/p1") == "nfs4"
-    assert watch_mod._filesystem_type("/mnt/lab share/scratch/x") == "tmpfs"
-    assert watch_mod._filesystem_type("/mnt/lab sharex") == "ext4"
-    assert watch_mod._is_network_fs("nfs4") and watch_mod._is_network_fs("fuse.sshfs")
-    assert not watch_mod._is_network_fs("ext4") and not watch_mod._is_network_fs(None)
+    monkeypatch.setattr(limits, "MOUNTS_FILE", str(mounts))
+    assert limits.filesystem_type("/mnt/lab share/p1") == "nfs4"
+    assert limits.filesystem_type("/mnt/lab share/scratch/x") == "tmpfs"
+    assert limits.filesystem_type("/mnt/lab sharex") == "ext4"
+    assert limits.is_network_fs("nfs4") and limits.is_network_fs("fuse.sshfs")
+    assert not limits.is_network_fs("ext4") and not limits.is_network_fs(None)
 
 
 def test_real_inotify_queue_overflow_rescans_the_root(tmp_path: Path) -> None:
     """Make the kernel queue really overflow: hold watchdog's inotify reader off its
     lock while creating more files than fs.inotify.max_queued_events holds."""
-    limit = watch_mod._read_int("/proc/sys/fs/inotify/max_queued_events")
+    limit = limits.read_int("/proc/sys/fs/inotify/max_queued_events")
     if limit is None or limit > 65536:
         pytest.skip("max_queued_events unknown or too large to overflow quickly")
     n_files = limit // 2 + 4000  # each create is IN_CREATE + IN_CLOSE_WRITE

@@ -1,7 +1,7 @@
 """``thot``: run, check and explain a project from the command line (no daemon needed).
 
-Data goes to stdout, diagnostics to stderr; every query command takes ``--json``. Exit codes:
-0 ok, 1 something failed or is invalid, 2 usage.
+Data goes to stdout, diagnostics to stderr; every query command takes ``--json``. Exit codes
+(:mod:`thotd.exits`): 0 ok, 1 something failed or is invalid, 2 usage, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -11,11 +11,49 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from thotd import exits
+
 _EXITING = False  # set by entry(): the process ends when main() returns
+
+
+@dataclass(frozen=True)
+class PoolOption:
+    """One ``thot run`` option that is also a ``[pool]`` setting of thotd's configuration.
+
+    Declared once: the flags (the first is the historical one, later ones are aliases
+    spelled like the config key), the config key it mirrors (a test checks that it exists)
+    and the help text, which names the key. ``thot run`` does not read thotd's config file;
+    the shared name is for people moving between the two.
+    """
+
+    dest: str
+    flags: tuple[str, ...]
+    config_key: str  # "section.key" in thotd's config
+    help: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    config_value: str = ""  # for a flag that sets the key to one value: " = false"
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        section, key = self.config_key.split(".")
+        parser.add_argument(
+            *self.flags, dest=self.dest, **self.kwargs,
+            help=f"{self.help} (thotd's config: [{section}] {key}{self.config_value})")
+
+
+RUN_POOL_OPTIONS = (
+    PoolOption("jobs", ("-j", "-t", "--jobs", "--tasks", "--workers"), "pool.workers",
+               "independent subtrees in parallel (-t alone: 16, as the original runner)",
+               {"type": int, "nargs": "?", "const": 16, "default": 1}),
+    PoolOption("timeout", ("--timeout", "--timeout-s"), "pool.timeout_s",
+               "per-run timeout in seconds", {"type": float, "default": None}),
+    PoolOption("no_fork", ("--no-fork",), "pool.fork",
+               "start every Python script in a fresh interpreter instead of forking a "
+               "preloaded one (slower; see README)", {"action": "store_true"}, " = false"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,14 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-r", "--root", default=".", help="project root (default: current folder)")
     run.add_argument("--changed", action="store_true", help="run only stale runs")
     run.add_argument("--dry-run", action="store_true", help="show what would run and why")
-    run.add_argument("-j", "-t", "--jobs", "--tasks", type=int, nargs="?", const=16, default=1,
-                     help="independent subtrees in parallel (-t alone: 16, as the original)")
     _original_run_options(run)
-    run.add_argument("--timeout", type=float, default=None, help="per-run timeout in seconds")
+    for option in RUN_POOL_OPTIONS:
+        option.add_to(run)
     run.add_argument("--json", action="store_true", help="machine-readable report")
-    run.add_argument("--no-fork", action="store_true",
-                     help="start every Python script in a fresh interpreter instead of forking "
-                     "a preloaded one (slower; see README)")
 
     val = sub.add_parser("validate", help="list invalid object files")
     val.add_argument("path", nargs="?", default=".")
@@ -106,9 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.cmd](args))
     except NotAProject as exc:
         print(f"thot: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return exits.FAILURE
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
     except BrokenPipeError:
         return quiet_broken_pipe()
 
@@ -135,7 +169,7 @@ def quiet_broken_pipe() -> int:
     the interpreter's final flush does not complain either."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
-    return EXIT_OK
+    return exits.OK
 
 
 def _load(path: str) -> Any:
@@ -212,7 +246,7 @@ def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
                 for reason in r["reasons"]:
                     print(f"    because {reason}")
             print(f"{sum(not r['blocked'] for r in rows)} of {len(plan)} runs would run")
-        return EXIT_OK
+        return exits.OK
     t0 = time.monotonic()
     report = run_project(
         engine, changed=args.changed, jobs=args.jobs, timeout_s=args.timeout,
@@ -227,7 +261,7 @@ def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
         }, indent=2))
     else:
         print(format_report(report, engine, elapsed))
-    return EXIT_FAIL if report.failed or engine.index.errors() else EXIT_OK
+    return exits.FAILURE if report.failed or engine.index.errors() else exits.OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -242,7 +276,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for w in warnings:
             print(f"warning: {w}")
         print(f"{len(index.nodes)} objects, {len(errors)} invalid, {len(warnings)} warnings")
-    return EXIT_FAIL if errors else EXIT_OK
+    return exits.FAILURE if errors else exits.OK
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
@@ -260,7 +294,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
             return out
 
         print(json.dumps(node_json(index.root), indent=2))
-        return EXIT_OK
+        return exits.OK
 
     def show(nid: str, prefix: str, last: bool, top: bool) -> None:
         n = index.nodes[nid]
@@ -282,7 +316,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
             show(c, inner, i == len(kids) - 1, False)
 
     show(index.root, "", True, True)
-    return EXIT_OK
+    return exits.OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -292,7 +326,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     for path in write_schemas(Path(args.out)):
         print(path)
-    return EXIT_OK
+    return exits.OK
 
 
 def cmd_why(args: argparse.Namespace) -> int:
@@ -304,9 +338,9 @@ def cmd_why(args: argparse.Namespace) -> int:
     info = why_info(_engine(find_project_root(root), args.state), args.path)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
-        return EXIT_OK if "error" not in info else EXIT_FAIL
+        return exits.OK if "error" not in info else exits.FAILURE
     print(render_why(info))
-    return EXIT_OK if "error" not in info else EXIT_FAIL
+    return exits.OK if "error" not in info else exits.FAILURE
 
 
 def _outermost(start: str) -> str:
@@ -325,7 +359,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     engine = _engine(args.root, args.state)
     print(render_graph(engine, graph_data(engine), args.format))
-    return EXIT_OK
+    return exits.OK
 
 
 COMMANDS = {

@@ -1,7 +1,8 @@
 """``thotctl``: ask the running daemon over its socket.
 
-Start-up matters here (people type it), so this imports only the standard library and the
-tiny JSON-RPC client. Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon not running.
+Start-up matters here (people type it), so this imports only the standard library, the
+tiny JSON-RPC client and :mod:`thotd.exits`. Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon
+not running.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from thotd import exits
 from thotd.service.rpc import Client, DaemonNotRunning, RpcError
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,16 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return HANDLERS[args.cmd](args, _client(args))
     except DaemonNotRunning as exc:
         print(f"thotctl: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return exits.NOT_RUNNING
     except RpcError as exc:
         print(f"thotctl: {exc.message}", file=sys.stderr)
-        return EXIT_FAIL
+        return exits.FAILURE
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)  # the reader left (| head): not an error
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return exits.OK
     except KeyboardInterrupt:
-        return EXIT_FAIL
+        return exits.FAILURE
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -92,7 +92,7 @@ def _abs(path: str | None) -> str | None:
 
 def _out(args: argparse.Namespace, data: Any, text: str) -> int:
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
-    return EXIT_OK
+    return exits.OK
 
 
 def _ago(t: float | None) -> str:
@@ -136,7 +136,7 @@ def status(args: argparse.Namespace, c: Client) -> int:
             lines.append(f"  {f['status']} {f['script']} in {f['container']} ({_ago(f['finished'])}), log {f['log']}")
             lines += [f"    | {t}" for t in f["tail"][-5:]]
     _out(args, st, "\n".join(lines))
-    return EXIT_OK
+    return exits.OK
 
 
 def add(args: argparse.Namespace, c: Client) -> int:
@@ -172,12 +172,12 @@ def logs(args: argparse.Namespace, c: Client) -> int:
         return _out(args, entry, "")
     if not path or not os.path.exists(path):
         print(f"thotctl: the log of run {args.run} is gone ({path})", file=sys.stderr)
-        return EXIT_FAIL
+        return exits.FAILURE
     with open(path, "rb") as fh:
         sys.stdout.buffer.write(fh.read())
         sys.stdout.flush()
         if not args.follow:
-            return EXIT_OK
+            return exits.OK
         # Follow while the run lasts, reopening if the file is replaced.
         inode = os.fstat(fh.fileno()).st_ino
         while True:
@@ -196,7 +196,7 @@ def logs(args: argparse.Namespace, c: Client) -> int:
                 pass
             if not c.call("log", id=args.run).get("running"):
                 sys.stdout.buffer.write(fh.read())
-                return EXIT_OK
+                return exits.OK
             time.sleep(0.2)
 
 
@@ -221,7 +221,7 @@ def plan(args: argparse.Namespace, c: Client) -> int:
 def graph(args: argparse.Namespace, c: Client) -> int:
     res = c.call("graph", path=_abs(args.path), format=args.format)
     print(res["text"])
-    return EXIT_OK
+    return exits.OK
 
 
 def rerun(args: argparse.Namespace, c: Client) -> int:
@@ -232,13 +232,13 @@ def rerun(args: argparse.Namespace, c: Client) -> int:
 def wait(args: argparse.Namespace, c: Client) -> int:
     res = c.call("wait", timeout=args.timeout)
     _out(args, res, "quiet" if res["quiet"] else f"still busy after {args.timeout:g}s")
-    return EXIT_OK if res["quiet"] else EXIT_FAIL
+    return exits.OK if res["quiet"] else exits.FAILURE
 
 
 def reload(args: argparse.Namespace, c: Client) -> int:
     res = c.call("reload")
     _out(args, res, "reloaded" if res["reloaded"] else f"reload refused: {res.get('error')}")
-    return EXIT_OK if res["reloaded"] else EXIT_FAIL
+    return exits.OK if res["reloaded"] else exits.FAILURE
 
 
 def reconcile(args: argparse.Namespace, c: Client) -> int:

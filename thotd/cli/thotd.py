@@ -2,6 +2,8 @@
 
 ``thotd start`` detaches by default and returns once the control socket answers, so a
 script can call ``thotctl`` right after it; ``--foreground`` is for systemd and tests.
+Exit codes (:mod:`thotd.exits`): 0 ok, 1 failure, 3 not running (``stop``), 78 bad
+configuration (systemd does not restart on it).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+from thotd import exits
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,8 +61,8 @@ def run_foreground(args: argparse.Namespace) -> int:
     import asyncio
 
     from thotd import paths
-    from thotd.service.config import EXIT_CONFIG, ConfigError, load_config
-    from thotd.service.control import AlreadyRunning
+    from thotd.service.config import ConfigError, load_config
+    from thotd.service.lock import AlreadyRunning
     from thotd.service.logs import configure_logging
 
     try:
@@ -68,20 +70,21 @@ def run_foreground(args: argparse.Namespace) -> int:
         sock = paths.socket_path(args.socket)
     except (ConfigError, ValueError) as exc:
         print(f"thotd: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exits.CONFIG
     configure_logging(config.log.level, paths.log_file() if config.log.file else None)
     if args.project:
         config = config.model_copy(update={"projects": [*config.projects, *map(Path, args.project)]})
     from thotd.service.daemon import Daemon
+    from thotd.service.methods import handlers
 
     store = Path(args.state) if args.state else paths.database_path()
-    daemon = Daemon(config, store_path=store, socket_path=sock,
+    daemon = Daemon(config, store_path=store, socket_path=sock, methods=handlers,
                     config_path=Path(args.config) if args.config else None)
     try:
         return asyncio.run(daemon.run())
     except AlreadyRunning as exc:
         print(f"thotd: {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return exits.FAILURE
 
 
 def start_detached(args: argparse.Namespace) -> int:
@@ -94,7 +97,7 @@ def start_detached(args: argparse.Namespace) -> int:
         try:
             hello = probe.call("hello")
             print(f"thotd already running (pid {hello.get('pid')}), socket {sock}")
-            return EXIT_OK
+            return exits.OK
         except (DaemonNotRunning, OSError):
             pass
     cmd = [sys.executable, "-m", "thotd.cli.thotd", "start", "--foreground"]
@@ -111,16 +114,16 @@ def start_detached(args: argparse.Namespace) -> int:
         if proc.poll() is not None:
             print(f"thotd: failed to start (exit {proc.returncode}); see {out_path}:", file=sys.stderr)
             print(_tail(out_path), file=sys.stderr)
-            return EXIT_FAIL
+            return exits.FAILURE
         try:
             with Client(sock, timeout=2) as c:
                 c.call("hello")
             print(f"thotd started (pid {proc.pid}), socket {sock}")
-            return EXIT_OK
+            return exits.OK
         except (DaemonNotRunning, OSError):
             time.sleep(0.05)
     print(f"thotd: not ready after {args.timeout:g}s; see {out_path}", file=sys.stderr)
-    return EXIT_FAIL
+    return exits.FAILURE
 
 
 def _tail(path: Path, n: int = 20) -> str:
@@ -141,15 +144,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
             pid = c.call("stop")["pid"]
     except DaemonNotRunning as exc:
         print(f"thotd: {exc}", file=sys.stderr)
-        return EXIT_NOT_RUNNING
+        return exits.NOT_RUNNING
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
             print("thotd stopped")
-            return EXIT_OK
+            return exits.OK
         time.sleep(0.05)
     print(f"thotd: pid {pid} still running after {args.timeout:g}s", file=sys.stderr)
-    return EXIT_FAIL
+    return exits.FAILURE
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -158,7 +161,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     text = render_unit()
     if args.print:
         print(text)
-        return EXIT_OK
+        return exits.OK
     target = unit_install_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -166,7 +169,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     os.replace(tmp, target)
     print(f"wrote {target}\nnow run:\n  systemctl --user daemon-reload\n"
           "  systemctl --user enable --now thotd\n  loginctl enable-linger \"$USER\"")
-    return EXIT_OK
+    return exits.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -182,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.socket:
         os.environ["THOTD_SOCKET"] = str(Path(args.socket).absolute())
     rc = start_detached(start)
-    if rc != EXIT_OK:
+    if rc != exits.OK:
         return rc
     from thotd.cli.thotctl import main as ctl
 
@@ -191,7 +194,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ctl(["status"])
     print(f"\nTry: cp -r {project}/batch-a/sample-1 {project}/batch-a/sample-3 && thotctl wait "
           f"&& cat {project}/summary/summary.csv\nStop with: thotd stop")
-    return EXIT_OK
+    return exits.OK
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import marshal
 import operator
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

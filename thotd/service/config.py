@@ -25,12 +25,12 @@ from pydantic import (
     field_validator,
 )
 
-from thotd import paths
-from thotd.project.model import format_loc
+from thotd import exits, paths
+from thotd.project.objectfile import format_loc
 
-#: Exit status for "bad configuration" (sysexits ``EX_CONFIG``); the unit lists it in
+#: Exit status for "bad configuration", kept under its old name: the unit lists it in
 #: ``RestartPreventExitStatus=`` so systemd does not restart-loop on a broken file.
-EXIT_CONFIG = 78
+EXIT_CONFIG = exits.CONFIG
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -53,21 +53,21 @@ class DaemonSection(_Section):
     """``[daemon]``: event handling and lifecycle."""
 
     settle_ms: int = Field(
-        100, ge=0, description="Quiet period closing a batch of file events, in milliseconds."
+        default=100, ge=0, description="Quiet period closing a batch of file events, in milliseconds."
     )
     stable_checks: int = Field(
-        2,
+        default=2,
         ge=1,
         description="Consecutive looks at which a file's size and mtime must be unchanged "
         "before it is read (a half-copied file must not be analysed).",
     )
     reconcile_minutes: float = Field(
-        10.0,
+        default=10.0,
         gt=0,
         description="Period of the full rescan that catches events the watcher missed.",
     )
     shutdown_grace_s: float = Field(
-        10.0,
+        default=10.0,
         ge=0,
         description="On stop, how long running scripts get after SIGTERM before SIGKILL.",
     )
@@ -77,17 +77,17 @@ class PoolSection(_Section):
     """``[pool]``: the worker pool that runs scripts."""
 
     workers: int = Field(
-        0,
+        default=0,
         ge=0,
         description="Scripts run at once; 0 means the number of CPUs.",
         validate_default=True,
     )
-    timeout_s: float = Field(3600.0, gt=0, description="Per-run time limit, in seconds.")
+    timeout_s: float = Field(default=3600.0, gt=0, description="Per-run time limit, in seconds.")
     log_cap_bytes: int = Field(
-        10 * 1024 * 1024, gt=0, description="Cap on each run's stdout/stderr log, in bytes."
+        default=10 * 1024 * 1024, gt=0, description="Cap on each run's stdout/stderr log, in bytes."
     )
     fork: bool = Field(
-        True,
+        default=True,
         description="Fork Python scripts from a preloaded interpreter (a few ms per run "
         "instead of ~50); a run that could differ is exec'd as always.",
     )
@@ -102,23 +102,23 @@ class PoolSection(_Section):
 class RetrySection(_Section):
     """``[retry]``: reruns of failed scripts, with exponential backoff."""
 
-    attempts: int = Field(0, ge=0, description="Extra attempts after a failure; 0 = no retry.")
+    attempts: int = Field(default=0, ge=0, description="Extra attempts after a failure; 0 = no retry.")
     backoff_s: float = Field(
-        30.0, ge=0, description="Delay before the first retry; doubles with each further one."
+        default=30.0, ge=0, description="Delay before the first retry; doubles with each further one."
     )
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         if attempt < 1:
             raise ValueError("attempt numbers start at 1")
-        return self.backoff_s * 2 ** (attempt - 1)
+        return self.backoff_s * 2.0 ** (attempt - 1)
 
 
 class LogSection(_Section):
     """``[log]``: the daemon's own log."""
 
-    level: LogLevel = Field("info", description="Minimum level: debug, info, warning, error.")
-    file: bool = Field(True, description="Also write JSON lines to the log file.")
+    level: LogLevel = Field(default="info", description="Minimum level: debug, info, warning, error.")
+    file: bool = Field(default=True, description="Also write JSON lines to the log file.")
 
     @field_validator("level", mode="before")
     @classmethod

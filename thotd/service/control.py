@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from thotd.paths import check_socket_path
+from thotd.service.lock import AlreadyRunning, acquire_lock
 from thotd.service.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -69,54 +70,8 @@ Handler = Callable[[dict[str, Any], "Connection"], Awaitable[Any]]
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-class AlreadyRunning(RuntimeError):
-    """Another thotd holds the single-instance lock."""
-
-    def __init__(self, lock_path: Path, pid: int | None) -> None:
-        who = f"pid {pid}" if pid else "another process"
-        super().__init__(
-            f"thotd is already running ({who} holds {lock_path}); "
-            "use `thotctl status`, or stop it first with `thotctl stop` "
-            "or `systemctl --user stop thotd`"
-        )
-        self.lock_path = lock_path
-        self.pid = pid
-
-
 class ClientGone(ConnectionError):
     """The client closed the connection or stopped reading; stop sending to it."""
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        return int(os.pread(fd, 32, 0).decode().strip() or "0") or None
-    except (OSError, ValueError):
-        return None
-
-
-def acquire_lock(lock_path: Path) -> int:
-    """Take the single-instance lock and return its fd; keep the fd open while running.
-
-    ``flock`` is released by the kernel when the process dies, however it dies, so a stale
-    lock file never blocks a restart (unlike "connect, refused, unlink", which races). The
-    fd is close-on-exec, so scripts the daemon starts cannot keep the lock alive after it.
-    Our pid is written into the file only to make the ``AlreadyRunning`` message useful.
-    Raises ``AlreadyRunning`` if another process holds it.
-    """
-    lock_path = Path(lock_path)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = _read_pid(fd)
-        os.close(fd)
-        raise AlreadyRunning(lock_path, pid) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
@@ -438,58 +393,78 @@ class ControlServer:
     async def _handle_line(self, line: bytes, conn: Connection) -> None:
         """Parse, validate, dispatch one request and reply. Never raises."""
         try:
-            request = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            await conn._reply_error(None, PARSE_ERROR, "parse error", {"detail": str(exc)})
+            request = _parse_request(line)
+            handler = self._methods.get(request.method)
+            if handler is None:
+                raise _Refused(request, METHOD_NOT_FOUND, f"no method {request.method!r}")
+        except _Refused as exc:
+            if exc.reply:
+                await conn._reply_error(exc.request_id, exc.code, exc.message, exc.data)
             return
-        if isinstance(request, list):
-            await conn._reply_error(None, INVALID_REQUEST, "batch requests are not supported")
-            return
-        if not isinstance(request, dict):
-            await conn._reply_error(None, INVALID_REQUEST, "a request must be a JSON object")
-            return
-        has_id = "id" in request
-        request_id = request.get("id")
-        if not _valid_id(request_id):
-            await conn._reply_error(None, INVALID_REQUEST, "id must be a string, integer or null")
-            return
-        method = request.get("method")
-        if request.get("jsonrpc") != "2.0":
-            await conn._reply_error(request_id, INVALID_REQUEST, 'jsonrpc must be "2.0"')
-            return
-        if not isinstance(method, str):
-            await conn._reply_error(request_id, INVALID_REQUEST, "method must be a string")
-            return
-        params = request.get("params", {})
-        if not isinstance(params, dict):
-            if has_id:
-                await conn._reply_error(
-                    request_id, INVALID_PARAMS, "params must be an object (named parameters)"
-                )
-            return
-        handler = self._methods.get(method)
-        if handler is None:
-            if has_id:
-                await conn._reply_error(request_id, METHOD_NOT_FOUND, f"no method {method!r}")
-            return
-        with bound_contextvars(rpc_method=method):
+        with bound_contextvars(rpc_method=request.method):
             try:
-                result = await handler(params, conn)
+                result = await handler(request.params, conn)
             except RpcError as exc:
-                if has_id:
-                    await conn._reply_error(request_id, exc.code, exc.message, exc.data)
+                if request.has_id:
+                    await conn._reply_error(request.id, exc.code, exc.message, exc.data)
                 return
             except ClientGone:
                 return
             except Exception as exc:
                 log.exception("rpc handler failed")
-                if has_id:
+                if request.has_id:
                     await conn._reply_error(
-                        request_id,
+                        request.id,
                         INTERNAL_ERROR,
                         "internal error",
                         {"type": type(exc).__name__, "message": str(exc)},
                     )
                 return
-        if has_id:
-            await conn._reply(request_id, result)
+        if request.has_id:
+            await conn._reply(request.id, result)
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A request line that is valid JSON-RPC 2.0; ``has_id`` False for a notification."""
+
+    id: Any
+    has_id: bool
+    method: str
+    params: dict[str, Any]
+
+
+class _Refused(RpcError):
+    """A request answered with an error before any handler runs; ``reply`` is False for a
+    notification (no id: JSON-RPC sends it nothing, not even an error)."""
+
+    def __init__(self, request: _Request | None, code: int, message: str,
+                 data: Any = None, *, request_id: Any = None) -> None:
+        super().__init__(code, message, data)
+        self.request_id = request.id if request is not None else request_id
+        self.reply = request is None or request.has_id
+
+
+def _parse_request(line: bytes) -> _Request:
+    """The request on ``line``, or :class:`_Refused` saying what is wrong with it."""
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise _Refused(None, PARSE_ERROR, "parse error", {"detail": str(exc)}) from None
+    if isinstance(request, list):
+        raise _Refused(None, INVALID_REQUEST, "batch requests are not supported")
+    if not isinstance(request, dict):
+        raise _Refused(None, INVALID_REQUEST, "a request must be a JSON object")
+    request_id = request.get("id")
+    if not _valid_id(request_id):
+        raise _Refused(None, INVALID_REQUEST, "id must be a string, integer or null")
+    if request.get("jsonrpc") != "2.0":
+        raise _Refused(None, INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id=request_id)
+    method = request.get("method")
+    if not isinstance(method, str):
+        raise _Refused(None, INVALID_REQUEST, "method must be a string", request_id=request_id)
+    params = request.get("params", {})
+    parsed = _Request(request_id, "id" in request, method, params if isinstance(params, dict) else {})
+    if not isinstance(params, dict):
+        raise _Refused(parsed, INVALID_PARAMS, "params must be an object (named parameters)")
+    return parsed

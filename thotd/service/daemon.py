@@ -5,6 +5,18 @@ the index applies them, the engine says which runs they made stale, the queue st
 when their producers are done, and a finished run's outputs feed the same check, so the
 wave rolls up the tree. The control socket, APScheduler's jobs and signal handlers all run
 on the same loop, so no lock guards any of this state.
+
+The lifecycle has uvicorn's shape: :meth:`Daemon.run` is :meth:`~Daemon.startup`, the main
+loop, and :meth:`~Daemon.shutdown` in a ``finally``; signal handlers only record the
+signal. Whoever builds a daemon hands it its control methods
+(:func:`thotd.service.methods.handlers`), so this module does not import them.
+
+Why this file is over 500 lines: it is one idea, the state the loop owns (projects, queues,
+running runs) and the flow through it, from a settled batch to a finished run. The parts
+with a life of their own are beside it: :mod:`~thotd.service.forking` (the fork server),
+:mod:`~thotd.service.timetable` (timed jobs), :mod:`~thotd.service.signals`,
+:mod:`~thotd.service.lock` and :mod:`~thotd.service.methods`. Which queued run may start
+(``_candidates``, ``_ready``, ``_start``) is engine logic due to move to the engine room.
 """
 
 from __future__ import annotations
@@ -16,19 +28,26 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from thotd import exits, paths
 from thotd.engine.dispatch import dispatcher_for, launch
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
-from thotd.executor.process import RunSpec, end_leftovers, run_async, start_forkserver
+from thotd.executor.process import RunSpec, end_leftovers, run_async
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
+from thotd.service.control import ControlServer, Handler
+from thotd.service.forking import ForkServerKeeper
+from thotd.service.lock import acquire_lock
+from thotd.service.signals import RELOAD_SIGNALS, captured_signals
+from thotd.service.timetable import Timetable, schedule_job_id
 from thotd.service.watch import Batch, Watcher
 
 if TYPE_CHECKING:
@@ -36,9 +55,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("thotd")
 
-#: A fork server that died is replaced at the next run; one that died without ever getting
-#: ready is replaced at most this often (one that cannot start would cost an interpreter per run).
-FORKSERVER_RESTART_S = 10.0
+#: The control methods a daemon serves, bound to it (:func:`thotd.service.methods.handlers`).
+#: Passed in by whoever builds the daemon, so this module does not import the methods.
+MethodTable = Callable[["Daemon"], Mapping[str, Handler]]
+
+__all__ = ["Daemon", "MethodTable", "Project", "Running", "schedule_job_id"]
 
 #: Triggers that queue a run whatever its staleness; a file event must not undo them.
 FORCED_TRIGGERS = ("rerun", "schedule", "retry")
@@ -85,87 +106,133 @@ class Project:
         return True
 
 
-def schedule_job_id(root: str, key: RunKey) -> str:
-    return f"cron:{root}:{key[0]}:{key[1]}"
 
 
 class Daemon:
+    """One daemon: :meth:`run` is ``startup()``, serve until stopped, ``shutdown()``.
+
+    Everything ``startup`` acquires is pushed onto one exit stack as it is acquired, so
+    ``shutdown`` (always run, in a ``finally``) releases exactly what was started, in
+    reverse order, whether start-up completed or failed half-way.
+    """
+
     def __init__(self, config: Config, *, store_path: Path, socket_path: Path,
-                 config_path: Path | None = None) -> None:
+                 methods: MethodTable, config_path: Path | None = None,
+                 lock_path: Path | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.store_path = store_path
         self.socket_path = socket_path
+        self.lock_path = lock_path
+        self.methods = methods
         self.projects: dict[str, Project] = {}
         self.extra_roots: dict[str, str] = {}  # watched script folder -> project root
         self.stopping = False
         self.started = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=500)
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self._stop = asyncio.Event()
+        self.ready = asyncio.Event()  # set once start-up is complete and the socket listens
+        self._wake = asyncio.Event()  # a signal arrived, or a stop was asked for
+        self._reload_asked = False
         self._kick = asyncio.Event()
         self._applying = 0
+        self._cleanup = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
-        self.forkserver: ForkServer | None = None
-        self._forkserver_started = 0.0  # monotonic
-        self._forkserver_worked = False  # the current server has been seen ready
-        self._fork_counts = [0, 0]  # forked, refused: by servers replaced so far
+        self.forks = ForkServerKeeper(lambda: self.config.pool.fork, self._in_flight)
+        self.store: Store
+        self.watcher: Watcher
+        self.timetable: Timetable
+        self.server: ControlServer
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> int:
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+        """Serve until a stop is asked for (signal or ``thotctl stop``); always clean up."""
+        self.loop = asyncio.get_running_loop()
+        with captured_signals(self.loop, self.handle_signal):
+            try:
+                await self.startup()
+                await self.main_loop()
+            finally:
+                await self.shutdown()
+        return exits.OK
 
-        from thotd.paths import lock_path
-        from thotd.service.control import ControlServer, acquire_lock
-
+    async def startup(self) -> None:
+        """Take the lock, open the state, watch and load the projects, then listen."""
         faulthandler.enable()
         self.loop = asyncio.get_running_loop()
-        self.lock_fd = acquire_lock(lock_path())
-        self.forkserver_for_run()  # boots while the projects load
+        cleanup = self._cleanup
+        lock_fd = acquire_lock(self.lock_path or paths.lock_path())
+        cleanup.callback(os.close, lock_fd)
+        self.forks.for_run()  # boots while the projects load
+        cleanup.push_async_callback(self.forks.close)
         self.store = Store(self.store_path)
+        cleanup.callback(self.store.close)
         self.store.interrupt_stale()
         self.watcher = Watcher(self.loop, self.on_batch, settle_s=self.config.daemon.settle_ms / 1000,
                                stable_checks=self.config.daemon.stable_checks)
-        self.scheduler = AsyncIOScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 600}
-        )
-        roots = {p["root"] for p in self.store.projects()} | {str(p) for p in self.config.projects}
+        cleanup.callback(self.watcher.close)
+        self.timetable = Timetable(reconcile=self.reconcile, scheduled=self._scheduled,
+                                   retry=self._retry)
+        cleanup.callback(self.timetable.close)
+        registered = self.store.projects()
+        roots = {p["root"] for p in registered} | {str(p) for p in self.config.projects}
         for root in sorted(roots):
-            paused = any(p["root"] == root and p["paused"] for p in self.store.projects())
+            paused = any(p["root"] == root and p["paused"] for p in registered)
             await self.open_project(root, paused=paused)
         self.server = ControlServer()
-        from thotd.service.methods import register_methods
-
-        register_methods(self.server, self)
+        for name, handler in self.methods(self).items():
+            self.server.register(name, handler)
         await self.server.start(self.socket_path)
+        cleanup.push_async_callback(self.server.close)
         self._schedule_jobs()
-        self.scheduler.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_stop)
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
-        dispatcher = asyncio.create_task(self._dispatch_loop())
-        health = asyncio.create_task(self._health_loop())
+        self.timetable.start()
+        self._tasks = [asyncio.create_task(self._dispatch_loop()),
+                       asyncio.create_task(self._health_loop())]
+        self.ready.set()
         notify.ready(self.status_line())
         log.info("thotd ready", socket=str(self.socket_path), projects=len(self.projects))
-        await self._stop.wait()
+
+    async def main_loop(self) -> None:
+        """Wait for signals and stop requests; act on them here, not in the handlers."""
+        while not self.stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._reload_asked and not self.stopping:
+                self._reload_asked = False
+                try:
+                    await self.reload()
+                except Exception:  # a failed reload must not take the daemon down
+                    log.exception("reload failed")
+
+    async def shutdown(self) -> None:
+        """No new runs; let running scripts finish within the grace; release everything."""
+        self.stopping = True
         notify.stopping()
         log.info("stopping: no new runs; waiting for running scripts",
                  grace_s=self.config.daemon.shutdown_grace_s)
-        dispatcher.cancel()
-        health.cancel()
-        await self._drain_running(self.config.daemon.shutdown_grace_s)
-        await self._close_forkserver()
-        self.scheduler.shutdown(wait=False)
-        self.watcher.close()
-        await self.server.close()
-        self.store.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self._drain_running(self.config.daemon.shutdown_grace_s)
+        finally:
+            await self._cleanup.aclose()
         log.info("stopped")
-        return 0
+
+    def handle_signal(self, signum: int) -> None:
+        """Record the signal; :meth:`main_loop` acts on it."""
+        if signum in RELOAD_SIGNALS:
+            self._reload_asked = True
+            self._wake.set()
+        else:
+            log.info("stop requested", signal=signal.Signals(signum).name)
+            self.request_stop()
 
     def request_stop(self) -> None:
         self.stopping = True
-        self._stop.set()
+        self._wake.set()
 
     async def _drain_running(self, grace: float) -> None:
         tasks = [r.task for p in self.projects.values() for r in p.running.values()]
@@ -181,68 +248,12 @@ class Daemon:
     # ------------------------------------------------------------------ fork server
 
     def forkserver_for_run(self) -> ForkServer | None:
-        """The fork server runs should use, (re)started as needed; None when forking is off.
-
-        Started by :func:`thotd.executor.process.start_forkserver`, whose environment every run's is
-        built on, so the server refuses no ordinary run. A server still starting is left to start (runs are exec'd meanwhile); one that
-        died is replaced (at most every :data:`FORKSERVER_RESTART_S` if it never got ready).
-        """
-        fs = self.forkserver
-        if not self.config.pool.fork:
-            self._retire_disabled_forkserver()
-            return None
-        if fs is not None:
-            if fs.ready():
-                self._forkserver_worked = True
-                return fs
-            if not fs.gone():
-                return fs  # still starting
-            if (not self._forkserver_worked
-                    and time.monotonic() - self._forkserver_started < FORKSERVER_RESTART_S):
-                return None
-            log.warning("fork server died; starting a new one", pid=fs.server_pid)
-            self._retire_forkserver()
-        self.forkserver = start_forkserver()
-        self._forkserver_started = time.monotonic()
-        self._forkserver_worked = False
-        return self.forkserver
-
-    def _retire_disabled_forkserver(self) -> None:
-        """``fork = false`` since a reload: close the server once no run is in flight.
-
-        Not before: a run it forked would lose its exit status with it (the server is
-        the run's parent).
-        """
-        if self.forkserver is not None and not self.config.pool.fork and not self._in_flight():
-            self._retire_forkserver()
-
-    def _retire_forkserver(self) -> None:
-        """Close the current server in a worker thread (its runs, if any, go on)."""
-        fs, self.forkserver = self.forkserver, None
-        if fs is None:
-            return
-        self._fork_counts[0] += fs.forked
-        self._fork_counts[1] += fs.refused
-        self.loop.run_in_executor(None, fs.close)
-
-    async def _close_forkserver(self) -> None:
-        fs, self.forkserver = self.forkserver, None
-        if fs is not None:
-            self._fork_counts[0] += fs.forked
-            self._fork_counts[1] += fs.refused
-            await asyncio.to_thread(fs.close)
+        """The fork server runs should use (see :class:`~thotd.service.forking.ForkServerKeeper`)."""
+        return self.forks.for_run()
 
     def fork_status(self) -> dict[str, Any]:
         """For ``thotctl status``: is forking on, and how often it was used."""
-        fs = self.forkserver
-        return {
-            "enabled": self.config.pool.fork,
-            "ready": bool(fs is not None and fs.ready()),
-            "server_pid": fs.server_pid if fs is not None else None,
-            "forked": self._fork_counts[0] + (fs.forked if fs is not None else 0),
-            "refused": self._fork_counts[1] + (fs.refused if fs is not None else 0),
-            "last_refusal": fs.last_refusal if fs is not None else None,
-        }
+        return self.forks.status()
 
     async def reload(self) -> dict[str, Any]:
         """SIGHUP / ``thotctl reload``: swap in a new config only if it is fully valid."""
@@ -258,10 +269,8 @@ class Daemon:
             return {"reloaded": False, "error": str(exc)}
         self.config = new
         self.watcher.retune(new.daemon.settle_ms / 1000, new.daemon.stable_checks)
-        self._retire_disabled_forkserver()  # [pool] fork may have been turned off
-        from thotd.paths import log_file
-
-        configure_logging(new.log.level, log_file() if new.log.file else None)
+        self.forks.retire_if_disabled()  # [pool] fork may have been turned off
+        configure_logging(new.log.level, paths.log_file() if new.log.file else None)
         for root in map(str, new.projects):
             if norm(root) not in self.projects:
                 await self.open_project(root)
@@ -269,6 +278,12 @@ class Daemon:
         notify.ready(self.status_line())
         log.info("configuration reloaded")
         return {"reloaded": True}
+
+    def set_paused(self, proj: Project, paused: bool) -> None:
+        """``thotctl pause``/``resume``: hold or release a project's queue (kept across restarts)."""
+        proj.paused = paused
+        self.store.set_paused(proj.root, paused)
+        self._kick.set()
 
     # ------------------------------------------------------------------ projects
 
@@ -289,7 +304,8 @@ class Daemon:
         proj.engine = Engine(index, self.store)
         cut = [row.log + ".record" for row in proj.engine.rows.values()
                if row.status == "running" and row.log]
-        if cut and await asyncio.to_thread(end_leftovers, cut):
+        ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
+        if ended:
             log.warning("ended the processes of runs cut off by the last stop", project=root)
         proj.replan()
         try:
@@ -298,7 +314,7 @@ class Daemon:
             proj.error = f"cannot watch: {exc}"
         self._watch_scripts(proj)
         self.store.add_project(root)
-        if getattr(self, "scheduler", None) is not None and self.scheduler.running:
+        if self.timetable.running:
             self._schedule_jobs()
         self.emit("project", project=root, state="loaded", objects=len(index.nodes))
         self.check_runs(proj, list(proj.plan.values()), trigger="catch-up after start")
@@ -488,7 +504,7 @@ class Daemon:
             log.info("run started", reasons=reasons)
             res = await run_async(spec, cancel, self.forkserver_for_run())
             proj.running.pop(p.key, None)
-            self._retire_disabled_forkserver()
+            self.forks.retire_if_disabled()
             if proj.engine is None or self.projects.get(proj.root) is not proj:
                 # Removed while it ran: no run row to update, but its history row ends.
                 history_id = proj.engine.history_ids.pop(p.key, None) if proj.engine else None
@@ -539,12 +555,7 @@ class Daemon:
         if n > retry.attempts:
             return
         delay = retry.delay(n)
-        from datetime import datetime, timedelta
-
-        self.scheduler.add_job(
-            self._retry, "date", run_date=datetime.now() + timedelta(seconds=delay),
-            args=[proj.root, key], id=f"retry:{proj.root}:{key[0]}:{key[1]}", replace_existing=True,
-        )
+        self.timetable.retry_later(proj.root, key, delay)
         log.info("retry scheduled", attempt=n, delay_s=delay)
 
     async def _retry(self, root: str, key: RunKey) -> None:
@@ -555,35 +566,10 @@ class Daemon:
     # ------------------------------------------------------------------ timed work
 
     def _schedule_jobs(self) -> None:
-        from apscheduler.triggers.cron import CronTrigger
-
-        self.scheduler.add_job(
-            self.reconcile, "interval", minutes=self.config.daemon.reconcile_minutes,
-            id="reconcile", replace_existing=True, max_instances=1,
-        )
-        wanted: set[str] = set()
-        for proj in self.projects.values():
-            proj.schedule_errors.clear()
-            for key, p in proj.plan.items():
-                if not p.schedule:
-                    continue
-                job_id = schedule_job_id(proj.root, key)
-                try:
-                    trigger = CronTrigger.from_crontab(p.schedule)
-                except ValueError as exc:
-                    proj.schedule_errors[key] = (
-                        f"{key[0]}/_scripts.json: schedule {p.schedule!r} is not a crontab line "
-                        f"(minute hour day month weekday): {exc}"
-                    )
-                    log.error("bad schedule", container=key[0], script=key[1],
-                              schedule=p.schedule, error=str(exc))
-                    continue
-                wanted.add(job_id)
-                self.scheduler.add_job(self._scheduled, trigger, args=[proj.root, key],
-                                       id=job_id, replace_existing=True)
-        for job in self.scheduler.get_jobs():
-            if job.id.startswith("cron:") and job.id not in wanted:
-                job.remove()
+        plans = {root: proj.plan for root, proj in self.projects.items()}
+        errors = self.timetable.sync(self.config.daemon.reconcile_minutes, plans)
+        for root, proj in self.projects.items():
+            proj.schedule_errors = errors.get(root, {})
 
     async def _scheduled(self, root: str, key: RunKey) -> None:
         proj = self.projects.get(root)

@@ -1,7 +1,12 @@
 """The control socket's methods: what ``thotctl`` and daemon-run scripts may ask.
 
-Each handler reads or changes :class:`~thotd.service.daemon.Daemon` state on the loop thread and
-returns plain JSON. Results only ever gain fields (clients ignore what they do not know).
+One top-level function per method, in the table :data:`METHODS` (doit's commands-as-a-table
+shape): each reads or changes :class:`~thotd.service.daemon.Daemon` state on the loop thread
+and returns plain JSON, so each can be tested by calling it. Results only ever gain fields
+(clients ignore what they do not know).
+
+This module imports the daemon, never the other way round: whoever builds a
+:class:`~thotd.service.daemon.Daemon` hands it :func:`handlers`.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from thotd.project.index import norm
+from thotd.service.daemon import Daemon, Project
 from thotd.service.rpc import INVALID_PARAMS, RpcError
 
 if TYPE_CHECKING:
-    from thotd.service.control import Connection, ControlServer
-    from thotd.service.daemon import Daemon, Project
+    from thotd.engine.staleness import Engine
+    from thotd.service.control import Connection, Handler
+
+Params = dict[str, Any]
 
 TAIL_LINES = 15
 
@@ -36,14 +44,15 @@ def _tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
     return data.splitlines()[-lines:]
 
 
-def _param(params: dict[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+def _param(params: Params, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
     if name not in params or params[name] is None:
         if default is ...:
             raise RpcError(INVALID_PARAMS, f"missing parameter {name!r}")
         return default
     value = params[name]
     if not isinstance(value, kind):
-        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be {kind.__name__}")
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be {names}")
     return value
 
 
@@ -92,14 +101,11 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
         {"container": k[0], "script": k[1], "reason": p.blocked}
         for k, p in proj.plan.items() if p.blocked
     ]
-    from thotd.service.daemon import schedule_job_id
-
     out["schedules"] = []
     for key, p in proj.plan.items():
         if not p.schedule:
             continue
-        job = daemon.scheduler.get_job(schedule_job_id(proj.root, key))
-        nxt = job.next_run_time.timestamp() if job is not None and job.next_run_time else None
+        nxt = daemon.timetable.next_run(proj.root, key)
         out["schedules"].append({"container": key[0], "script": key[1], "schedule": p.schedule,
                                  "next_run": nxt, "error": proj.schedule_errors.get(key)})
     counts: dict[str, int] = {}
@@ -117,190 +123,218 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     return out
 
 
-def register_methods(server: ControlServer, daemon: Daemon) -> None:
-    def method(name: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
-        def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            server.register(name, fn)
-            return fn
-        return wrap
+# ---------------------------------------------------------------------------- the methods
+# Each is ``async (daemon, params) -> result``: a plain function of the daemon's state, so a
+# test calls it with a Daemon and a dict, no socket needed. ``METHODS`` is the table the
+# control socket serves; :func:`handlers` binds it to one daemon.
 
-    @method("status")
-    async def status(params: dict[str, Any], conn: Connection) -> Any:
-        return {
-            "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
-            "socket": str(daemon.socket_path), "state": str(daemon.store_path),
-            "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
-            "quiet": daemon.quiet(), "fork": daemon.fork_status(),
-            "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
-            "projects": [project_status(daemon, p) for p in daemon.projects.values()],
-        }
 
-    @method("add")
-    async def add(params: dict[str, Any], conn: Connection) -> Any:
-        path = norm(_param(params, "path", str))
-        if not os.path.isfile(os.path.join(path, "_container.json")):
-            raise RpcError(INVALID_PARAMS, f"{path} is not a Thot project: it has no _container.json")
-        proj = await daemon.open_project(path)
-        if proj.error:
-            raise RpcError(INVALID_PARAMS, proj.error)
-        return project_status(daemon, proj, detail=False)
+async def status(daemon: Daemon, params: Params) -> Any:
+    return {
+        "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
+        "socket": str(daemon.socket_path), "state": str(daemon.store_path),
+        "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
+        "quiet": daemon.quiet(), "fork": daemon.fork_status(),
+        "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
+        "projects": [project_status(daemon, p) for p in daemon.projects.values()],
+    }
 
-    @method("remove")
-    async def remove(params: dict[str, Any], conn: Connection) -> Any:
-        path = norm(_param(params, "path", str))
-        if not await daemon.remove_project(path):
-            raise RpcError(INVALID_PARAMS, f"{path} is not registered")
-        return {"removed": path}
 
-    async def _pause(params: dict[str, Any], paused: bool) -> Any:
-        path = _param(params, "path", str, None)
-        targets = _targets(daemon, path)
-        for proj in targets:
-            proj.paused = paused
-            daemon.store.set_paused(proj.root, paused)
-        daemon._kick.set()
-        return {"paused" if paused else "resumed": [p.root for p in targets]}
+async def add(daemon: Daemon, params: Params) -> Any:
+    path = norm(_param(params, "path", str))
+    if not os.path.isfile(os.path.join(path, "_container.json")):
+        raise RpcError(INVALID_PARAMS, f"{path} is not a Thot project: it has no _container.json")
+    proj = await daemon.open_project(path)
+    if proj.error:
+        raise RpcError(INVALID_PARAMS, proj.error)
+    return project_status(daemon, proj, detail=False)
 
-    @method("pause")
-    async def pause(params: dict[str, Any], conn: Connection) -> Any:
-        return await _pause(params, True)
 
-    @method("resume")
-    async def resume(params: dict[str, Any], conn: Connection) -> Any:
-        return await _pause(params, False)
+async def remove(daemon: Daemon, params: Params) -> Any:
+    path = norm(_param(params, "path", str))
+    if not await daemon.remove_project(path):
+        raise RpcError(INVALID_PARAMS, f"{path} is not registered")
+    return {"removed": path}
 
-    @method("runs")
-    async def runs(params: dict[str, Any], conn: Connection) -> Any:
-        path = _param(params, "project", str, None)
-        limit = _param(params, "limit", int, 50)
-        root = _project_for(daemon, path).root if path else None
-        return {"runs": daemon.store.history(root, limit=limit)}
 
-    @method("log")
-    async def log_(params: dict[str, Any], conn: Connection) -> Any:
-        run_id = _param(params, "id", int)
-        entry = daemon.store.history_entry(run_id)
-        if entry is None:
-            raise RpcError(INVALID_PARAMS, f"no run {run_id}; see `thotctl runs`")
-        running = any(
-            r.log == entry["log"] for p in daemon.projects.values() for r in p.running.values()
-        )
-        return {**entry, "running": running}
+def _set_paused(daemon: Daemon, params: Params, paused: bool) -> Any:
+    targets = _targets(daemon, _param(params, "path", str, None))
+    for proj in targets:
+        daemon.set_paused(proj, paused)
+    return {"paused" if paused else "resumed": [p.root for p in targets]}
 
-    @method("why")
-    async def why(params: dict[str, Any], conn: Connection) -> Any:
-        from thotd.engine.explain import why_info
 
-        path = _param(params, "path", str)
-        proj = _project_for(daemon, path)
+async def pause(daemon: Daemon, params: Params) -> Any:
+    return _set_paused(daemon, params, True)
+
+
+async def resume(daemon: Daemon, params: Params) -> Any:
+    return _set_paused(daemon, params, False)
+
+
+async def runs(daemon: Daemon, params: Params) -> Any:
+    path = _param(params, "project", str, None)
+    limit = _param(params, "limit", int, 50)
+    root = _project_for(daemon, path).root if path else None
+    return {"runs": daemon.store.history(root, limit=limit)}
+
+
+async def log(daemon: Daemon, params: Params) -> Any:
+    run_id = _param(params, "id", int)
+    entry = daemon.store.history_entry(run_id)
+    if entry is None:
+        raise RpcError(INVALID_PARAMS, f"no run {run_id}; see `thotctl runs`")
+    running = any(
+        r.log == entry["log"] for p in daemon.projects.values() for r in p.running.values()
+    )
+    return {**entry, "running": running}
+
+
+def _loaded(proj: Project) -> Engine:
+    if proj.engine is None:
+        raise RpcError(INVALID_PARAMS, proj.error or "project not loaded")
+    return proj.engine
+
+
+async def why(daemon: Daemon, params: Params) -> Any:
+    from thotd.engine.explain import why_info
+
+    path = _param(params, "path", str)
+    return why_info(_loaded(_project_for(daemon, path)), path)
+
+
+async def plan(daemon: Daemon, params: Params) -> Any:
+    out = []
+    for proj in _targets(daemon, _param(params, "path", str, None)):
         if proj.engine is None:
-            raise RpcError(INVALID_PARAMS, proj.error or "project not loaded")
-        return why_info(proj.engine, path)
+            continue
+        for p in proj.engine.plan():
+            reasons = [p.blocked] if p.blocked else proj.engine.reasons(p.key)
+            if reasons:
+                out.append({"project": proj.root, "container": p.container, "script": p.script,
+                            "blocked": bool(p.blocked), "queued": p.key in proj.queue,
+                            "running": p.key in proj.running, "reasons": reasons})
+    return {"plan": out}
 
-    @method("plan")
-    async def plan(params: dict[str, Any], conn: Connection) -> Any:
-        path = _param(params, "path", str, None)
-        targets = _targets(daemon, path)
-        out = []
-        for proj in targets:
-            if proj.engine is None:
-                continue
-            for p in proj.engine.plan():
-                reasons = [p.blocked] if p.blocked else proj.engine.reasons(p.key)
-                if reasons:
-                    out.append({"project": proj.root, "container": p.container, "script": p.script,
-                                "blocked": bool(p.blocked), "queued": p.key in proj.queue,
-                                "running": p.key in proj.running, "reasons": reasons})
-        return {"plan": out}
 
-    @method("graph")
-    async def graph(params: dict[str, Any], conn: Connection) -> Any:
-        from thotd.engine.explain import graph_data, render_graph
+async def graph(daemon: Daemon, params: Params) -> Any:
+    from thotd.engine.explain import graph_data, render_graph
 
-        proj = _project_for(daemon, _param(params, "path", str))
-        if proj.engine is None:
-            raise RpcError(INVALID_PARAMS, proj.error or "project not loaded")
-        fmt = _param(params, "format", str, "json")
-        data = graph_data(proj.engine)
-        return {"graph": data, "text": render_graph(proj.engine, data, fmt)}
+    engine = _loaded(_project_for(daemon, _param(params, "path", str)))
+    fmt = _param(params, "format", str, "json")
+    data = graph_data(engine)
+    return {"graph": data, "text": render_graph(engine, data, fmt)}
 
-    @method("rerun")
-    async def rerun(params: dict[str, Any], conn: Connection) -> Any:
-        path = _param(params, "path", str, None)
-        targets = _targets(daemon, path)
-        queued = []
-        for proj in targets:
-            start = norm(path) if path else proj.root
-            for key, p in proj.plan.items():
-                inside = key[0] == start or key[0].startswith(start + os.sep) or key[1] == start
-                if inside and (p.key in proj.plan) and not p.blocked:
-                    daemon.enqueue(proj, key, ["rerun requested"], "rerun")
-                    queued.append({"container": key[0], "script": key[1]})
-        return {"queued": queued}
 
-    @method("wait")
-    async def wait(params: dict[str, Any], conn: Connection) -> Any:
-        timeout = float(_param(params, "timeout", (int, float), 60))  # type: ignore[arg-type]
-        deadline = time.monotonic() + timeout
-        # Quiet for a whole settle period: events still in the kernel or being paired by
-        # watchdog are invisible to the watcher's own count, and get that long to show up.
-        hold = max(0.05, daemon.config.daemon.settle_ms / 1000)
-        quiet_since: float | None = None
-        while time.monotonic() < deadline:
-            if daemon.quiet():
-                now = time.monotonic()
-                quiet_since = quiet_since or now
-                if now - quiet_since >= hold:
-                    return {"quiet": True}
-            else:
-                quiet_since = None
-            await asyncio.sleep(0.01)
-        return {"quiet": False}
+async def rerun(daemon: Daemon, params: Params) -> Any:
+    path = _param(params, "path", str, None)
+    queued = []
+    for proj in _targets(daemon, path):
+        start = norm(path) if path else proj.root
+        for key, p in proj.plan.items():
+            inside = key[0] == start or key[0].startswith(start + os.sep) or key[1] == start
+            if inside and not p.blocked:
+                daemon.enqueue(proj, key, ["rerun requested"], "rerun")
+                queued.append({"container": key[0], "script": key[1]})
+    return {"queued": queued}
 
-    @method("reload")
-    async def reload(params: dict[str, Any], conn: Connection) -> Any:
-        return await daemon.reload()
 
-    @method("reconcile")
-    async def reconcile(params: dict[str, Any], conn: Connection) -> Any:
-        return {"queued": await daemon.reconcile(_param(params, "path", str, None))}
+async def wait(daemon: Daemon, params: Params) -> Any:
+    timeout = float(_param(params, "timeout", (int, float), 60))
+    deadline = time.monotonic() + timeout
+    # Quiet for a whole settle period: events still in the kernel or being paired by
+    # watchdog are invisible to the watcher's own count, and get that long to show up.
+    hold = max(0.05, daemon.config.daemon.settle_ms / 1000)
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        if daemon.quiet():
+            now = time.monotonic()
+            quiet_since = quiet_since or now
+            if now - quiet_since >= hold:
+                return {"quiet": True}
+        else:
+            quiet_since = None
+        await asyncio.sleep(0.01)
+    return {"quiet": False}
 
-    @method("stop")
-    async def stop(params: dict[str, Any], conn: Connection) -> Any:
-        asyncio.get_running_loop().call_soon(daemon.request_stop)
-        return {"stopping": True, "pid": os.getpid()}
 
-    @method("query")
-    async def query(params: dict[str, Any], conn: Connection) -> Any:
-        """A daemon-run script's find_*: answered from the index, same as a local walk."""
-        root = norm(_param(params, "project", str))
-        start = norm(_param(params, "start", str))
-        kind = _param(params, "kind", str)
-        proj = daemon.projects.get(root) or _project_for(daemon, start)
-        if proj.engine is None:
-            raise RpcError(INVALID_PARAMS, f"{proj.root} is not loaded: {proj.error}")
-        try:
-            return proj.engine.index.answer(kind, params.get("search"), start)
-        except ValueError as exc:
-            raise RpcError(INVALID_PARAMS, str(exc)) from None
+async def reload(daemon: Daemon, params: Params) -> Any:
+    return await daemon.reload()
 
-    @method("subscribe")
-    async def subscribe(params: dict[str, Any], conn: Connection) -> Any:
-        """Stream daemon events (runs, batches) until the client leaves."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        daemon.subscribers.add(queue)
-        try:
-            while not conn.closed.is_set():
-                getter = asyncio.ensure_future(queue.get())
-                closer = asyncio.ensure_future(conn.closed.wait())
-                done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
-                for fut in (getter, closer):
-                    if fut not in done:
-                        fut.cancel()
-                if getter in done:
-                    await conn.send_notification("event", getter.result())
-        except ConnectionError:
-            pass
-        finally:
-            daemon.subscribers.discard(queue)
-        return {"subscribed": False}
+
+async def reconcile(daemon: Daemon, params: Params) -> Any:
+    return {"queued": await daemon.reconcile(_param(params, "path", str, None))}
+
+
+async def stop(daemon: Daemon, params: Params) -> Any:
+    # After the reply is on its way: the stop closes this very connection.
+    asyncio.get_running_loop().call_soon(daemon.request_stop)
+    return {"stopping": True, "pid": os.getpid()}
+
+
+async def query(daemon: Daemon, params: Params) -> Any:
+    """A daemon-run script's find_*: answered from the index, same as a local walk."""
+    root = norm(_param(params, "project", str))
+    start = norm(_param(params, "start", str))
+    kind = _param(params, "kind", str)
+    proj = daemon.projects.get(root) or _project_for(daemon, start)
+    if proj.engine is None:
+        raise RpcError(INVALID_PARAMS, f"{proj.root} is not loaded: {proj.error}")
+    try:
+        return proj.engine.index.answer(kind, params.get("search"), start)
+    except ValueError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+
+async def subscribe(daemon: Daemon, params: Params, conn: Connection) -> Any:
+    """Stream daemon events (runs, batches) until the client leaves."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+    daemon.subscribers.add(queue)
+    try:
+        while not conn.closed.is_set():
+            getter = asyncio.ensure_future(queue.get())
+            closer = asyncio.ensure_future(conn.closed.wait())
+            done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
+            for fut in (getter, closer):
+                if fut not in done:
+                    fut.cancel()
+            if getter in done:
+                await conn.send_notification("event", getter.result())
+    except ConnectionError:
+        pass
+    finally:
+        daemon.subscribers.discard(queue)
+    return {"subscribed": False}
+
+
+Method = Callable[["Daemon", Params], Awaitable[Any]]
+Stream = Callable[["Daemon", Params, "Connection"], Awaitable[Any]]
+
+#: What the control socket serves, by method name. Results only ever gain fields.
+METHODS: dict[str, Method] = {
+    "status": status, "add": add, "remove": remove, "pause": pause, "resume": resume,
+    "runs": runs, "log": log, "why": why, "plan": plan, "graph": graph, "rerun": rerun,
+    "wait": wait, "reload": reload, "reconcile": reconcile, "stop": stop, "query": query,
+}
+#: Methods that talk back on the connection (notifications) until the client leaves.
+STREAMS: dict[str, Stream] = {"subscribe": subscribe}
+
+
+def handlers(daemon: Daemon) -> dict[str, Handler]:
+    """The tables bound to ``daemon``, as the control socket's ``(params, conn)`` handlers."""
+
+    def bind(method: Method) -> Handler:
+        async def handler(params: Params, conn: Connection) -> Any:
+            return await method(daemon, params)
+
+        return handler
+
+    def bind_stream(stream: Stream) -> Handler:
+        async def handler(params: Params, conn: Connection) -> Any:
+            return await stream(daemon, params, conn)
+
+        return handler
+
+    out = {name: bind(method) for name, method in METHODS.items()}
+    out.update({name: bind_stream(stream) for name, stream in STREAMS.items()})
+    return out

@@ -16,6 +16,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from thotd import exits
+
 UNIT_NAME = "thotd.service"
 
 _THOTD = "@THOTD@"
@@ -47,7 +49,7 @@ ExecReload={_THOTCTL} reload --wait
 Restart=on-failure
 RestartSec=5
 # 78 (EX_CONFIG): the configuration is invalid; restarting would not help.
-RestartPreventExitStatus=78
+RestartPreventExitStatus={exits.CONFIG}
 Environment=PYTHONUNBUFFERED=1
 # SIGTERM goes to the daemon only; it stops its scripts' process groups itself (grace
 # period [daemon] shutdown_grace_s, 10 s by default) before systemd kills what is left.
