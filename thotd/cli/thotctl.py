@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from thotd.service.rpc import Client, DaemonNotRunning, RpcError
+from thotd.service.rpc import Client, DaemonNotRunning, RpcError, UntrustedServer
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaemonNotRunning as exc:
         print(f"thotctl: {exc}", file=sys.stderr)
         return EXIT_NOT_RUNNING
+    except UntrustedServer as exc:
+        print(f"thotctl: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     except RpcError as exc:
         print(f"thotctl: {exc.message}", file=sys.stderr)
         return EXIT_FAIL
