@@ -155,8 +155,8 @@ class Store:
         (:mod:`thotd.engine.projectfile`), so losing the database does not lose them.
         """
         self.path = Path(path) if path is not None else default_path()
-        self.recovered: str | None = None
-        self.db, fresh = self._open(verify)
+        self.recovered: str | None
+        self.db, fresh, self.recovered = self._open(verify)
         if self.recovered is None and not fresh:
             return
         if self.recovered is not None:
@@ -165,11 +165,15 @@ class Store:
 
         projectfile.restore(self)
 
-    def _open(self, verify: bool) -> tuple[sqlite3.Connection, bool]:
-        """Connect and migrate; move a corrupt file aside once. Returns (db, was it new)."""
+    def _open(self, verify: bool) -> tuple[sqlite3.Connection, bool, str | None]:
+        """Connect and migrate; move a corrupt file aside once.
+
+        Returns the connection, whether the database is new, and what was recovered.
+        """
         from thotd.paths import make_dirs, make_private
 
         make_dirs(self.path.parent)
+        recovered = None
         for attempt in (1, 2):
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
@@ -191,10 +195,10 @@ class Store:
             if problem is None:
                 for suffix in ("", "-wal", "-shm"):
                     make_private(f"{self.path}{suffix}")
-                return db, fresh
+                return db, fresh, recovered
             db.close()
             aside = _move_aside(self.path)
-            self.recovered = (
+            recovered = (
                 f"state database {self.path} was unreadable ({problem}); moved it aside to "
                 f"{aside} and started a fresh one (run history is lost; projects are kept)"
             )
