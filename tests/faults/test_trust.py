@@ -26,7 +26,15 @@ from thotd.engine.trust import (
 )
 from thotd.service.config import ConfigError, load_config
 
-from .trustkit import NOBODY, make_project, need_root, private_group_user, shared_tmpdir
+from .trustkit import (
+    NOBODY,
+    daemon,
+    make_project,
+    need_root,
+    private_group_user,
+    rpc,
+    shared_tmpdir,
+)
 
 CONFIG = "/home/me/.config/thotd/config.toml"
 
@@ -235,3 +243,20 @@ def test_daemon_refuses_to_start_with_a_writable_config(tmp_path: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 78, proc.stderr
     assert f"chmod go-w {path}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_reload_refuses_a_config_others_can_write(tmp_path: Path) -> None:
+    """The second way in: make the config writable by others, then ``thotctl reload``.
+    The daemon keeps its old configuration and says why; a sound file with a [trust]
+    section reloads."""
+    with daemon(tmp_path) as d:
+        d.start()
+        d.wait_ready()
+        os.chmod(d.config, 0o666)
+        result = rpc(d.socket, "reload")
+        assert result["reloaded"] is False
+        assert f"chmod go-w {d.config}" in result["error"]
+        os.chmod(d.config, 0o600)
+        d.config.write_text('[trust]\nallow = ["user:nobody"]\n')
+        assert rpc(d.socket, "reload")["reloaded"] is True
+        assert d.stop() == 0
