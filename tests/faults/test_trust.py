@@ -112,8 +112,14 @@ def test_world_writable_folder_is_refused_sticky_one_is_not(shared: Path) -> Non
     assert "writable by everyone" in reason and "chmod o-w" in reason
     # No trust entry makes a folder anyone can write safe.
     assert run_check(shared, TrustPolicy.from_entries(["group:root"])) is not None
-    os.chmod(shared, 0o1777)  # others may add files, not replace ours
+    # Sticky: others may add files but not replace ours. Above the project that is fine...
+    os.chmod(shared, 0o755)
+    os.chmod(shared.parent, 0o1777)
     assert run_check(shared) is None
+    # ...but not in the script's own folder: a json.py dropped beside it would be imported.
+    os.chmod(shared, 0o1777)
+    reason = run_check(shared)
+    assert reason is not None and "writable by everyone" in reason and "+t" not in reason
 
 
 def test_folder_of_another_user_above_the_project_is_refused(shared: Path) -> None:

@@ -13,8 +13,10 @@ each of these files, and every folder above it, is
 unless the user trusts the other account in the configuration (``[trust] allow`` for
 everything, ``[[trust.projects]]`` tables per project root). Two things are never a problem:
 
-- a folder with the sticky bit (``/tmp``, a 1777 drop folder): others can add files there
-  but cannot replace or rename ours, and what they add is checked on its own;
+- a folder with the sticky bit (``/tmp``, a 1777 drop folder) *above* the run's folders:
+  others can add files there but cannot replace or rename ours. Not the folder of the
+  script or of its ``_scripts.json`` (the run's working folder): what others add there,
+  a ``numpy.py`` beside a Python script or a helper an R script sources, would run too;
 - a group that is the owner's private group (the "user private group" scheme: the group
   bears only the owner, as its primary group, and lists no other member), so a user with
   ``umask 002`` is not refused for their own files.
@@ -205,10 +207,11 @@ def _members(gid: int) -> list[str]:
         return []
 
 
-def _problem(st: os.stat_result, judge: _Judge, is_dir: bool) -> tuple[str, str] | None:
+def _problem(st: os.stat_result, judge: _Judge, is_dir: bool,
+             sticky_counts: bool) -> tuple[str, str] | None:
     """(what is wrong, which kind of fix) for one inode, or ``None`` when it is fine."""
     mode = stat.S_IMODE(st.st_mode)
-    sticky = is_dir and bool(mode & stat.S_ISVTX)
+    sticky = sticky_counts and is_dir and bool(mode & stat.S_ISVTX)
     if not judge.user_ok(st.st_uid):
         return f"owned by {_user_name(st.st_uid)} (uid {st.st_uid}), not by you", "user"
     if mode & stat.S_IWOTH and not sticky:
@@ -218,19 +221,21 @@ def _problem(st: os.stat_result, judge: _Judge, is_dir: bool) -> tuple[str, str]
     return None
 
 
-def _chain(path: str) -> list[str]:
-    """``path`` and every folder above it, as written, then along the resolved path."""
-    seen: list[str] = []
+def _chain(path: str) -> list[tuple[str, bool]]:
+    """``path`` and every folder above it, as written, then along the resolved path; each
+    with whether it is the file or its own folder (where a sticky bit does not help)."""
+    seen: dict[str, bool] = {}
     for start in (os.path.abspath(path), os.path.realpath(path)):
         current = start
+        near = 2  # the file, then its folder
         while True:
-            if current not in seen:
-                seen.append(current)
+            seen[current] = seen.get(current, False) or near > 0
+            near -= 1
             parent = os.path.dirname(current)
             if parent == current:
                 break
             current = parent
-    return seen
+    return list(seen.items())
 
 
 def _fix(kind: str, path: str, st: os.stat_result, is_dir: bool, policy: TrustPolicy | None,
@@ -239,7 +244,7 @@ def _fix(kind: str, path: str, st: os.stat_result, is_dir: bool, policy: TrustPo
     if kind != "user" and policy is None:  # the config file: nobody else may write it
         return f"fix: chmod go-w {_quote(path)}"
     if kind == "others":
-        extra = " (or chmod +t, for a shared folder)" if is_dir else ""
+        extra = " (or chmod +t, for a shared folder above the project)" if is_dir else ""
         return f"fix: chmod o-w {_quote(path)}{extra}"
     if policy is None:
         return "fix: use a config file you own (copy it, then point THOTD_CONFIG or --config at it)"
@@ -265,7 +270,7 @@ def _quote(path: str) -> str:
 def _check_file(path: str, role: str, entries: tuple[Entry, ...], policy: TrustPolicy | None,
                 scope: str | None) -> Refusal | None:
     judge = _Judge(entries)
-    for current in _chain(path):
+    for current, near in _chain(path):
         try:
             st = os.lstat(current)
         except OSError:
@@ -273,7 +278,7 @@ def _check_file(path: str, role: str, entries: tuple[Entry, ...], policy: TrustP
         if stat.S_ISLNK(st.st_mode):
             continue  # its target is on the resolved path; its folder decides who may swap it
         is_dir = stat.S_ISDIR(st.st_mode)
-        found = _problem(st, judge, is_dir)
+        found = _problem(st, judge, is_dir, sticky_counts=not near)
         if found is None:
             continue
         problem, kind = found
@@ -284,7 +289,7 @@ def _check_file(path: str, role: str, entries: tuple[Entry, ...], policy: TrustP
             owner=f"{_user_name(st.st_uid)} (uid {st.st_uid})",
             group=f"{_group_name(st.st_gid)} (gid {st.st_gid})",
             mode=f"{stat.S_IMODE(st.st_mode):04o} ({stat.filemode(st.st_mode)})",
-            problem=problem, fix=_fix(kind, current, st, is_dir, policy, scope),
+            problem=problem, fix=_fix(kind, current, st, is_dir and not near, policy, scope),
         )
     return None
 
