@@ -19,14 +19,12 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.xfail(strict=True, reason="21 functions over the complexity limit: being split")
 def test_ruff_is_clean() -> None:
     done = _run([sys.executable, "-m", "ruff", "check", "--no-cache", "thotd", "thot", "tests",
                  "bench"])
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="39 strict errors: being fixed room by room")
 def test_mypy_strict_is_clean(tmp_path: Path) -> None:
     done = _run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy")])
     assert done.returncode == 0, done.stdout + done.stderr

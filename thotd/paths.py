@@ -48,15 +48,43 @@ def _absolute(value: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(value))))
 
 
-def _private_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) if missing; refuse one that is not ours.
+#: Modes of everything thotd creates for itself: run logs, the state database and the
+#: socket can reveal what a user analyses, whatever the umask says.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
-    Run logs and the socket can reveal what a user analyses, so the directories are private.
-    Parents are created with the ordinary umask, like ``mkdir -p`` would.
+
+def make_dirs(path: str | os.PathLike[str]) -> Path:
+    """``mkdir -p`` where every folder it creates is 0700 whatever the umask.
+
+    Folders that already exist are left as they are (``--state ./mine.db`` must not change
+    the mode of the user's own folder); only the ones made here are ours to make private.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    missing: list[Path] = []
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to chmod
+        os.chmod(folder, PRIVATE_DIR_MODE)  # the umask may have taken bits away
+    return path
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (mode 0700, missing parents too) if needed; refuse one that is not ours.
+
+    An existing folder of ours with a wider mode is narrowed to 0700: run logs and the
+    socket can reveal what a user analyses.
+    """
+    path = Path(path)
+    make_dirs(path.parent)
     with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
+        os.mkdir(path, PRIVATE_DIR_MODE)
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode):
         raise NotADirectoryError(f"{path} exists but is not a directory")
@@ -65,9 +93,46 @@ def _private_dir(path: Path) -> Path:
             f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}); "
             "refusing to use it"
         )
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        path.chmod(0o700)
+    if stat.S_IMODE(st.st_mode) != PRIVATE_DIR_MODE:
+        path.chmod(PRIVATE_DIR_MODE)
     return path
+
+
+def private_file_opener(path: str, flags: int) -> int:
+    """An ``opener=`` for :func:`open`: the file is created 0600 and narrowed to 0600.
+
+    ``os.open(..., 0o600)`` alone is not enough: the mode only applies to a file created by
+    this call, and the umask can still take bits from it. Use it as
+    ``open(path, "ab", opener=private_file_opener)``.
+    """
+    fd = os.open(path, flags | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        make_private(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_private(path: str | os.PathLike[str], flags: int) -> int:
+    """``os.open`` of a file of thotd's own: created 0600, an existing one narrowed to 0600."""
+    return private_file_opener(os.fspath(path), flags)
+
+
+def make_private(target: int | str | os.PathLike[str]) -> None:
+    """Narrow a file of ours (an fd or a path) to 0600; missing paths and files of other
+    users are left alone (a file created by a library, such as SQLite's ``-wal``)."""
+    try:
+        st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+    except FileNotFoundError:
+        return
+    if st.st_uid != os.geteuid() or stat.S_ISLNK(st.st_mode):
+        return
+    if stat.S_IMODE(st.st_mode) != PRIVATE_FILE_MODE:
+        if isinstance(target, int):
+            os.fchmod(target, PRIVATE_FILE_MODE)
+        else:
+            os.chmod(target, PRIVATE_FILE_MODE)
 
 
 def config_file(flag: str | os.PathLike[str] | None = None) -> Path:
@@ -91,7 +156,7 @@ def config_file_is_explicit(flag: str | os.PathLike[str] | None = None) -> bool:
 
 def state_dir() -> Path:
     """Durable daemon state (created, 0700): ``state.sqlite3`` and the ``runs/`` logs."""
-    return _private_dir(Path(platformdirs.user_state_dir(APP_NAME)))
+    return private_dir(Path(platformdirs.user_state_dir(APP_NAME)))
 
 
 def database_path() -> Path:
@@ -101,12 +166,12 @@ def database_path() -> Path:
 
 def runs_dir() -> Path:
     """Per-run stdout/stderr logs (created, 0700)."""
-    return _private_dir(state_dir() / RUNS_DIR_NAME)
+    return private_dir(state_dir() / RUNS_DIR_NAME)
 
 
 def log_dir() -> Path:
     """The daemon's own log directory (created, 0700)."""
-    return _private_dir(Path(platformdirs.user_log_dir(APP_NAME)))
+    return private_dir(Path(platformdirs.user_log_dir(APP_NAME)))
 
 
 def log_file() -> Path:
@@ -128,7 +193,7 @@ def runtime_dir() -> Path:
         if category is not None:
             warnings.simplefilter("ignore", category)
         base = platformdirs.user_runtime_dir(APP_NAME)
-    return _private_dir(Path(base))
+    return private_dir(Path(base))
 
 
 def check_socket_path(path: Path) -> Path:

@@ -656,15 +656,15 @@ def test_other_uid_is_rejected(start_server: Callable[..., Running], sockdir: Pa
     reply = json.loads(lines[0])
     assert reply["error"]["code"] == PERMISSION_DENIED
     assert "uid" in reply["error"]["message"]
-    # The real client turns the refusal into an RpcError with the server's explanation.
+    # The real client checks the server's uid too (SO_PEERCRED) and refuses first.
     client_code = (
         "import sys\n"
         "sys.path.insert(0, sys.argv[2])\n"
-        "from thotd.service.rpc import Client, RpcError\n"
+        "from thotd.service.rpc import Client, UntrustedServer\n"
         "try:\n"
         "    Client(sys.argv[1], timeout=10).call('hello')\n"
-        "except RpcError as e:\n"
-        "    print(e.code, e.message)\n"
+        "except UntrustedServer as e:\n"
+        "    print('refused', e)\n"
     )
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
@@ -675,7 +675,8 @@ def test_other_uid_is_rejected(start_server: Callable[..., Running], sockdir: Pa
         timeout=TIMEOUT,
     )
     if "No module named 'thotd'" not in proc.stderr:  # repo unreadable for nobody: skip part
-        assert proc.stdout.startswith(f"{PERMISSION_DENIED} permission denied"), proc.stderr
+        assert proc.stdout.startswith("refused "), proc.stderr
+        assert "root (uid 0)" in proc.stdout, proc.stdout
     assert hello_ok(running.path)  # the owner is still served
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from thotd import exits
-from thotd.service.rpc import Client, DaemonNotRunning, RpcError
+from thotd.service.rpc import Client, DaemonNotRunning, RpcError, UntrustedServer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DaemonNotRunning as exc:
         print(f"thotctl: {exc}", file=sys.stderr)
         return exits.NOT_RUNNING
+    except UntrustedServer as exc:
+        print(f"thotctl: {exc}", file=sys.stderr)
+        return exits.FAILURE
     except RpcError as exc:
         print(f"thotctl: {exc.message}", file=sys.stderr)
         return exits.FAILURE

@@ -7,7 +7,9 @@ a version (``PRAGMA user_version``); :data:`MIGRATIONS` brings an older file for
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -98,6 +100,46 @@ class RunRow:
         return f"RunRow({self.container!r}, {self.script!r}, {self.status!r})"
 
 
+#: SQLite's primary result codes that mean "the file is damaged", not "busy" or "no access".
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file is damaged (moving it aside helps) rather than locked,
+    unreadable or full (moving it aside would lose a good database)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPT_CODES
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _quick_check(db: sqlite3.Connection) -> str | None:
+    """``PRAGMA quick_check``'s first complaint, or ``None`` when the file is sound."""
+    rows = db.execute("PRAGMA quick_check").fetchall()
+    if len(rows) == 1 and rows[0][0] == "ok":
+        return None
+    return "; ".join(str(r[0]) for r in rows[:3])
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` (and its ``-wal``/``-shm``) to ``<name>.corrupt-<local time>``.
+
+    The WAL keeps its suffix after the new name, so SQLite can still open the pair for
+    whoever wants to look at what was lost.
+    """
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    for suffix in ("-wal", "-shm", ""):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
 def default_path() -> Path:
     from thotd import paths
     return paths.database_path()
@@ -106,13 +148,65 @@ def default_path() -> Path:
 class Store:
     """One SQLite file; open it once per process and keep it."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, verify: bool = False) -> None:
+        """Open (or create) the database.
+
+        A file SQLite cannot read (truncated, overwritten, a bad page) is moved aside and a
+        fresh one started: ``recovered`` then says what happened, for the log and status.
+        ``verify`` also runs ``PRAGMA quick_check`` (a few ms per 10 MB), which finds a bad
+        page before a query trips on it: the daemon asks for it at start, ``thot run`` not.
+        A fresh database takes the projects to watch from the file beside it
+        (:mod:`thotd.engine.projectfile`), so losing the database does not lose them.
+        """
         self.path = Path(path) if path is not None else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        self.recovered: str | None
+        self.db, fresh, self.recovered = self._open(verify)
+        if self.recovered is None and not fresh:
+            return
+        if self.recovered is not None:
+            logging.getLogger(__name__).warning("%s", self.recovered)
+        from thotd.engine import projectfile
+
+        projectfile.restore(self)
+
+    def _open(self, verify: bool) -> tuple[sqlite3.Connection, bool, str | None]:
+        """Connect and migrate; move a corrupt file aside once.
+
+        Returns the connection, whether the database is new, and what was recovered.
+        """
+        from thotd.paths import make_dirs, make_private
+
+        make_dirs(self.path.parent)
+        recovered = None
+        for attempt in (1, 2):
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                                 0o600))  # SQLite gives its -wal and -shm the same mode
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db = db
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                fresh = db.execute("PRAGMA user_version").fetchone()[0] == 0
+                problem = _quick_check(db) if verify else None
+                if problem is None:
+                    self._migrate()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corrupt(exc) or attempt == 2:
+                    db.close()
+                    raise
+                problem = str(exc)
+            if problem is None:
+                for suffix in ("", "-wal", "-shm"):
+                    make_private(f"{self.path}{suffix}")
+                return db, fresh, recovered
+            db.close()
+            aside = _move_aside(self.path)
+            recovered = (
+                f"state database {self.path} was unreadable ({problem}); moved it aside to "
+                f"{aside} and started a fresh one (run history is lost; projects are kept)"
+            )
+        raise AssertionError("unreachable")
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -28,9 +28,17 @@ from pydantic import (
 from thotd import exits, paths
 from thotd.project.objectfile import format_loc
 
+if TYPE_CHECKING:
+    from thotd.engine.trust import TrustPolicy
+
 #: Exit status for "bad configuration", kept under its old name: the unit lists it in
 #: ``RestartPreventExitStatus=`` so systemd does not restart-loop on a broken file.
 EXIT_CONFIG = exits.CONFIG
+
+#: Upper bounds of the intervals: a finite, sensible range (``inf`` crashed the scheduler,
+#: ``1e-7`` made the reconcile scan spin), reported as configuration errors (exit 78).
+MINUTES_PER_WEEK = 7 * 24 * 60
+SECONDS_PER_WEEK = MINUTES_PER_WEEK * 60
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -53,22 +61,27 @@ class DaemonSection(_Section):
     """``[daemon]``: event handling and lifecycle."""
 
     settle_ms: int = Field(
-        default=100, ge=0, description="Quiet period closing a batch of file events, in milliseconds."
+        default=100, ge=0, le=60_000, description="Quiet period closing a batch of file events, in milliseconds."
     )
     stable_checks: int = Field(
         default=2,
         ge=1,
+        le=100,
         description="Consecutive looks at which a file's size and mtime must be unchanged "
         "before it is read (a half-copied file must not be analysed).",
     )
     reconcile_minutes: float = Field(
         default=10.0,
-        gt=0,
+        ge=0.5,
+        le=MINUTES_PER_WEEK,
+        allow_inf_nan=False,
         description="Period of the full rescan that catches events the watcher missed.",
     )
     shutdown_grace_s: float = Field(
         default=10.0,
         ge=0,
+        le=3600,
+        allow_inf_nan=False,
         description="On stop, how long running scripts get after SIGTERM before SIGKILL.",
     )
 
@@ -79,12 +92,16 @@ class PoolSection(_Section):
     workers: int = Field(
         default=0,
         ge=0,
+        le=1024,
         description="Scripts run at once; 0 means the number of CPUs.",
         validate_default=True,
     )
-    timeout_s: float = Field(default=3600.0, gt=0, description="Per-run time limit, in seconds.")
+    timeout_s: float = Field(
+        default=3600.0, gt=0, le=SECONDS_PER_WEEK * 4, allow_inf_nan=False,
+        description="Per-run time limit, in seconds.",
+    )
     log_cap_bytes: int = Field(
-        default=10 * 1024 * 1024, gt=0, description="Cap on each run's stdout/stderr log, in bytes."
+        default=10 * 1024 * 1024, gt=0, le=2**40, description="Cap on each run's stdout/stderr log, in bytes."
     )
     fork: bool = Field(
         default=True,
@@ -102,9 +119,10 @@ class PoolSection(_Section):
 class RetrySection(_Section):
     """``[retry]``: reruns of failed scripts, with exponential backoff."""
 
-    attempts: int = Field(default=0, ge=0, description="Extra attempts after a failure; 0 = no retry.")
+    attempts: int = Field(default=0, ge=0, le=20, description="Extra attempts after a failure; 0 = no retry.")
     backoff_s: float = Field(
-        default=30.0, ge=0, description="Delay before the first retry; doubles with each further one."
+        default=30.0, ge=0, le=86_400, allow_inf_nan=False,
+        description="Delay before the first retry; doubles with each further one."
     )
 
     def delay(self, attempt: int) -> float:
@@ -127,6 +145,61 @@ class LogSection(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+def _check_entries(entries: list[str]) -> list[str]:
+    """Every entry must name an account that exists, so a typo fails at load time."""
+    from thotd.engine.trust import parse_entry
+
+    for entry in entries:
+        parse_entry(entry)
+    return entries
+
+
+class ProjectTrust(_Section):
+    """One ``[[trust.projects]]`` table: entries trusted below one project root."""
+
+    root: Annotated[Path, Field(strict=False)] = Field(
+        description="The project root; relative to the config file's directory, ~ expanded."
+    )
+    allow: list[str] = Field(description='"user:NAME" or "group:NAME" entries.')
+
+    _entries = field_validator("allow")(_check_entries)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, value: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("base_dir")
+        value = value.expanduser()
+        if not value.is_absolute():
+            value = (Path(base) if base is not None else Path.cwd()) / value
+        return Path(os.path.normpath(value))
+
+
+class TrustSection(_Section):
+    """``[trust]``: other accounts whose files may make thotd run code (see
+    :mod:`thotd.engine.trust`). By default only your own files and root's do."""
+
+    allow: list[str] = Field(
+        default_factory=list,
+        description='Trusted everywhere: "user:NAME" or "group:NAME" (or a numeric id).',
+    )
+    projects: list[ProjectTrust] = Field(
+        default_factory=list,
+        description="Trusted below one project root: [[trust.projects]] tables.",
+    )
+
+    _entries = field_validator("allow")(_check_entries)
+
+    def policy(self, *, anyone: bool = False, config_path: Path | None = None) -> TrustPolicy:
+        """The run check's policy; ``anyone`` is the one-run override of ``thot run``."""
+        from thotd.engine.trust import TrustPolicy
+
+        projects: dict[str, list[str]] = {}
+        for item in self.projects:
+            projects.setdefault(str(item.root), []).extend(item.allow)
+        return TrustPolicy.from_entries(self.allow, projects, anyone=anyone,
+                                        config_path=config_path)
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -134,6 +207,7 @@ class Config(_Section):
     pool: PoolSection = Field(default_factory=PoolSection)
     retry: RetrySection = Field(default_factory=RetrySection)
     log: LogSection = Field(default_factory=LogSection)
+    trust: TrustSection = Field(default_factory=TrustSection)
     projects: list[Annotated[Path, Field(strict=False)]] = Field(
         default_factory=list,
         description="Project folders registered when the daemon starts. Relative paths are "
@@ -199,6 +273,15 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: Path | None = N
         raise ConfigError(f"{source}: {len(lines)} errors:\n{body}") from None
 
 
+def _check_owner(file: Path) -> None:
+    """Refuse a configuration another account could have written: it says what to run."""
+    from thotd.engine.trust import check_config_file
+
+    refusal = check_config_file(file)
+    if refusal is not None:
+        raise ConfigError(f"{file}: {refusal}", path=file)
+
+
 def load_config(path: Path | None = None) -> Config:
     """Read and validate the configuration.
 
@@ -211,6 +294,7 @@ def load_config(path: Path | None = None) -> Config:
     file = Path(path) if path is not None else paths.config_file()
     try:
         raw = file.read_bytes()
+        _check_owner(file)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(f"{file}: configuration file not found", path=file) from None

@@ -18,7 +18,7 @@ import structlog
 from thotd.executor.process import start_forkserver
 
 if TYPE_CHECKING:
-    from thotd.executor.forkserver import ForkServer
+    from thotd.executor.forkserver.client import ForkServer
 
 log = structlog.get_logger("thotd")
 

@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -77,6 +78,57 @@ class DaemonNotRunning(ConnectionError):
         self.path = path
 
 
+class UntrustedServer(ConnectionError):
+    """What answers at the socket path runs as another user: it could be anyone's program
+    waiting for our requests (a socket path in a shared folder can be taken first)."""
+
+    def __init__(self, path: str, uid: int, pid: int) -> None:
+        me = os.geteuid()
+        super().__init__(
+            f"refusing to talk to the server at {path}: it runs as {_account(uid)}, not as "
+            f"you ({_account(me)}; pid {pid}). Another user may have taken this socket path: "
+            "use a socket in a folder only you can write (unset THOTD_SOCKET to use your "
+            "runtime folder)"
+        )
+        self.path, self.uid, self.pid = path, uid, pid
+
+
+def _account(uid: int) -> str:
+    """``alice (uid 1001)``, or just the uid when it has no name here."""
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def peer_uid(sock: socket.socket) -> tuple[int, int] | None:
+    """(uid, pid) of the process at the other end of a connected Unix socket, from the
+    kernel (``SO_PEERCRED``: what the peer was when it called ``listen``/``connect``, which
+    it cannot fake); ``None`` where the platform does not offer it."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
+                                                          struct.calcsize("3i")))
+    return uid, pid
+
+
+def check_server_uid(sock: socket.socket, path: str) -> None:
+    """Raise ``UntrustedServer`` unless the server runs as this process's user.
+
+    Root talking to root is the same user; a user talking to a root-owned server is not:
+    thotd always runs as the user whose projects it watches.
+    """
+    found = peer_uid(sock)
+    if found is None:
+        return
+    uid, pid = found
+    if uid != os.geteuid():
+        raise UntrustedServer(path, uid, pid)
+
+
 class Notification(NamedTuple):
     """A server-to-client message without id, e.g. one event of a ``subscribe`` stream."""
 
@@ -124,6 +176,11 @@ class Client:
             sock.close()
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
                 raise DaemonNotRunning(self.path) from exc
+            raise
+        try:
+            check_server_uid(sock, self.path)
+        except BaseException:
+            sock.close()
             raise
         self._sock = sock
         self._buffer.clear()

@@ -57,13 +57,29 @@ KillMode=mixed
 TimeoutStopSec=30
 # Pinged at half this period by the loop that checks the watcher and the queue.
 WatchdogSec=30
-# Hardening that user scripts can live with. Not ProtectHome/ProtectSystem (scripts must
-# reach their data) nor MemoryDenyWriteExecute (breaks JIT-using analysis code).
+# Hardening that user scripts can live with (docs/decisions.md says why each is or is not
+# here). Only settings that need no namespace: in a user unit ProtectSystem=, ProtectHome=,
+# PrivateTmp=, ProtectKernel*= and the like make systemd >= 253 turn on PrivateUsers=,
+# under which every other account's files look owned by "nobody" (shared lab folders and
+# the [trust] check would break). Not MemoryDenyWriteExecute (breaks JIT-using analysis
+# code), not RestrictNamespaces (breaks apptainer, podman, bwrap and browser sandboxes).
 NoNewPrivileges=yes
 LockPersonality=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 UMask=0077
+# No 32-bit (compat) system calls; undo with an empty SystemCallArchitectures= drop-in.
+SystemCallArchitectures=native
+# Calls an unprivileged process cannot make succeed anyway, answered with the EPERM it
+# would get: clock setting, kernel modules, raw I/O, reboot, swap, obsolete calls.
+SystemCallFilter=~@clock @cpu-emulation @module @obsolete @raw-io @reboot @swap
+SystemCallErrorNumber=EPERM
+# Packet sockets need privileges a user service never has.
+RestrictAddressFamilies=~AF_PACKET
+# Limits for the daemon and every script it runs; raise them with a drop-in
+# (`systemctl --user edit thotd`: [Service] MemoryMax=95% TasksMax=16384).
+MemoryMax=80%
+TasksMax=4096
 
 [Install]
 WantedBy=default.target
