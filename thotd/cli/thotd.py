@@ -106,7 +106,7 @@ def start_detached(args: argparse.Namespace) -> int:
             cmd += [f"--{flag}", str(Path(getattr(args, flag)).absolute())]
     cmd += [str(Path(p).absolute()) for p in args.project]
     out_path = paths.log_dir() / "thotd.out"
-    with open(out_path, "ab") as out:
+    with open(out_path, "ab", opener=paths.private_file_opener) as out:
         proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                      env=os.environ.copy())
     deadline = time.monotonic() + args.timeout

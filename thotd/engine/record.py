@@ -26,8 +26,10 @@ class Recorder:
     def _write(self, event: dict[str, Any]) -> None:
         if not self.path:
             return
+        from thotd.paths import private_file_opener  # lazy: only a run writes a record
+
         line = json.dumps(event, default=str) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with open(self.path, "a", encoding="utf-8", opener=private_file_opener) as fh:
             fh.write(line)
 
     def query(

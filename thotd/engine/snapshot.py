@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from thotd.digest import blake2b
 from thotd.fingerprint import path_key, racy_from, unmoved
+from thotd.paths import make_dirs, private_file_opener
 from thotd.project.index import Changes, Index, Node
 from thotd.project.locate import norm, upward
 from thotd.project.objectfile import ObjectError
@@ -184,8 +185,8 @@ def _write(index: Index, state_dir: Path, engine: Engine | None) -> None:
     except ValueError:
         return  # something marshal cannot hold: no snapshot, a full load next time
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+        make_dirs(target.parent)
+        with open(tmp, "wb", opener=private_file_opener) as fh:
             fh.write(blob)
         os.replace(tmp, target)
     except OSError:

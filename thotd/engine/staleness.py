@@ -25,6 +25,7 @@ from thotd.digest import blake2b
 from thotd.engine.record import RunRecord, read_record
 from thotd.engine.state import RunRow, Store
 from thotd.fingerprint import Hasher, stat_of
+from thotd.paths import private_dir
 from thotd.project.index import Index
 from thotd.project.locate import upward
 from thotd.project.search import SearchError
@@ -322,7 +323,7 @@ class Engine:
         """Mark the run started; returns (log path, record path)."""
         started = time.time()
         log = self.log_path(key, started)
-        log.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log.parent)  # run logs reveal what a user analyses: 0700, whatever the umask
         record_path = str(log) + ".record"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(record_path)

@@ -14,6 +14,7 @@ import contextlib
 import os
 
 from thotd.executor.processgroup import groups_with_env, proc_stat, start_time, stop_groups
+from thotd.paths import private_file_opener
 
 __all__ = ["PGID_SUFFIX", "end_leftovers", "write_pgid_file"]
 
@@ -66,7 +67,7 @@ def write_pgid_file(record: str | None, pgid: int) -> str | None:
     path = record + PGID_SUFFIX
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="ascii") as fh:
+        with open(tmp, "w", encoding="ascii", opener=private_file_opener) as fh:
             fh.write(f"{pgid} {started}\n")
         os.replace(tmp, path)  # whole or absent, whenever the daemon dies
     except OSError:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from thotd.executor.processgroup import escalation, group_alive
 from thotd.executor.runspec import ProcResult, RunSpec, ScriptError, interpreter_for, script_env
+from thotd.paths import make_dirs, open_private
 
 __all__ = ["POLL_S", "RunState"]
 
@@ -97,12 +98,9 @@ class RunState:
         self.started = time.time()
         self.t0 = time.monotonic()
         try:
-            spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self.log_fd = os.open(
-                spec.log_path,
-                os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
-                0o666,
-            )
+            make_dirs(spec.log_path.parent)
+            self.log_fd = open_private(
+                spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
             os.write(self.log_fd, _log_header(spec, self.started))
         except OSError as exc:
             self.close()

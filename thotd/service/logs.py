@@ -33,6 +33,8 @@ from typing import TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from thotd import paths
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
 #: Log file rotation: the daemon writes at most this much before starting a new file.
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
@@ -169,12 +171,20 @@ def _handler(handler: logging.Handler, processors: list[Processor]) -> logging.H
     return handler
 
 
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating handler whose every file, the ones opened after a rollover too, is 0600."""
+
+    def _open(self) -> TextIO:
+        return open(  # noqa: SIM115 - the handler keeps it open and closes it
+            self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
+            opener=paths.private_file_opener,
+        )
+
+
 def _open_log_file(log_file: Path) -> logging.Handler:
     """A rotating handler on a private (0600) file: run logs can reveal what users analyse."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    os.close(fd)
-    return logging.handlers.RotatingFileHandler(
+    paths.make_dirs(log_file.parent)
+    return _PrivateRotatingFileHandler(
         log_file,
         maxBytes=LOG_FILE_MAX_BYTES,
         backupCount=LOG_FILE_BACKUPS,
