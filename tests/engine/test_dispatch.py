@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from corekit import make_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thotd.engine.dispatch import Dispatcher, Pending, dispatcher_for, launch
+from thotd.engine.dispatch import Dispatcher, Pending, Untrusted, dispatcher_for, launch
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
+from thotd.engine.trust import TrustPolicy
 from thotd.project.index import Index
 
 ROOT = "/p"
@@ -150,7 +152,7 @@ def test_launch_builds_the_spec_every_runner_starts_from(tmp_path: Path) -> None
     })
     engine = Engine(Index.load(root), Store(tmp_path / "state.sqlite3"))
     (p,) = engine.plan()
-    run = launch(engine, p, ["never ran"], "test", started_in=str(tmp_path),
+    run = launch(engine, p, ["never ran"], "test", trust=TrustPolicy(), started_in=str(tmp_path),
                  query_socket="/run/q.sock", timeout_s=3.0,
                  log_cap_bytes=1000, grace_s=0.5, base_env={"HOME": "/home/x"})
     # a Python script starts where its runner was started (the script API moves it)
@@ -162,9 +164,32 @@ def test_launch_builds_the_spec_every_runner_starts_from(tmp_path: Path) -> None
     assert str(run.spec.log_path) == run.log
     assert engine.rows[p.key].status == "running"  # the engine knows it started
     # Without a socket the script walks the disk itself.
-    other = launch(engine, p, ["again"], "test", started_in=root, query_socket=None,
-                   timeout_s=None, log_cap_bytes=1000)
+    other = launch(engine, p, ["again"], "test", trust=TrustPolicy(), started_in=root,
+                   query_socket=None, timeout_s=None, log_cap_bytes=1000)
     assert "THOTD_QUERY_SOCKET" not in other.spec.env
     # The dispatcher of a plan is kept while the index's shape holds.
     assert dispatcher_for(engine) is dispatcher_for(engine)
     assert dispatcher_for(engine, manual=True) is not dispatcher_for(engine)
+
+
+def test_launch_refuses_a_run_others_can_write_before_it_starts(tmp_path: Path) -> None:
+    """The trust check of both runners: refused before anything is marked started."""
+    root = make_tree(tmp_path / "project", {
+        "_container.json": {},
+        "_scripts.json": [{"script": "run.py"}],
+        "run.py": "print('hi')\n",
+    })
+    os.chmod(os.path.join(root, "_scripts.json"), 0o646)
+    store = Store(tmp_path / "state.sqlite3")
+    engine = Engine(Index.load(root), store)
+    (p,) = engine.plan()
+    with pytest.raises(Untrusted) as refused:
+        launch(engine, p, ["never ran"], "test", trust=TrustPolicy(), started_in=root,
+               query_socket=None, timeout_s=None, log_cap_bytes=1000)
+    assert refused.value.refusal.path == os.path.join(root, "_scripts.json")
+    assert "untrusted _scripts.json" in str(refused.value)
+    assert p.key not in engine.rows and store.history() == []
+    # The one-run override lets it through.
+    launch(engine, p, ["never ran"], "test", trust=TrustPolicy(anyone=True), started_in=root,
+           query_socket=None, timeout_s=None, log_cap_bytes=1000)
+    assert engine.rows[p.key].status == "running"

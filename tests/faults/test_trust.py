@@ -273,10 +273,7 @@ def test_reload_refuses_a_config_others_can_write(tmp_path: Path) -> None:
 
 
 # -- end to end: the check where runs start ----------------------------------------------
-# The run dispatchers (Daemon._start, thotd.engine.oneshot) call check_run once the lead
-# hooks it in; until then these fail, hence strict xfails that turn red when they pass.
-
-HOOK = "check_run is not yet called where runs start (Daemon._start, engine.oneshot)"
+# Both runners start every run through thotd.engine.dispatch.launch, which calls check_run.
 
 
 def drop_foreign_container(root: Path, marker: Path) -> Path:
@@ -293,7 +290,6 @@ def drop_foreign_container(root: Path, marker: Path) -> Path:
     return drop
 
 
-@pytest.mark.xfail(strict=True, reason=HOOK)
 def test_daemon_never_runs_another_users_script(tmp_path: Path) -> None:
     with daemon(tmp_path) as d:
         os.chmod(d.base, 0o755)
@@ -316,7 +312,6 @@ def test_daemon_never_runs_another_users_script(tmp_path: Path) -> None:
         assert result == "blocked" and not marker.exists(), "another user's script ran"
 
 
-@pytest.mark.xfail(strict=True, reason=HOOK + "; and the thot run flag " + OVERRIDE_FLAG)
 def test_thot_run_blocks_another_users_script_unless_overridden(shared: Path) -> None:
     marker = shared.parent / "pwned"
     drop = drop_foreign_container(shared, marker)

@@ -17,8 +17,9 @@ def test_the_config_status_is_ex_config_everywhere() -> None:
 
 def test_thotd_start_with_a_bad_config_exits_config(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("THOTD_CONFIG", "THOTD_SOCKET"):  # `thotd start` exports its flags
-        monkeypatch.delenv(var, raising=False)
+    for var in ("THOTD_CONFIG", "THOTD_SOCKET"):  # `thotd start` exports its flags:
+        monkeypatch.setenv(var, "")  # set first, so the undo removes what it exports
+        monkeypatch.delenv(var)
     bad = tmp_path / "config.toml"
     bad.write_text("[pool]\nwrokers = 2\n")
     assert thotd.main(["start", "--foreground", "--config", str(bad)]) == exits.CONFIG

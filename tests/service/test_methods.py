@@ -86,6 +86,38 @@ def test_bad_params_are_invalid_params_errors(in_daemon: Any, project: Path) -> 
     assert "limit" in errors[0].message and "'id'" in errors[1].message
 
 
+def test_out_of_range_numbers_are_invalid_params_not_internal_errors(in_daemon: Any) -> None:
+    """A huge ``log`` id overflowed SQLite's integers: "internal error" (issue 11, item 10).
+    Asked on the real socket, every out-of-range number is a parameter error naming it."""
+    import asyncio
+    import json
+
+    async def ask(d: Daemon, method: str, params: str) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(os.fspath(d.socket_path))
+        try:
+            line = f'{{"jsonrpc": "2.0", "id": 1, "method": "{method}", "params": {params}}}\n'
+            writer.write(line.encode())
+            await writer.drain()
+            return dict(json.loads(await reader.readline())["error"])
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def body(d: Daemon) -> list[dict[str, Any]]:
+        return [await ask(d, "log", f'{{"id": {10**30}}}'),
+                await ask(d, "log", f'{{"id": -{10**19}}}'),
+                await ask(d, "runs", f'{{"limit": {2**63}}}'),
+                await ask(d, "log", '{"id": true}'),
+                await ask(d, "wait", '{"timeout": Infinity}')]
+
+    errors = in_daemon(body)
+    assert [e["code"] for e in errors] == [INVALID_PARAMS] * len(errors), errors
+    assert "parameter 'id' is out of range" in errors[0]["message"]
+    assert "'limit' is out of range" in errors[2]["message"]
+    assert "'id' must be int" in errors[3]["message"]
+    assert "'timeout' must be a finite number" in errors[4]["message"]
+
+
 def test_pause_holds_new_runs_and_resume_releases_them(in_daemon: Any, project: Path) -> None:
     async def body(d: Daemon) -> tuple[Any, ...]:
         await wait_quiet(d)

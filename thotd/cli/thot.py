@@ -26,8 +26,9 @@ class PoolOption:
 
     Declared once: the flags (the first is the historical one, later ones are aliases
     spelled like the config key), the config key it mirrors (a test checks that it exists)
-    and the help text, which names the key. ``thot run`` does not read thotd's config file;
-    the shared name is for people moving between the two.
+    and the help text, which names the key. ``thot run`` does not take ``[pool]`` from thotd's
+    config file (only ``[trust]`` and ``[run_logs]``); the shared name is for people moving
+    between the two.
     """
 
     dest: str
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     for option in RUN_POOL_OPTIONS:
         option.add_to(run)
     run.add_argument("--json", action="store_true", help="machine-readable report")
+    run.add_argument("--trust-anyone", action="store_true",  # thotd.engine.trust.OVERRIDE_FLAG
+                     help="for this run only, also run scripts that other accounts own or "
+                     "can write (refused by default: see [trust] in thotd's config)")
 
     val = sub.add_parser("validate", help="list invalid object files")
     val.add_argument("path", nargs="?", default=".")
@@ -197,6 +201,13 @@ def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from thotd.engine import snapshot
+    from thotd.service import runconfig
+
+    try:
+        trust, retention = runconfig.for_run(anyone=args.trust_anyone)
+    except runconfig.UnusableConfig as exc:
+        print(f"thot: {exc}", file=sys.stderr)
+        return exits.CONFIG
     server = None
     if not args.dry_run and not args.no_fork:
         # Started first: it boots on the other core while the project loads.
@@ -205,6 +216,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         server = start_forkserver()
     try:
         engine = _engine(args.root, args.state, snapshot=True)
+        engine.retention = retention
         if args.scripts is not None:
             _only_scripts(engine, args.root, args.scripts)
     except BaseException:
@@ -212,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.close()
         raise
     try:
-        return _run(args, engine, server)
+        return _run(args, engine, server, trust)
     finally:
         if server is not None:
             server.close(wait=not _EXITING)
@@ -224,7 +236,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             engine.store.close()
 
 
-def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
+def _run(args: argparse.Namespace, engine: Any, server: Any, trust: Any) -> int:
     from thotd.engine.oneshot import Progress, format_report, run_project
 
     for err in engine.index.errors():
@@ -251,6 +263,7 @@ def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
     report = run_project(
         engine, changed=args.changed, jobs=args.jobs, timeout_s=args.timeout,
         progress=Progress(0, enabled=None if not args.json else False), forkserver=server,
+        trust=trust,
     )
     elapsed = time.monotonic() - t0
     if args.json:

@@ -109,6 +109,8 @@ def status(args: argparse.Namespace, c: Client) -> int:
     st = c.call("status")
     lines = [f"thotd up (pid {st['pid']}, {st['uptime_s']:.0f}s), {st['summary']}"
              + ("" if st["quiet"] else " — busy")]
+    if st.get("recovered"):
+        lines.append(f"warning: {st['recovered']}")
     for p in st["projects"]:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(p.get("counts", {}).items())) or "no runs yet"
         flag = " [paused]" if p["paused"] else ""

@@ -12,6 +12,10 @@ own subtree, so its producers are the runs below it and the earlier runs of its 
 In the plan's order (containers children-first, then priority) those are exactly the runs
 from its subtree's first run up to itself, so the rule is one window of the plan, and the
 question "is anything pending in it?" is one bisection of the pending orders.
+
+Whether a run may start at all is decided here too, for both: :func:`launch` refuses a run
+whose files another account could have written (:mod:`thotd.engine.trust`), just before it
+would start, and each runner shows the refusal as *blocked*.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from thotd.project.vocabulary import SCRIPTS_FILE
 from thotd.slotted import Slotted
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from thotd.engine.staleness import Engine, Planned, RunKey
+    from thotd.engine.trust import Refusal, TrustPolicy
     from thotd.executor.process import RunSpec
 
 
@@ -143,6 +149,25 @@ def dispatcher_for(engine: Engine, *, manual: bool = False) -> Dispatcher:
     return cached[1]
 
 
+class Untrusted(Exception):
+    """A run :func:`launch` refused: ``refusal`` names the file, its owner and mode, and the
+    config line or ``chmod`` that would let it run."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(str(refusal))
+        self.refusal = refusal
+
+
+def refusal(engine: Engine, p: Planned, trust: TrustPolicy) -> Refusal | None:
+    """Why ``p`` must not run (its script, the ``_scripts.json`` naming it, or a folder above
+    them is not trusted), or ``None``. (The check is loaded with the first run: ``thot run
+    --changed`` with nothing to do does not pay for it.)"""
+    from thotd.engine.trust import check_run
+
+    return check_run(p.script, os.path.join(p.container, SCRIPTS_FILE), trust,
+                     project=engine.index.root)
+
+
 class Launch(Slotted):
     """A run about to start: its spec and where its log and record go."""
 
@@ -160,6 +185,7 @@ def launch(
     reasons: list[str],
     trigger: str,
     *,
+    trust: TrustPolicy,
     started_in: str,
     query_socket: str | None,
     timeout_s: float | None,
@@ -169,8 +195,15 @@ def launch(
 ) -> Launch:
     """Mark the run started in the engine and build the spec it runs from: the same for
     every runner (the query socket is the runner's: its own server, or the daemon's;
-    ``started_in`` is where the runner was started, where a Python script starts)."""
+    ``started_in`` is where the runner was started, where a Python script starts).
+
+    Raises :class:`Untrusted`, before anything is marked, when ``trust`` refuses its files.
+    """
     from thotd.executor.process import RunSpec, script_cwd, script_env  # lazy: only a run
+
+    refused = refusal(engine, p, trust)
+    if refused is not None:
+        raise Untrusted(refused)
 
     log, record = engine.begin(p.key, reasons, trigger)
     extra = engine.env_for(p.key, record)

@@ -21,12 +21,13 @@ except ImportError:  # pragma: no cover -- CPython always has it
     from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, TextIO
 
-from thotd.engine.dispatch import Dispatcher, launch
+from thotd.engine.dispatch import Dispatcher, Untrusted, launch
 from thotd.engine.staleness import Engine, Planned
 from thotd.slotted import Slotted
 
 if TYPE_CHECKING:
     from thotd.engine.queryserver import QueryServer
+    from thotd.engine.trust import TrustPolicy
     from thotd.executor.forkserver.client import ForkServer
     from thotd.executor.process import ProcResult
 
@@ -115,7 +116,7 @@ class _OneShot:
 
     def __init__(self, engine: Engine, plan: list[Planned], report: Report, progress: Progress, *,
                  changed: bool, jobs: int, timeout_s: float | None, log_cap_bytes: int,
-                 trigger: str, forkserver: ForkServer | None) -> None:
+                 trigger: str, forkserver: ForkServer | None, trust: TrustPolicy) -> None:
         self.engine = engine
         self.report = report
         self.progress = progress
@@ -125,6 +126,7 @@ class _OneShot:
         self.log_cap_bytes = log_cap_bytes
         self.trigger = trigger
         self.forkserver = forkserver
+        self.trust = trust
         self.dispatcher = Dispatcher(plan)
         self.pending = self.dispatcher.pending(p.key for p in plan)
         self.ran: set[tuple[str, str]] = set()
@@ -189,9 +191,14 @@ class _OneShot:
             return
         from thotd.executor.process import run_sync
 
-        run = launch(self.engine, p, reasons, self.trigger, started_in=os.getcwd(),
-                     query_socket=self.query_socket(),
-                     timeout_s=self.timeout_s, log_cap_bytes=self.log_cap_bytes)
+        try:
+            run = launch(self.engine, p, reasons, self.trigger, trust=self.trust,
+                         started_in=os.getcwd(), query_socket=self.query_socket(),
+                         timeout_s=self.timeout_s, log_cap_bytes=self.log_cap_bytes)
+        except Untrusted as exc:  # files another account could have written: blocked
+            self.report.outcomes.append(Outcome(p, "blocked", [str(exc.refusal)]))
+            self.finish(p)
+            return
         self.progress.show(f"running {self.engine.rel(p.script)} in {self.engine.rel(p.container)}")
 
         def wait_for_it() -> None:
@@ -231,18 +238,23 @@ def run_project(
     progress: Progress | None = None,
     trigger: str = "thot run",
     forkserver: ForkServer | None = None,
+    trust: TrustPolicy | None = None,  # whose files may run; by default only yours and root's
 ) -> Report:
     """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up.
 
     With ``forkserver``, Python scripts are forked from it once it is ready (see
     :mod:`thotd.executor.forkserver`); until then, and whenever it refuses, they are exec'd."""
+    if trust is None:
+        from thotd.engine.trust import TrustPolicy
+
+        trust = TrustPolicy()
     plan = engine.plan()
     report = Report(considered=len(plan))
     progress = progress or Progress(len(plan), enabled=False)
     progress.total = len(plan)
     runs = _OneShot(engine, plan, report, progress, changed=changed, jobs=jobs,
                     timeout_s=timeout_s, log_cap_bytes=log_cap_bytes, trigger=trigger,
-                    forkserver=forkserver)
+                    forkserver=forkserver, trust=trust)
     runs.run()
     if changed:
         # A run stale again right after it ran feeds itself through another run: report the

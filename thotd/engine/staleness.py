@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from thotd.digest import blake2b
+from thotd.engine.logretention import Retention, prune
 from thotd.engine.record import RunRecord, read_record
 from thotd.engine.state import RunRow, Store
 from thotd.fingerprint import Hasher, stat_of
@@ -114,6 +115,7 @@ class Engine:
         # container; a run's completion forgets those at or above its container.
         self.known_clean: dict[str, set[RunKey]] = {}
         self.completed = 0  # runs completed by this engine
+        self.retention = Retention()  # how many run logs to keep; the runner sets its own
 
     # ------------------------------------------------------------------ plan
 
@@ -371,6 +373,7 @@ class Engine:
             started=started, finished=finished, log=log, reasons=reasons, record=record,
             trigger=trigger, history_id=self.history_ids.pop(key, None),
         )
+        prune(self.log_root, log, self.retention, self.store.logs_in_use())
         self.rows[key] = RunRow(self.project, container, key[1], status, exit_code, started,
                                 finished, log, reasons, record)
         return set(rec.outputs)

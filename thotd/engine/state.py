@@ -340,6 +340,12 @@ class Store:
                     (*values, project, container, script),
                 )
 
+    def logs_in_use(self) -> set[str]:
+        """The run logs the database points to: each run's last one, which is also the one
+        a running run writes (:mod:`thotd.engine.logretention` never deletes these)."""
+        rows = self.db.execute("SELECT log FROM runs WHERE log IS NOT NULL").fetchall()
+        return {r[0] for r in rows}
+
     def finish_history(self, history_id: int, status: str, exit_code: int | None,
                        finished: float) -> None:
         """End a history row whose run has no run row to update any more (its project was

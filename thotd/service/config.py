@@ -29,6 +29,7 @@ from thotd import exits, paths
 from thotd.project.objectfile import format_loc
 
 if TYPE_CHECKING:
+    from thotd.engine.logretention import Retention
     from thotd.engine.trust import TrustPolicy
 
 #: Exit status for "bad configuration", kept under its old name: the unit lists it in
@@ -145,6 +146,25 @@ class LogSection(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+class RunLogsSection(_Section):
+    """``[run_logs]``: how many run logs are kept (see :mod:`thotd.engine.logretention`).
+    Not ``[log]``, which is the daemon's own log."""
+
+    keep_per_run: int = Field(
+        default=10, ge=1, le=100_000,
+        description="Logs kept per run (one container and script), newest first.",
+    )
+    max_total_mb: int = Field(
+        default=1024, ge=1, le=1024 * 1024,
+        description="Cap on all run logs together, in MiB; the oldest go first.",
+    )
+
+    def retention(self) -> Retention:
+        from thotd.engine.logretention import Retention
+
+        return Retention(self.keep_per_run, self.max_total_mb * 1024 * 1024)
+
+
 def _check_entries(entries: list[str]) -> list[str]:
     """Every entry must name an account that exists, so a typo fails at load time."""
     from thotd.engine.trust import parse_entry
@@ -207,6 +227,7 @@ class Config(_Section):
     pool: PoolSection = Field(default_factory=PoolSection)
     retry: RetrySection = Field(default_factory=RetrySection)
     log: LogSection = Field(default_factory=LogSection)
+    run_logs: RunLogsSection = Field(default_factory=RunLogsSection)
     trust: TrustSection = Field(default_factory=TrustSection)
     projects: list[Annotated[Path, Field(strict=False)]] = Field(
         default_factory=list,

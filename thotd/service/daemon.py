@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from thotd import exits, paths
-from thotd.engine.dispatch import dispatcher_for, launch
+from thotd.engine import projectfile
+from thotd.engine.dispatch import Untrusted, dispatcher_for, launch
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.executor.process import RunSpec, end_leftovers, run_async
@@ -51,6 +52,7 @@ from thotd.service.timetable import Timetable, schedule_job_id
 from thotd.service.watch import Batch, Watcher
 
 if TYPE_CHECKING:
+    from thotd.engine.trust import Refusal, TrustPolicy
     from thotd.executor.forkserver.client import ForkServer
 
 log = structlog.get_logger("thotd")
@@ -91,6 +93,7 @@ class Project:
     script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
     schedule_errors: dict[RunKey, str] = field(default_factory=dict)  # bad crontab lines
     cycles: dict[RunKey, Any] = field(default_factory=dict)  # runs that rewrite their inputs
+    untrusted: dict[RunKey, Refusal] = field(default_factory=dict)  # refused at their last start
 
     @property
     def index(self) -> Index | None:
@@ -141,6 +144,7 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop
         self.forks = ForkServerKeeper(lambda: self.config.pool.fork, self._in_flight)
         self.store: Store
+        self.trust_policy: TrustPolicy = self._trust(config)
         self.watcher: Watcher
         self.timetable: Timetable
         self.server: ControlServer
@@ -167,7 +171,8 @@ class Daemon:
         cleanup.callback(os.close, lock_fd)
         self.forks.for_run()  # boots while the projects load
         cleanup.push_async_callback(self.forks.close)
-        self.store = Store(self.store_path)
+        # verify: a bad page is found now, not by the first query that trips on it
+        self.store = Store(self.store_path, verify=True)
         cleanup.callback(self.store.close)
         self.store.interrupt_stale()
         self.watcher = Watcher(self.loop, self.on_batch, settle_s=self.config.daemon.settle_ms / 1000,
@@ -181,6 +186,7 @@ class Daemon:
         for root in sorted(roots):
             paused = any(p["root"] == root and p["paused"] for p in registered)
             await self.open_project(root, paused=paused)
+        self._save_projects()  # a file from before there was one, or from a lost database
         self.server = ControlServer()
         for name, handler in self.methods(self).items():
             self.server.register(name, handler)
@@ -268,6 +274,10 @@ class Daemon:
             notify.ready(self.status_line())
             return {"reloaded": False, "error": str(exc)}
         self.config = new
+        self.trust_policy = self._trust(new)
+        for proj in self.projects.values():
+            if proj.engine is not None:
+                proj.engine.retention = new.run_logs.retention()
         self.watcher.retune(new.daemon.settle_ms / 1000, new.daemon.stable_checks)
         self.forks.retire_if_disabled()  # [pool] fork may have been turned off
         configure_logging(new.log.level, paths.log_file() if new.log.file else None)
@@ -283,7 +293,20 @@ class Daemon:
         """``thotctl pause``/``resume``: hold or release a project's queue (kept across restarts)."""
         proj.paused = paused
         self.store.set_paused(proj.root, paused)
+        self._save_projects()
         self._kick.set()
+
+    def _trust(self, config: Config) -> TrustPolicy:
+        """Whose files may run, from ``[trust]``; refusals name the config file to edit."""
+        return config.trust.policy(config_path=self.config_path or paths.config_file())
+
+    def _save_projects(self) -> None:
+        """Mirror the projects to watch beside the database (:mod:`thotd.engine.projectfile`),
+        so a database that has to be moved aside does not lose them."""
+        try:
+            projectfile.sync(self.store)
+        except OSError as exc:  # the database has them; the next change tries again
+            log.error("cannot save the list of projects", error=str(exc))
 
     # ------------------------------------------------------------------ projects
 
@@ -302,6 +325,7 @@ class Daemon:
             return proj
         proj.error = None
         proj.engine = Engine(index, self.store)
+        proj.engine.retention = self.config.run_logs.retention()
         cut = [row.log + ".record" for row in proj.engine.rows.values()
                if row.status == "running" and row.log]
         ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
@@ -313,7 +337,9 @@ class Daemon:
         except OSError as exc:
             proj.error = f"cannot watch: {exc}"
         self._watch_scripts(proj)
-        self.store.add_project(root)
+        if not any(p["root"] == root for p in self.store.projects()):
+            self.store.add_project(root)
+            self._save_projects()
         if self.timetable.running:
             self._schedule_jobs()
         self.emit("project", project=root, state="loaded", objects=len(index.nodes))
@@ -339,7 +365,9 @@ class Daemon:
         root = norm(root)
         proj = self.projects.pop(root, None)
         if proj is None:
-            return self.store.remove_project(root)
+            removed = self.store.remove_project(root)
+            self._save_projects()
+            return removed
         proj.queue.clear()
         for r in proj.running.values():
             r.cancel.set()
@@ -349,6 +377,7 @@ class Daemon:
                 self.watcher.remove(d)
                 del self.extra_roots[d]
         self.store.remove_project(root)
+        self._save_projects()
         self.emit("project", project=root, state="removed")
         return True
 
@@ -486,11 +515,16 @@ class Daemon:
     def _start(self, proj: Project, p: Planned, reasons: list[str], trigger: str) -> None:
         assert proj.engine is not None
         pool = self.config.pool
-        # started_in: the project root, where the original runner was started
-        run = launch(proj.engine, p, reasons, trigger, started_in=proj.engine.index.root,
-                     query_socket=str(self.socket_path),
-                     timeout_s=pool.timeout_s, log_cap_bytes=pool.log_cap_bytes,
-                     grace_s=min(5.0, self.config.daemon.shutdown_grace_s))
+        try:
+            # started_in: the project root, where the original runner was started
+            run = launch(proj.engine, p, reasons, trigger, trust=self.trust_policy,
+                         started_in=proj.engine.index.root, query_socket=str(self.socket_path),
+                         timeout_s=pool.timeout_s, log_cap_bytes=pool.log_cap_bytes,
+                         grace_s=min(5.0, self.config.daemon.shutdown_grace_s))
+        except Untrusted as exc:
+            self._refused(proj, p, exc.refusal)
+            return
+        proj.untrusted.pop(p.key, None)
         cancel = asyncio.Event()
         task = asyncio.create_task(self._run(proj, p, run.spec, cancel, reasons, trigger, run.log, run.record))
         proj.running[p.key] = Running(p.key, task, cancel, time.time(), reasons, run.log)
@@ -547,6 +581,17 @@ class Daemon:
             keys = [q for q in self._candidates(proj, owners) if q.key != p.key]
             self.check_runs(proj, keys, trigger="files changed")
             notify.status(self.status_line())
+
+    def _refused(self, proj: Project, p: Planned, refusal: Refusal) -> None:
+        """A run whose files are not trusted: blocked (in status, with the reason) until a
+        later start finds them fixed or allowed; said once per new reason."""
+        if str(proj.untrusted.get(p.key)) != str(refusal):
+            log.warning("run blocked: untrusted files", project=proj.root, container=p.container,
+                        script=p.script, reason=str(refusal))
+            self.emit("run", project=proj.root, container=p.container, script=p.script,
+                      state="blocked", reason=str(refusal))
+        proj.untrusted[p.key] = refusal
+        self._kick.set()  # the runs that waited for it may start: another dispatch pass
 
     def _maybe_retry(self, proj: Project, key: RunKey) -> None:
         retry = self.config.retry

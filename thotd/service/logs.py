@@ -23,6 +23,7 @@ context-manager form, so a worker thread's context is reset when the job ends).
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
@@ -174,11 +175,13 @@ def _handler(handler: logging.Handler, processors: list[Processor]) -> logging.H
 class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating handler whose every file, the ones opened after a rollover too, is 0600."""
 
-    def _open(self) -> TextIO:
-        return open(  # noqa: SIM115 - the handler keeps it open and closes it
+    def _open(self) -> io.TextIOWrapper:
+        stream = open(  # noqa: SIM115 - the handler keeps it open and closes it
             self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors,
             opener=paths.private_file_opener,
         )
+        assert isinstance(stream, io.TextIOWrapper)  # a text mode ("a")
+        return stream
 
 
 def _open_log_file(log_file: Path) -> logging.Handler:

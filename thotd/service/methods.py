@@ -12,6 +12,7 @@ This module imports the daemon, never the other way round: whoever builds a
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -44,15 +45,31 @@ def _tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
     return data.splitlines()[-lines:]
 
 
+#: The integers a parameter may hold: what SQLite stores. A larger ``log`` id raised
+#: ``OverflowError`` deep in a query, answered as a bare "internal error".
+INT_RANGE = (-(2**63), 2**63 - 1)
+
+
 def _param(params: Params, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """The parameter ``name`` of type ``kind`` (``default`` when absent), or an
+    ``INVALID_PARAMS`` error that names it: missing, of another type, an integer out of
+    :data:`INT_RANGE`, a float that is not finite. ``true`` is not an integer here."""
     if name not in params or params[name] is None:
         if default is ...:
             raise RpcError(INVALID_PARAMS, f"missing parameter {name!r}")
         return default
     value = params[name]
-    if not isinstance(value, kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
         raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be {names}")
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+        INT_RANGE[0] <= value <= INT_RANGE[1]
+    ):
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} is out of range "
+                       f"({INT_RANGE[0]} to {INT_RANGE[1]})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RpcError(INVALID_PARAMS, f"parameter {name!r} must be a finite number")
     return value
 
 
@@ -100,6 +117,10 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     out["blocked"] = [
         {"container": k[0], "script": k[1], "reason": p.blocked}
         for k, p in proj.plan.items() if p.blocked
+    ] + [
+        # refused by the trust check at their last start: "file" is the one to fix or allow
+        {"container": k[0], "script": k[1], "reason": str(r), "file": r.path, "untrusted": True}
+        for k, r in proj.untrusted.items() if k in proj.plan and not proj.plan[k].blocked
     ]
     out["schedules"] = []
     for key, p in proj.plan.items():
@@ -136,6 +157,7 @@ async def status(daemon: Daemon, params: Params) -> Any:
         "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
         "quiet": daemon.quiet(), "fork": daemon.fork_status(),
         "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
+        "recovered": daemon.store.recovered,  # the state database was damaged, moved aside
         "projects": [project_status(daemon, p) for p in daemon.projects.values()],
     }
 
