@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from corekit import make_tree
+import pytest
+from corekit import make_tree, run_json
 
 from thotd.engine import logretention
 from thotd.engine.logretention import Retention, prune, prune_run, prune_total
@@ -130,3 +131,17 @@ def test_after_the_first_walk_the_kept_total_triggers_the_next(tmp_path: Path) -
     deleted = prune(root, str(more[-1]), limits, in_use={str(more[-1])})
     assert deleted == [str(stray[0]), str(first[0]), str(more[0])]
     assert sum(p.stat().st_size for p in root.rglob("*.log")) == 750
+
+
+def test_thot_run_keeps_as_many_logs_as_thotds_config_says(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = project(tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text("[run_logs]\nkeep_per_run = 1\n")
+    monkeypatch.setenv("THOTD_CONFIG", str(config))
+    state = tmp_path / "state" / "state.sqlite3"
+    for _ in range(3):
+        code, report = run_json(state, root)
+        assert code == 0, report
+    logs = sorted((tmp_path / "state" / "runs").rglob("*.log"))
+    assert [str(p) for p in logs] == sorted(o["log"] for o in report["runs"])

@@ -325,3 +325,27 @@ def test_thot_run_blocks_another_users_script_unless_overridden(shared: Path) ->
     proc = subprocess.run([*base, OVERRIDE_FLAG], env=env, capture_output=True, text=True,
                           timeout=300)
     assert marker.exists(), proc.stdout + proc.stderr
+
+
+def test_thot_run_takes_trust_from_thotds_config(shared: Path, tmp_path: Path) -> None:
+    """``thot run`` reads ``[trust]`` of the daemon's config: the line a refusal suggests
+    lets the run through; a config others can write is an error (exit 78), not ignored."""
+    need_root()
+    marker = shared / "analysis.py.ran"
+    (shared / "analysis.py").write_text(f"open({str(marker)!r}, 'w').write('ok')\n")
+    os.chown(shared / "analysis.py", NOBODY, NOBODY)
+    config = write_config(tmp_path, "")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "THOTD_CONFIG": str(config)}
+    state = str(shared.parent / "state.sqlite3")
+    cmd = [sys.executable, "-m", "thotd.cli.thot", "--state", state, "run", "--root", str(shared)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and not marker.exists()
+    assert f"[[trust.projects]] table with root = \"{shared}\"" in proc.stdout
+    assert str(config) in proc.stdout  # the file to add it to
+    config.write_text(f'[[trust.projects]]\nroot = "{shared}"\nallow = ["user:nobody"]\n')
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and marker.exists(), proc.stdout + proc.stderr
+    os.chmod(config, 0o666)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 78 and f"chmod go-w {config}" in proc.stderr
+    assert "Traceback" not in proc.stderr
