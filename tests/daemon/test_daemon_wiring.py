@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from corekit import make_tree
 from inprocess import call, small_config
 
@@ -91,3 +92,32 @@ def test_run_logs_are_kept_as_the_config_says(in_daemon: Callable[..., Any],
         return sorted(len(list(folder.glob("*.log"))) for folder in runs.iterdir())
 
     assert in_daemon(body, config=config) == [2, 2]
+
+
+def test_a_reload_that_trusts_the_group_runs_what_was_blocked(
+        in_daemon: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give a file to a shared group")
+    root = two_runs(tmp_path / "proj")
+    script = root / "sub" / "sub.py"
+    os.chown(script, 0, 65534)  # group nogroup, not the owner's own group
+    os.chmod(script, 0o664)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    monkeypatch.setenv("THOTD_CONFIG", str(config))
+
+    async def body(d: Daemon) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        await call(d, "add", {"path": str(root)})
+        assert (await call(d, "wait", {"timeout": 120}))["quiet"]
+        before = (await call(d, "plan"))["plan"]
+        config.write_text('[trust]\nallow = ["group:nogroup"]\n')
+        assert (await call(d, "reload"))["reloaded"]
+        assert (await call(d, "wait", {"timeout": 120}))["quiet"]
+        return before, (await call(d, "status"))["projects"][0]["blocked"], (
+            root / "sub" / "sub.py.ran").exists()
+
+    before, blocked, ran = in_daemon(body)
+    [planned] = before
+    assert planned["blocked"] and "writable by group nogroup" in planned["reasons"][0]
+    assert f"to the config ({config})" in planned["reasons"][0]
+    assert ran and blocked == []

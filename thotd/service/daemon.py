@@ -284,6 +284,10 @@ class Daemon:
         for root in map(str, new.projects):
             if norm(root) not in self.projects:
                 await self.open_project(root)
+        for proj in self.projects.values():  # [trust] may allow them now: try them again
+            refused = [proj.plan[k] for k in proj.untrusted if k in proj.plan]
+            if refused:
+                self.check_runs(proj, refused, trigger="configuration reloaded")
         self._schedule_jobs()
         notify.ready(self.status_line())
         log.info("configuration reloaded")

@@ -231,10 +231,12 @@ async def plan(daemon: Daemon, params: Params) -> Any:
         if proj.engine is None:
             continue
         for p in proj.engine.plan():
-            reasons = [p.blocked] if p.blocked else proj.engine.reasons(p.key)
+            untrusted = proj.untrusted.get(p.key)
+            blocked = p.blocked or (str(untrusted) if untrusted is not None else None)
+            reasons = [blocked] if blocked else proj.engine.reasons(p.key)
             if reasons:
                 out.append({"project": proj.root, "container": p.container, "script": p.script,
-                            "blocked": bool(p.blocked), "queued": p.key in proj.queue,
+                            "blocked": bool(blocked), "queued": p.key in proj.queue,
                             "running": p.key in proj.running, "reasons": reasons})
     return {"plan": out}
 
