@@ -145,3 +145,11 @@ def test_thot_run_keeps_as_many_logs_as_thotds_config_says(
         assert code == 0, report
     logs = sorted((tmp_path / "state" / "runs").rglob("*.log"))
     assert [str(p) for p in logs] == sorted(o["log"] for o in report["runs"])
+
+
+def test_a_log_outside_the_runs_folder_prunes_nothing_there(tmp_path: Path) -> None:
+    """Only the run folders under the log root are ever pruned."""
+    mine = write_logs(tmp_path / "elsewhere", STAMPS)
+    (tmp_path / "runs").mkdir()
+    prune(tmp_path / "runs", str(mine[-1]), Retention(keep_per_run=1), in_use=set())
+    assert all(p.exists() for p in mine)

@@ -146,11 +146,14 @@ def prune_total(log_root: Path, max_total_bytes: int, in_use: Container[str]) ->
 
 
 def prune(log_root: Path, log: str, retention: Retention, in_use: Container[str]) -> list[str]:
-    """After the run that wrote ``log`` finished: apply both limits; returns the deleted logs."""
-    deleted = prune_run(Path(log).parent, retention.keep_per_run, in_use)
+    """After the run that wrote ``log`` finished: apply both limits; returns the deleted logs.
+    Only run folders of ``log_root`` are touched: a ``log`` elsewhere prunes no folder of it."""
+    folder = Path(log).parent
+    inside = folder.parent == log_root
+    deleted = prune_run(folder, retention.keep_per_run, in_use) if inside else {}
     known = _totals.get(str(log_root))
     now = time.monotonic()
-    if known is not None:
+    if known is not None and inside:
         known.bytes += _size(log) - sum(deleted.values())
     cap = retention.max_total_bytes
     if known is None or now - known.walked > WALK_EVERY_S:
