@@ -67,3 +67,16 @@ def test_the_demo_refuses_a_folder_that_is_not_the_example(
     assert thotd.cmd_demo(args) == exits.FAILURE
     assert "exists and is not the example" in capsys.readouterr().err
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_stop_against_a_hung_daemon_is_one_line(run_dir: Path) -> None:
+    """A daemon that accepts and never answers: ``stop`` gives up, it does not trace back."""
+    import socket
+
+    sock = run_dir / "hung.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(sock))
+        server.listen()  # the kernel accepts for us; nobody ever reads or replies
+        done = _thotd("stop", "--socket", str(sock))
+    assert done.returncode == exits.FAILURE
+    assert done.stderr == f"thotd: cannot stop the daemon at {sock}: no reply from thotd within 5s\n"

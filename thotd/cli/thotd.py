@@ -60,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return int({"start": cmd_start, "stop": cmd_stop, "install-service": cmd_install,
-                "demo": cmd_demo}[args.cmd](args))
+    try:
+        return int({"start": cmd_start, "stop": cmd_stop, "install-service": cmd_install,
+                    "demo": cmd_demo}[args.cmd](args))
+    except KeyboardInterrupt:
+        return exits.INTERRUPTED
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -153,7 +156,7 @@ def _tail(path: Path, n: int = 20) -> str:
 def cmd_stop(args: argparse.Namespace) -> int:
     from thotd import paths
     from thotd.executor.processgroup import pid_alive
-    from thotd.service.rpc import Client, DaemonNotRunning
+    from thotd.service.rpc import Client, DaemonNotRunning, RpcError
 
     sock = paths.socket_path(args.socket)
     try:
@@ -162,6 +165,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     except DaemonNotRunning:
         print(f"thotd: not running (no daemon at {printable(str(sock))})", file=sys.stderr)
         return exits.NOT_RUNNING
+    except (RpcError, OSError) as exc:  # a hung or crashing daemon: a line, not a traceback
+        print(f"thotd: cannot stop the daemon at {printable(str(sock))}: "
+              f"{printable(getattr(exc, 'message', None) or str(exc))}", file=sys.stderr)
+        return exits.FAILURE
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
