@@ -124,7 +124,9 @@ def test_runs_keeps_thot_runs_history_apart(in_daemon: Callable[..., Any], gs: P
         assert code == 0
         return {"watched": await ctl(daemon, "runs", "--json", "-n", "100"),
                 "all": await ctl(daemon, "runs", "--json", "--all", "-n", "100"),
-                "text": await ctl(daemon, "runs", "--all", "-n", "100")}
+                "text": await ctl(daemon, "runs", "--all", "-n", "100"),
+                "other": await ctl(daemon, "runs", "--json", "--all", str(other)),
+                "refused": await ctl(daemon, "runs", str(other))}
 
     seen = in_daemon(body)
     watched = json.loads(seen["watched"][1])["runs"]
@@ -135,6 +137,9 @@ def test_runs_keeps_thot_runs_history_apart(in_daemon: Callable[..., Any], gs: P
     assert len(everything) == len(watched) + 1
     unwatched = [line for line in seen["text"][1].splitlines() if "(not watched)" in line]
     assert len(unwatched) == 1 and "one.py" in unwatched[0]
+    assert [r["project"] for r in json.loads(seen["other"][1])["runs"]] == [str(other)]
+    code, _, err = seen["refused"]
+    assert code == exits.FAILURE and "is in no registered project" in err
 
 
 def test_add_of_a_missing_path_says_it_does_not_exist(in_daemon: Callable[..., Any],

@@ -218,16 +218,25 @@ async def runs(daemon: Daemon, params: Params) -> Any:
     path = _param(params, "project", str, None)
     limit = _param(params, "limit", int, 50)
     everything = _param(params, "all", bool, False)
-    if path and not (everything and norm(path) not in daemon.projects):
-        found = daemon.store.history(_project_for(daemon, path).root, limit=limit)
-    elif path:
-        found = daemon.store.history(norm(path), limit=limit)
+    if path:
+        found = daemon.store.history(_history_root(daemon, path, everything), limit=limit)
     elif everything:
         found = daemon.store.history(None, limit=limit)
     else:
         found = [run for root in daemon.projects for run in daemon.store.history(root, limit=limit)]
         found = sorted(found, key=lambda run: run["id"], reverse=True)[:limit]
     return {"runs": [{**run, "watched": run["project"] in daemon.projects} for run in found]}
+
+
+def _history_root(daemon: Daemon, path: str, everything: bool) -> str:
+    """The watched project holding ``path``; with ``all``, else ``path`` itself taken as the
+    root of a project only ``thot run`` ran."""
+    try:
+        return _project_for(daemon, path).root
+    except RpcError:
+        if everything:
+            return norm(path)
+        raise
 
 
 async def log(daemon: Daemon, params: Params) -> Any:
