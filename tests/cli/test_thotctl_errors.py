@@ -120,3 +120,17 @@ def test_printable_escapes_control_characters_only() -> None:
     assert printable("plain/é/日本") == "plain/é/日本"
     assert printable("a\nb\tc\x1b[2J\x7f\u2028") == "a\\nb\\tc\\x1b[2J\\x7f\\u2028"
     assert printable("bytes-\udcff") == "bytes-\udcff"  # not UTF-8: printed as its bytes
+
+
+def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, run_dir: Path) -> None:
+    def interrupted(*args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(thotctl.HANDLERS, "status", interrupted)
+    assert thotctl.main(["--socket", str(run_dir / "s.sock"), "status"]) == exits.INTERRUPTED
+
+
+def test_exit_codes_are_distinct() -> None:
+    codes = [exits.OK, exits.FAILURE, exits.USAGE, exits.NOT_RUNNING, exits.BLOCKED,
+             exits.CONFIG, exits.INTERRUPTED]
+    assert len(set(codes)) == len(codes)
