@@ -75,6 +75,11 @@ def test_first_project_runs_as_written(tmp_path: Path, user: dict[str, str]) -> 
     done = _sh("thot run --root lab", work, user)
     assert done.stderr == ""
     assert (work / "lab" / "sample-1" / "mean" / "mean.txt").read_text() == "1.5"
+    line = "`thot run --root lab` runs it once; `thotctl add lab` (with `thotd start`) keeps it fresh."
+    assert line in (REPO / "README.md").read_text()
+    watched = _sh("thotd start && thotctl add lab && thotctl wait && thotctl status && thotd stop",
+                  work, user)
+    assert "1 project, 0 running" in watched.stdout
 
 
 @pytest.mark.timeout(900)
