@@ -195,14 +195,37 @@ def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
     return Engine(_load(root), store)
 
 
+class ForkServerOnDemand:
+    """The fork server of one ``thot run``, started when it is first asked for.
+
+    A full run asks at once (its server boots on the other core while the project loads);
+    ``--changed`` asks when its first run starts, so an up-to-date project starts no
+    process at all -- nothing left behind to outlive the command."""
+
+    def __init__(self, *, now: bool) -> None:
+        self.server: Any = None
+        self.asked = False
+        if now:
+            self()
+
+    def __call__(self) -> Any:
+        if not self.asked:
+            from thotd.executor.process import start_forkserver
+
+            self.asked = True
+            self.server = start_forkserver()
+        return self.server
+
+    def close(self, *, wait: bool = True) -> None:
+        if self.server is not None:
+            self.server.close(wait=wait)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from thotd.engine import snapshot
     server = None
     if not args.dry_run and not args.no_fork:
-        # Started first: it boots on the other core while the project loads.
-        from thotd.executor.process import start_forkserver
-
-        server = start_forkserver()
+        server = ForkServerOnDemand(now=not args.changed)
     try:
         engine = _engine(args.root, args.state, snapshot=True)
         if args.scripts is not None:

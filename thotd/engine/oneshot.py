@@ -19,6 +19,7 @@ try:  # what queue.SimpleQueue is; queue.py itself (and its heapq) costs ~0.6 ms
     from _queue import SimpleQueue
 except ImportError:  # pragma: no cover -- CPython always has it
     from queue import SimpleQueue
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from thotd.engine.dispatch import Dispatcher, launch
@@ -115,7 +116,7 @@ class _OneShot:
 
     def __init__(self, engine: Engine, plan: list[Planned], report: Report, progress: Progress, *,
                  changed: bool, jobs: int, timeout_s: float | None, log_cap_bytes: int,
-                 trigger: str, forkserver: ForkServer | None) -> None:
+                 trigger: str, forkserver: Callable[[], ForkServer | None] | None) -> None:
         self.engine = engine
         self.report = report
         self.progress = progress
@@ -192,11 +193,12 @@ class _OneShot:
         run = launch(self.engine, p, reasons, self.trigger, started_in=os.getcwd(),
                      query_socket=self.query_socket(),
                      timeout_s=self.timeout_s, log_cap_bytes=self.log_cap_bytes)
+        server = self.forkserver() if self.forkserver is not None else None
         self.progress.show(f"running {self.engine.rel(p.script)} in {self.engine.rel(p.container)}")
 
         def wait_for_it() -> None:
             try:
-                self.results.put((p.order, run_sync(run.spec, self.cancel, self.forkserver)))
+                self.results.put((p.order, run_sync(run.spec, self.cancel, server)))
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 self.results.put((p.order, exc))
 
@@ -230,11 +232,12 @@ def run_project(
     log_cap_bytes: int = 10 * 1024 * 1024,
     progress: Progress | None = None,
     trigger: str = "thot run",
-    forkserver: ForkServer | None = None,
+    forkserver: Callable[[], ForkServer | None] | None = None,
 ) -> Report:
     """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up.
 
-    With ``forkserver``, Python scripts are forked from it once it is ready (see
+    ``forkserver`` is asked for the fork server as each run starts (so a caller may start
+    one only once something runs); Python scripts are forked from it once it is ready (see
     :mod:`thotd.executor.forkserver`); until then, and whenever it refuses, they are exec'd."""
     plan = engine.plan()
     report = Report(considered=len(plan))
