@@ -290,16 +290,35 @@ def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     index = _load(args.path)
     errors, warnings = index.errors(), index.warnings()
+    checked, invalid = _object_files(index), sorted({e.path for e in errors})
     if args.json:
         print(json.dumps({"root": index.root, "objects": len(index.nodes),
+                          "files_checked": checked, "invalid_files": invalid,
                           "errors": [e.to_json() for e in errors], "warnings": warnings}, indent=2))
     else:
         for e in errors:
             print(f"error: {e}")
         for w in warnings:
             print(f"warning: {w}")
-        print(f"{len(index.nodes)} objects, {len(errors)} invalid, {len(warnings)} warnings")
+        verdict = (f"{_count(len(invalid), 'invalid file')} ({_count(len(errors), 'error')})"
+                   if errors else "all valid")
+        print(f"{_count(checked, 'object file')} checked: {verdict}, "
+              f"{_count(len(warnings), 'warning')}")
     return exits.FAILURE if errors else exits.OK
+
+
+def _object_files(index: Any) -> int:
+    """How many object files the index was read from: one per object, and each container's
+    ``_scripts.json``."""
+    from thotd.project.vocabulary import SCRIPTS_FILE
+
+    return sum(1 + (n.kind == "container" and os.path.isfile(os.path.join(n.id, SCRIPTS_FILE)))
+               for n in index.walk(include_invalid=True))
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 error``, ``2 errors``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
