@@ -99,8 +99,11 @@ class Progress:
 
     def show(self, text: str) -> None:
         if self.enabled:
-            cols = 100
-            line = f"[{self.done}/{self.total}] {text}"[:cols]
+            try:  # one column short: writing the last one wraps on some terminals
+                cols = os.get_terminal_size(self.stream.fileno()).columns - 1
+            except (OSError, ValueError):
+                cols = 0
+            line = f"[{self.done}/{self.total}] {text}"[:cols if cols > 0 else 100]
             self.stream.write("\r\033[K" + line)
             self.stream.flush()
 
@@ -194,7 +197,7 @@ class _OneShot:
                      query_socket=self.query_socket(),
                      timeout_s=self.timeout_s, log_cap_bytes=self.log_cap_bytes)
         server = self.forkserver() if self.forkserver is not None else None
-        self.progress.show(f"running {self.engine.rel(p.script)} in {self.engine.rel(p.container)}")
+        self.progress.show(f"running {os.path.basename(p.script)} in {self.engine.rel(p.container)}")
 
         def wait_for_it() -> None:
             try:
@@ -258,23 +261,60 @@ def run_project(
     return report
 
 
-def format_report(report: Report, engine: Engine, elapsed: float) -> str:
-    """The summary table printed at the end of ``thot run``."""
-    lines = []
-    if report.outcomes:
-        w = max(len(engine.rel(o.planned.container)) for o in report.outcomes)
-        w = min(max(w, 9), 50)
+#: How many problem runs the report shows in full (the rest are counted), and how many of
+#: each one's last log lines.
+SHOWN_PROBLEMS = 10
+TAIL_LINES = 5
+
+
+def format_report(report: Report, engine: Engine, elapsed: float, *, verbose: bool = False) -> str:
+    """What ``thot run`` prints at the end: the runs that did not succeed (why, and the end
+    of their logs), then one summary line; a row for every run only with ``verbose`` -- at
+    100x100 that is 10,000 lines nobody reads on success."""
+    lines: list[str] = []
+    shown = report.outcomes if verbose else [o for o in report.outcomes if o.status != "ok"]
+    blocked = [o for o in shown if o.status == "blocked"]
+    if not verbose:
+        shown = [o for o in shown if o.status != "blocked"]
+    if shown:
+        w = min(max(9, *(len(engine.rel(o.planned.container)) for o in shown)), 50)
         lines.append(f"{'status':8} {'container':{w}} {'script':30} {'time':>7}")
-        for o in report.outcomes:
-            lines.append(
-                f"{o.status:8} {engine.rel(o.planned.container):{w}} "
-                f"{os.path.basename(o.planned.script):30} {o.duration_s:6.2f}s"
-            )
-            if o.status not in ("ok",):
-                detail = o.message or "; ".join(o.reasons)
-                lines.append(f"{'':8} └ {detail}" + (f" (log: {o.log})" if o.log else ""))
+        for n, o in enumerate(shown):
+            if n == SHOWN_PROBLEMS and not verbose:
+                lines.append(f"... and {len(shown) - n} more (thot run --verbose, or --json)")
+                break
+            lines += _row(o, engine, w)
+    if not verbose:
+        lines += _blocked(blocked, engine)
     counts = report.counts()
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to run"
     lines.append(f"{len(report.outcomes)} of {report.considered} runs: {summary} in {elapsed:.2f}s")
     return "\n".join(lines)
 
+
+def _row(o: Outcome, engine: Engine, width: int) -> list[str]:
+    """One run's row; for a run that did not succeed, why, and the end of its log."""
+    from thotd.engine.runlog import tail
+
+    out = [f"{o.status:8} {engine.rel(o.planned.container):{width}} "
+           f"{os.path.basename(o.planned.script):30} {o.duration_s:6.2f}s"]
+    if o.status != "ok":
+        detail = o.message or "; ".join(o.reasons)
+        out.append(f"{'':8} └ {detail}" + (f" (log: {o.log})" if o.log else ""))
+        if o.status != "blocked":
+            out += [f"{'':10} | {line}" for line in tail(o.log, TAIL_LINES)]
+    return out
+
+
+def _blocked(blocked: list[Outcome], engine: Engine) -> list[str]:
+    """Blocked runs, one line per cause: an invalid file near the root blocks thousands."""
+    causes: dict[str, list[Outcome]] = {}
+    for o in blocked:
+        causes.setdefault(o.message or "; ".join(o.reasons), []).append(o)
+    out = []
+    for cause, runs in causes.items():
+        first = runs[0].planned
+        where = f"{os.path.basename(first.script)} in {engine.rel(first.container)}"
+        more = f" and {len(runs) - 1} more" if len(runs) > 1 else ""
+        out.append(f"blocked  {where}{more}: {cause}")
+    return out
