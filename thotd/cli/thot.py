@@ -323,27 +323,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, engine: Any, server: Any) -> int:
-    from thotd.engine.oneshot import Progress, format_report, run_project
+    from thotd.engine.oneshot import Progress, dry_run, format_dry_run, format_report, run_project
 
     for err in engine.index.errors():
         print(f"thot: invalid: {err}", file=sys.stderr)
     if args.dry_run:
-        plan = engine.plan()
-        rows = []
-        for p in plan:
-            reasons = [p.blocked] if p.blocked else (engine.reasons(p.key) if args.changed else ["full run"])
-            if reasons:
-                rows.append({"container": p.container, "script": p.script,
-                             "blocked": bool(p.blocked), "reasons": reasons})
-        if args.json:
-            print(json.dumps({"would_run": rows, "considered": len(plan)}, indent=2))
-        else:
-            for r in rows:
-                verb = "blocked" if r["blocked"] else "would run"
-                print(f"{verb}: {engine.rel(r['script'])} in {engine.rel(r['container'])}")
-                for reason in r["reasons"]:
-                    print(f"    because {reason}")
-            print(f"{sum(not r['blocked'] for r in rows)} of {len(plan)} runs would run")
+        plan = dry_run(engine, changed=args.changed)
+        print(json.dumps(plan, indent=2) if args.json else format_dry_run(plan, engine))
         return exits.OK
     t0 = time.monotonic()
     report = run_project(

@@ -261,6 +261,89 @@ def run_project(
     return report
 
 
+def dry_run(engine: Engine, *, changed: bool) -> dict[str, Any]:
+    """What ``thot run --dry-run`` answers, as data: the runs that would run now (stale, or
+    every one without ``changed``; blocked ones with why), and the runs that *may follow*
+    once those have run -- a run is only known to be stale once the runs before it have
+    changed its inputs, as Snakemake's dry run lists jobs whose inputs are not made yet."""
+    plan = engine.plan()
+    would: list[dict[str, Any]] = []
+    first: list[Planned] = []
+    for p in plan:
+        reasons = [p.blocked] if p.blocked else (engine.reasons(p.key) if changed else ["full run"])
+        if reasons:
+            would.append(_dry_row(p, reasons, blocked=bool(p.blocked)))
+            if not p.blocked:
+                first.append(p)
+    follow = _may_follow(engine, plan, first) if changed else []
+    return {"would_run": would, "may_follow": follow, "considered": len(plan)}
+
+
+def _dry_row(p: Planned, reasons: list[str], *, blocked: bool = False) -> dict[str, Any]:
+    return {"container": p.container, "script": p.script, "blocked": blocked, "reasons": reasons}
+
+
+def _may_follow(engine: Engine, plan: list[Planned], first: list[Planned]) -> list[dict[str, Any]]:
+    """The runs after ``first`` (in plan order: producers come first) that read where one of
+    them, or of the runs found so far, writes: a run's outputs land in its own subtree, and
+    only runs at that container or above see them (what ``Engine.forget_clean`` says)."""
+    made = engine.producers()
+    triggered = list(first)
+    out = []
+    chosen = {p.key for p in first}
+    for p in plan:
+        if p.key in chosen or p.blocked:
+            continue
+        row = engine.rows.get(p.key)
+        record = (row.record if row is not None else None) or {}
+        found = [why for s in triggered if s.order < p.order and _sees(p.container, s.container)
+                 if (why := _reads_from(engine, record, s, made))]
+        # what it is known to read says more than what its searches might find
+        reasons = [text for known, text in found if known] or [text for _, text in found]
+        if reasons:
+            out.append(_dry_row(p, list(dict.fromkeys(reasons))))
+            triggered.append(p)
+            chosen.add(p.key)
+    return out
+
+
+def _sees(container: str, below: str) -> bool:
+    """Whether a run at ``container`` sees what a run at ``below`` writes (its subtree)."""
+    return below == container or below.startswith(container.rstrip(os.sep) + os.sep)
+
+
+def _reads_from(engine: Engine, record: dict[str, Any], source: Planned,
+                made: dict[str, tuple[str, str]]) -> tuple[bool, str] | None:
+    """Why a run with ``record`` may read what ``source`` writes, in words, and whether it is
+    known to (it read an output of ``source`` last time); None if it cannot."""
+    by = f"{os.path.basename(source.script)} in {engine.rel(source.container)}"
+    for oid in record.get("consumed", {}):
+        if made.get(oid) == source.key:
+            return True, f"it reads {engine.rel(oid)}, made by {by}"
+    if record.get("queries"):
+        return False, f"its searches may find what {by} makes"
+    if any(_sees(source.container, oid) for oid in record.get("consumed", {})):
+        return False, f"it reads objects where {by} writes"
+    return None
+
+
+def format_dry_run(plan: dict[str, Any], engine: Engine) -> str:
+    """:func:`dry_run`'s answer as text: each run with its reasons, then the counts."""
+    lines = []
+    for verb, rows in (("would run", plan["would_run"]), ("may follow", plan["may_follow"])):
+        for r in rows:
+            shown = "blocked" if r["blocked"] else verb
+            lines.append(f"{shown}: {engine.rel(r['script'])} in {engine.rel(r['container'])}")
+            lines += [f"    because {reason}" for reason in r["reasons"]]
+    now = sum(not r["blocked"] for r in plan["would_run"])
+    summary = f"{now} of {plan['considered']} runs would run"
+    if plan["may_follow"]:
+        n = len(plan["may_follow"])
+        summary += (f", {n} more may follow if their inputs change "
+                    "(their inputs are made by runs above)")
+    return "\n".join([*lines, summary])
+
+
 #: How many problem runs the report shows in full (the rest are counted), and how many of
 #: each one's last log lines.
 SHOWN_PROBLEMS = 10
