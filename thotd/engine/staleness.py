@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from thotd.digest import blake2b
 from thotd.engine.record import RunRecord, read_record
+from thotd.engine.runlog import write_footer
 from thotd.engine.state import RunRow, Store
 from thotd.fingerprint import Hasher, stat_of
 from thotd.project.index import Index
@@ -372,6 +373,7 @@ class Engine:
         )
         self.rows[key] = RunRow(self.project, container, key[1], status, exit_code, started,
                                 finished, log, reasons, record)
+        write_footer(log, status, exit_code, finished - started, rec.outputs, self.rel)
         return set(rec.outputs)
 
     def _build_record(self, key: RunKey, rec: RunRecord) -> dict[str, Any]:
