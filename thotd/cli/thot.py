@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thotd import exits
+from thotd.version import VersionAction
 
 _EXITING = False  # set by entry(): the process ends when main() returns
 
@@ -54,26 +55,6 @@ RUN_POOL_OPTIONS = (
                "start every Python script in a fresh interpreter instead of forking a "
                "preloaded one (slower; see README)", {"action": "store_true"}, " = false"),
 )
-
-
-class VersionAction(argparse.Action):
-    """``--version``: the installed package's version, looked up only when asked for
-    (``importlib.metadata`` costs every other command its import)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
-                 help: str = "print the version and exit") -> None:  # noqa: A002 - argparse's name
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            found = version("thotd")
-        except PackageNotFoundError:
-            found = "unknown (thotd is not installed)"
-        print(f"{parser.prog} {found}")
-        parser.exit()
 
 
 #: Exit codes every command may end with, after its own (:mod:`thotd.exits`).

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from thotd.engine.runlog import tail
 from thotd.project.index import norm
 from thotd.service.daemon import Daemon, Project
 from thotd.service.rpc import INVALID_PARAMS, RpcError
@@ -29,20 +30,6 @@ if TYPE_CHECKING:
 Params = dict[str, Any]
 
 TAIL_LINES = 15
-
-
-def _tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return data.splitlines()[-lines:]
 
 
 def _param(params: Params, name: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
@@ -118,7 +105,7 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
             out["failures"].append({
                 "container": key[0], "script": key[1], "status": row.status,
                 "exit_code": row.exit_code, "finished": row.finished, "log": row.log,
-                "tail": _tail(row.log),
+                "tail": tail(row.log, TAIL_LINES),
             })
     out["counts"] = counts
     return out
