@@ -176,6 +176,10 @@ def _project_lines(p: dict[str, Any], blocked: list[str]) -> list[str]:
         where = e["file"] + (f":{e['line']}:{e['column']}" if e.get("line") else "")
         lines.append(f"  invalid {where}: {(e['field'] + ': ') if e.get('field') else ''}{e['reason']}")
     lines += [f"  {message}" for message in blocked]
+    warnings = p.get("warnings") or []
+    lines += [f"  warning {message}" for message in warnings[:10]]
+    if len(warnings) > 10:
+        lines.append(f"  … and {plural(len(warnings) - 10, 'more warning')} (thot validate lists them)")
     lines += _schedule_lines(p.get("schedules", []))
     for f in p["failures"]:
         lines.append(f"  {f['status']} {f['script']} in {f['container']} ({_ago(f['finished'])}), log {f['log']}")
