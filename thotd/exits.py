@@ -16,6 +16,8 @@ FAILURE = 1
 USAGE = 2
 #: ``thotctl``/``thotd stop``: no daemon answers on the control socket.
 NOT_RUNNING = 3
+#: ``thotctl wait``: nothing more will run until an invalid object file is fixed.
+BLOCKED = 4
 #: The configuration cannot be used (``EX_CONFIG``): restarting would not help.
 CONFIG = 78
 #: Stopped by Ctrl-C (128 + SIGINT).

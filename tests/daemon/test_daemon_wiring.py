@@ -53,6 +53,8 @@ def test_a_script_anyone_can_write_is_blocked_with_its_reason(
     assert blocked["script"] == str(script) and blocked["file"] == str(script)
     assert "writable by everyone" in blocked["reason"] and f"chmod o-w {script}" in blocked["reason"]
     assert len(events) == 1
+    # and as a problem to act on, the reason in its message (thotctl status prints it)
+    assert [m["message"] for m in status["problems"]] == [f"blocked: {blocked['reason']}"]
     assert (root / "top.py.ran").exists()
     assert (root / "sub" / "sub.py.ran").exists()  # ran after the fix
     assert not still_blocked

@@ -118,7 +118,8 @@ def test_error_for_missing_required_field() -> None:
     (err,) = info.value.errors
     assert err.field == "file"
     assert err.reason == "required field is missing"
-    assert str(err) == "/p/a/_asset.json: file: required field is missing"
+    # a missing field is pointed at by its object (here the whole file, 1:1)
+    assert str(err) == "/p/a/_asset.json:1:1: file: required field is missing"
 
 
 def test_several_errors_in_one_file_are_all_reported() -> None:

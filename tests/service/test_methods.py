@@ -167,3 +167,28 @@ def test_why_names_the_run_that_made_an_output(in_daemon: Any, project: Path) ->
     assert os.path.basename(run["script"]) == "summary.py"
     assert run["status"] == "ok" and run["stale"] == []
     assert plan == {"plan": []}  # everything is up to date
+
+
+def test_files_the_original_accepts_warn_in_status_and_do_not_block(in_daemon: Any,
+                                                                     project: Path) -> None:
+    """A folder holding both object files, a ``name`` that is a number: the original Thot
+    accepted both, so they are warnings a person sees in ``status``, not blocked runs."""
+    both = project / "group-0" / "odd"
+    both.mkdir()
+    (both / "_container.json").write_text("{}")
+    (both / "_asset.json").write_text('{"file": "x.csv"}')
+    sample = project / "group-0" / "sample-001" / "_container.json"
+    sample.write_text('{"type": "sample", "name": 5}')
+
+    async def body(d: Daemon) -> dict[str, Any]:
+        await wait_quiet(d)
+        result: dict[str, Any] = await methods.status(d, {})
+        return result
+
+    st = in_daemon(body, projects=(project,))
+    (proj,) = st["projects"]
+    warnings = "\n".join(proj["warnings"])
+    assert f"{both}: holds both _container.json and _asset.json" in warnings
+    assert str(sample) in warnings and "name" in warnings
+    assert proj["blocked"] == [] and proj["invalid"] == []
+    assert proj["counts"] == {"ok": RUNS}

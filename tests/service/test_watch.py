@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from corekit import await_for
 
 from thotd.service import watch_limits as limits
 from thotd.service.watch import Batch, Watcher
@@ -60,14 +61,6 @@ class Recorder:
         return [i for i, (_, _, b) in enumerate(self.batches) if str(path) in b.paths]
 
 
-async def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {what}")
-        await asyncio.sleep(0.01)
-
-
 def run(body: Callable[[Watcher, Recorder], Awaitable[None]], **kwargs: float) -> Recorder:
     """Run ``body(watcher, recorder)`` on a fresh loop; always close the watcher."""
     rec = Recorder()
@@ -102,7 +95,7 @@ def test_create_then_modify_arrives_as_one_batch(tmp_path: Path) -> None:
                 fh.flush()
         with open(f, "a") as fh:
             fh.write("5,25\n")
-        await wait_for(lambda: str(f) in rec.paths() and w.quiet(), "data.csv delivered")
+        await await_for(lambda: str(f) in rec.paths() and w.quiet(), what="data.csv delivered", timeout=DEADLINE_S)
 
     rec = run(body)
     assert len(rec.batches_with(f)) == 1
@@ -145,7 +138,7 @@ def test_growing_file_is_delivered_only_after_it_stops_growing(
         t = threading.Thread(target=writer)
         t.start()
         try:
-            await wait_for(lambda: str(f) in rec.paths(), "big.csv delivered")
+            await await_for(lambda: str(f) in rec.paths(), what="big.csv delivered", timeout=DEADLINE_S)
         finally:
             await asyncio.to_thread(t.join)
 
@@ -167,7 +160,7 @@ def test_mkdir_then_files(tmp_path: Path) -> None:
         d.mkdir()
         for f in files:
             write(f)
-        await wait_for(lambda: all(rec.covered(f) for f in files) and w.quiet(), "run1 files")
+        await await_for(lambda: all(rec.covered(f) for f in files) and w.quiet(), what="run1 files", timeout=DEADLINE_S)
 
     rec = run(body)
     assert str(d) in rec.rescans()
@@ -186,9 +179,9 @@ def test_copytree_of_200_files_is_fully_covered(tmp_path: Path) -> None:
     async def body(w: Watcher, rec: Recorder) -> None:
         w.add(str(root))
         await asyncio.to_thread(shutil.copytree, src, root / "batch")
-        await wait_for(
-            lambda: all(rec.covered(p) for p in expected) and w.quiet(), "copied tree covered"
-        )
+        await await_for(
+            lambda: all(rec.covered(p) for p in expected) and w.quiet(), what="copied tree covered"
+        , timeout=DEADLINE_S)
 
     rec = run(body)
     assert str(root / "batch") in rec.rescans()
@@ -208,7 +201,7 @@ def test_atomic_save_delivers_the_final_name(tmp_path: Path) -> None:
         tmp = tmp_path / ".notes.json.XXXX.tmp"
         write(tmp, '{"v": 2}')
         os.replace(tmp, final)
-        await wait_for(lambda: str(final) in rec.paths() and w.quiet(), "final name delivered")
+        await await_for(lambda: str(final) in rec.paths() and w.quiet(), what="final name delivered", timeout=DEADLINE_S)
 
     rec = run(body)
     i = rec.batches_with(final)[0]
@@ -222,7 +215,7 @@ def test_move_directory_within_root_gives_src_and_dest(tmp_path: Path) -> None:
     async def body(w: Watcher, rec: Recorder) -> None:
         w.add(str(tmp_path))
         os.rename(a, b)
-        await wait_for(lambda: {str(a), str(b)} <= rec.paths() and w.quiet(), "move delivered")
+        await await_for(lambda: {str(a), str(b)} <= rec.paths() and w.quiet(), what="move delivered", timeout=DEADLINE_S)
 
     rec = run(body)
     assert str(b) in rec.rescans()
@@ -238,7 +231,7 @@ def test_move_directory_out_of_root_delivers_its_path(tmp_path: Path) -> None:
     async def body(w: Watcher, rec: Recorder) -> None:
         w.add(str(root))
         os.rename(d, outside / "old_run")
-        await wait_for(lambda: str(d) in rec.paths() and w.quiet(), "moved-out dir delivered")
+        await await_for(lambda: str(d) in rec.paths() and w.quiet(), what="moved-out dir delivered", timeout=DEADLINE_S)
 
     rec = run(body)
     assert not any(p.startswith(str(outside)) for p in rec.paths())
@@ -253,7 +246,7 @@ def test_delete_file_and_directory(tmp_path: Path) -> None:
         w.add(str(tmp_path))
         f.unlink()
         shutil.rmtree(d)
-        await wait_for(lambda: {str(f), str(d)} <= rec.paths() and w.quiet(), "deletes")
+        await await_for(lambda: {str(f), str(d)} <= rec.paths() and w.quiet(), what="deletes", timeout=DEADLINE_S)
 
     run(body)
 
@@ -267,9 +260,9 @@ def test_two_projects_are_independent(tmp_path: Path) -> None:
         w.add(str(pa))
         w.add(str(pb))
         write(pa / "a.csv")
-        await wait_for(lambda: str(pa / "a.csv") in rec.paths(pa) and w.quiet(), "A batch")
+        await await_for(lambda: str(pa / "a.csv") in rec.paths(pa) and w.quiet(), what="A batch", timeout=DEADLINE_S)
         write(pb / "b.csv")
-        await wait_for(lambda: str(pb / "b.csv") in rec.paths(pb) and w.quiet(), "B batch")
+        await await_for(lambda: str(pb / "b.csv") in rec.paths(pb) and w.quiet(), what="B batch", timeout=DEADLINE_S)
         assert w.status()[str(pa)]["mode"] == w.status()[str(pb)]["mode"] == "inotify"
 
     rec = run(body)
@@ -291,7 +284,7 @@ def test_remove_stops_events(tmp_path: Path) -> None:
         # B's change is through and nothing is pending, A's would have arrived too.
         write(pa / "ignored.csv")
         write(pb / "seen.csv")
-        await wait_for(lambda: str(pb / "seen.csv") in rec.paths() and w.quiet(), "B batch")
+        await await_for(lambda: str(pb / "seen.csv") in rec.paths() and w.quiet(), what="B batch", timeout=DEADLINE_S)
         await asyncio.sleep(0)  # let any straggling callback run before asserting
 
     rec = run(body)
@@ -322,11 +315,11 @@ def test_quiet_is_false_during_a_burst_and_true_after_delivery(tmp_path: Path) -
         assert w.quiet() and w.healthy()
         for f in files:
             write(f)
-        await wait_for(lambda: not w.quiet(), "quiet() to turn False")
+        await await_for(lambda: not w.quiet(), what="quiet() to turn False", timeout=DEADLINE_S)
         assert not rec.batches  # settle_s is 0.3 s: nothing can be delivered yet
-        await wait_for(lambda: w.status()[str(tmp_path)]["settling"], "settling")
+        await await_for(lambda: w.status()[str(tmp_path)]["settling"], what="settling", timeout=DEADLINE_S)
         assert w.status()[str(tmp_path)]["pending"] > 0
-        await wait_for(w.quiet, "quiet() to turn True")
+        await await_for(w.quiet, what="quiet() to turn True", timeout=DEADLINE_S)
         assert {str(f) for f in files} <= rec.paths()
         st = w.status()[str(tmp_path)]
         assert st["pending"] == 0 and st["settling"] is False
@@ -353,8 +346,8 @@ def test_root_deleted_is_shown_degraded(tmp_path: Path) -> None:
     async def body(w: Watcher, rec: Recorder) -> None:
         w.add(str(root))
         shutil.rmtree(root)
-        await wait_for(lambda: w.status()[str(root)]["mode"] == "degraded", "degraded")
-        await wait_for(lambda: str(root) in rec.paths() and w.quiet(), "root delivered")
+        await await_for(lambda: w.status()[str(root)]["mode"] == "degraded", what="degraded", timeout=DEADLINE_S)
+        await await_for(lambda: str(root) in rec.paths() and w.quiet(), what="root delivered", timeout=DEADLINE_S)
 
     run(body)
 
@@ -388,7 +381,7 @@ def test_enospc_falls_back_to_polling_with_the_fix(
         assert "sudo sysctl fs.inotify.max_user_watches=" in st["fix"]
         assert "/etc/sysctl.d/" in st["fix"]
         write(tmp_path / "d1" / "polled.csv")
-        await wait_for(lambda: str(tmp_path / "d1" / "polled.csv") in rec.paths(), "polled")
+        await await_for(lambda: str(tmp_path / "d1" / "polled.csv") in rec.paths(), what="polled", timeout=DEADLINE_S)
         assert w.healthy()
 
     run(body, poll_fallback_s=0.2)
@@ -406,7 +399,7 @@ def test_watch_limit_hit_below_the_root_is_detected(
         assert st["mode"] == "degraded" and "sysctl" in st["fix"]
         assert w._native is not None and not w._native.emitters  # inotify watch released
         write(tmp_path / "p.csv")
-        await wait_for(lambda: str(tmp_path / "p.csv") in rec.paths(), "polled")
+        await await_for(lambda: str(tmp_path / "p.csv") in rec.paths(), what="polled", timeout=DEADLINE_S)
 
     run(body, poll_fallback_s=0.2)
 
@@ -424,7 +417,7 @@ def test_network_filesystem_is_polled(tmp_path: Path, monkeypatch: pytest.Monkey
         assert st["mode"] == "polling" and "nfs4" in st["reason"]
         f = tmp_path / "remote.csv"
         write(f, "1\n")
-        await wait_for(lambda: str(f) in rec.paths() and w.quiet(), "polled change")
+        await await_for(lambda: str(f) in rec.paths() and w.quiet(), what="polled change", timeout=DEADLINE_S)
 
     run(body, poll_fallback_s=0.2)
 
@@ -459,16 +452,16 @@ def test_real_inotify_queue_overflow_rescans_the_root(tmp_path: Path) -> None:
             pytest.skip("watchdog internals changed; cannot stall the inotify reader")
         w.add(str(tmp_path))
         burst.mkdir()
-        await wait_for(lambda: str(burst) in rec.rescans() and w.quiet(), "burst dir watched")
+        await await_for(lambda: str(burst) in rec.rescans() and w.quiet(), what="burst dir watched", timeout=DEADLINE_S)
         with lock:  # the reader thread blocks here; the kernel queue fills up
             for i in range(n_files):
                 os.close(os.open(burst / f"f{i:05d}", os.O_CREAT | os.O_WRONLY, 0o644))
-        await wait_for(lambda: str(tmp_path) in rec.rescans(), "root rescan after overflow")
-        await wait_for(w.quiet, "quiet after overflow")
+        await await_for(lambda: str(tmp_path) in rec.rescans(), what="root rescan after overflow", timeout=DEADLINE_S)
+        await await_for(w.quiet, what="quiet after overflow", timeout=DEADLINE_S)
         assert w.healthy()
         # still watching after watchdog rebuilt its watches
         f = burst / "after.csv"
         write(f)
-        await wait_for(lambda: str(f) in rec.paths(), "event after overflow")
+        await await_for(lambda: str(f) in rec.paths(), what="event after overflow", timeout=DEADLINE_S)
 
     run(body)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thotd import exits
+from thotd.version import VersionAction
 
 _EXITING = False  # set by entry(): the process ends when main() returns
 
@@ -57,15 +58,69 @@ RUN_POOL_OPTIONS = (
 )
 
 
+#: Exit codes every command may end with, after its own (:mod:`thotd.exits`).
+_COMMON_EXITS = ((exits.USAGE, "the command line is wrong"),
+                 (exits.INTERRUPTED, "interrupted (Ctrl-C)"))
+
+
+def _epilog(examples: Sequence[tuple[str, str]], codes: Sequence[tuple[int, str]]) -> str:
+    """The end of a command's ``--help``: two examples, then its exit codes."""
+    lines = ["examples:"] + [f"  {cmd:34} {what}" for cmd, what in examples]
+    lines += ["", "exit codes:"] + [f"  {code:<4} {what}" for code, what in (*codes, *_COMMON_EXITS)]
+    return "\n".join(lines)
+
+
+#: Each command's one-line help, its two examples and its own exit codes.
+HELP: dict[str, tuple[str, tuple[tuple[str, str], ...], tuple[tuple[int, str], ...]]] = {
+    "run": ("run the project's scripts bottom-up", (
+        ("thot run", "run every script, children before parents"),
+        ("thot run --changed --dry-run", "what is stale, and what may follow it"),
+    ), ((exits.OK, "every run succeeded"),
+        (exits.FAILURE, "a run failed or was blocked, or an object file is invalid"))),
+    "validate": ("list invalid object files", (
+        ("thot validate", "check the project around the current folder"),
+        ("thot validate path/to/project --json", "the same, machine-readable"),
+    ), ((exits.OK, "every object file is valid (warnings allowed)"),
+        (exits.FAILURE, "an object file is invalid, or PATH is not in a project"))),
+    "tree": ("print the project tree", (
+        ("thot tree", "containers, assets and scripts, as a tree"),
+        ("thot tree path/to/project --json", "the same, nested JSON"),
+    ), ((exits.OK, "printed"), (exits.FAILURE, "PATH is not in a project"))),
+    "schema": ("write the object files' JSON Schemas", (
+        ("thot schema", "write *.schema.json into the current folder"),
+        ("thot schema --out schemas", "into ./schemas"),
+    ), ((exits.OK, "written"),)),
+    "why": ("which run made an asset, from what, and is it stale", (
+        ("thot why results/stats.txt", "the run that made it, its inputs, staleness"),
+        ("thot why group-1 --json", "a container's runs, machine-readable"),
+    ), ((exits.OK, "explained"), (exits.FAILURE, "PATH is no object of the project"))),
+    "graph": ("the dependency graph of runs and assets", (
+        ("thot graph | dot -Tsvg > graph.svg", "draw it with Graphviz"),
+        ("thot graph --format mermaid", "paste into Markdown"),
+    ), ((exits.OK, "printed"), (exits.FAILURE, "not in a project"))),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="thot", description="Thot projects: run, validate, explain.")
+    ap = argparse.ArgumentParser(
+        prog="thot", description="Thot projects: run, validate, explain.",
+        epilog=_epilog(HELP["run"][1], ((exits.OK, "done"), (exits.FAILURE, "something failed"))),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action=VersionAction)
     ap.add_argument("--state", help="state database (default: the user state dir)")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    run = sub.add_parser("run", help="run the project's scripts bottom-up")
+    def command(name: str) -> argparse.ArgumentParser:
+        text, examples, codes = HELP[name]
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              epilog=_epilog(examples, codes),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    run = command("run")
     run.add_argument("-r", "--root", default=".", help="project root (default: current folder)")
     run.add_argument("--changed", action="store_true", help="run only stale runs")
-    run.add_argument("--dry-run", action="store_true", help="show what would run and why")
+    run.add_argument("--dry-run", action="store_true",
+                     help="show what would run and why, and what may follow it")
     _original_run_options(run)
     for option in RUN_POOL_OPTIONS:
         option.add_to(run)
@@ -74,23 +129,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="for this run only, also run scripts that other accounts own or "
                      "can write (refused by default: see [trust] in thotd's config)")
 
-    val = sub.add_parser("validate", help="list invalid object files")
+    val = command("validate")
     val.add_argument("path", nargs="?", default=".")
     val.add_argument("--json", action="store_true")
 
-    tree = sub.add_parser("tree", help="print the project tree")
+    tree = command("tree")
     tree.add_argument("path", nargs="?", default=".")
     tree.add_argument("--json", action="store_true")
 
-    sch = sub.add_parser("schema", help="write the object files' JSON Schemas")
+    sch = command("schema")
     sch.add_argument("--out", default=".", help="folder to write *.schema.json into")
 
-    why = sub.add_parser("why", help="which run made an asset, from what, and is it stale")
+    why = command("why")
     why.add_argument("path")
     why.add_argument("--root", default=None, help="project root (default: found from PATH)")
     why.add_argument("--json", action="store_true")
 
-    graph = sub.add_parser("graph", help="the dependency graph of runs and assets")
+    graph = command("graph")
     graph.add_argument("--root", default=".")
     graph.add_argument("--format", choices=("dot", "mermaid", "json"), default="dot")
     return ap
@@ -104,7 +159,8 @@ def _original_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--ignore-errors", action="store_true",
                      help="accepted for the original runner: here a failed run never stops "
                      "the others")
-    run.add_argument("--verbose", action="store_true", help="accepted for the original runner")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="report every run, not only those that did not succeed")
 
 
 def _script_list(value: str) -> list[str]:
@@ -199,6 +255,32 @@ def _engine(root: str, state: str | None, *, snapshot: bool = False) -> Any:
     return Engine(_load(root), store)
 
 
+class ForkServerOnDemand:
+    """The fork server of one ``thot run``, started when it is first asked for.
+
+    A full run asks at once (its server boots on the other core while the project loads);
+    ``--changed`` asks when its first run starts, so an up-to-date project starts no
+    process at all -- nothing left behind to outlive the command."""
+
+    def __init__(self, *, now: bool) -> None:
+        self.server: Any = None
+        self.asked = False
+        if now:
+            self()
+
+    def __call__(self) -> Any:
+        if not self.asked:
+            from thotd.executor.process import start_forkserver
+
+            self.asked = True
+            self.server = start_forkserver()
+        return self.server
+
+    def close(self, *, wait: bool = True) -> None:
+        if self.server is not None:
+            self.server.close(wait=wait)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from thotd.engine import snapshot
     from thotd.service import runconfig
@@ -210,10 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return exits.CONFIG
     server = None
     if not args.dry_run and not args.no_fork:
-        # Started first: it boots on the other core while the project loads.
-        from thotd.executor.process import start_forkserver
-
-        server = start_forkserver()
+        server = ForkServerOnDemand(now=not args.changed)
     try:
         engine = _engine(args.root, args.state, snapshot=True)
         engine.retention = retention
@@ -237,27 +316,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, engine: Any, server: Any, trust: Any) -> int:
-    from thotd.engine.oneshot import Progress, format_report, run_project
+    from thotd.engine.oneshot import Progress, dry_run, format_dry_run, format_report, run_project
 
     for err in engine.index.errors():
         print(f"thot: invalid: {err}", file=sys.stderr)
     if args.dry_run:
-        plan = engine.plan()
-        rows = []
-        for p in plan:
-            reasons = [p.blocked] if p.blocked else (engine.reasons(p.key) if args.changed else ["full run"])
-            if reasons:
-                rows.append({"container": p.container, "script": p.script,
-                             "blocked": bool(p.blocked), "reasons": reasons})
-        if args.json:
-            print(json.dumps({"would_run": rows, "considered": len(plan)}, indent=2))
-        else:
-            for r in rows:
-                verb = "blocked" if r["blocked"] else "would run"
-                print(f"{verb}: {engine.rel(r['script'])} in {engine.rel(r['container'])}")
-                for reason in r["reasons"]:
-                    print(f"    because {reason}")
-            print(f"{sum(not r['blocked'] for r in rows)} of {len(plan)} runs would run")
+        plan = dry_run(engine, changed=args.changed)
+        print(json.dumps(plan, indent=2) if args.json else format_dry_run(plan, engine))
         return exits.OK
     t0 = time.monotonic()
     report = run_project(
@@ -273,23 +338,42 @@ def _run(args: argparse.Namespace, engine: Any, server: Any, trust: Any) -> int:
             "invalid": [e.to_json() for e in engine.index.errors()],
         }, indent=2))
     else:
-        print(format_report(report, engine, elapsed))
+        print(format_report(report, engine, elapsed, verbose=args.verbose))
     return exits.FAILURE if report.failed or engine.index.errors() else exits.OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     index = _load(args.path)
     errors, warnings = index.errors(), index.warnings()
+    checked, invalid = _object_files(index), sorted({e.path for e in errors})
     if args.json:
         print(json.dumps({"root": index.root, "objects": len(index.nodes),
+                          "files_checked": checked, "invalid_files": invalid,
                           "errors": [e.to_json() for e in errors], "warnings": warnings}, indent=2))
     else:
         for e in errors:
             print(f"error: {e}")
         for w in warnings:
             print(f"warning: {w}")
-        print(f"{len(index.nodes)} objects, {len(errors)} invalid, {len(warnings)} warnings")
+        verdict = (f"{_count(len(invalid), 'invalid file')} ({_count(len(errors), 'error')})"
+                   if errors else "all valid")
+        print(f"{_count(checked, 'object file')} checked: {verdict}, "
+              f"{_count(len(warnings), 'warning')}")
     return exits.FAILURE if errors else exits.OK
+
+
+def _object_files(index: Any) -> int:
+    """How many object files the index was read from: one per object, and each container's
+    ``_scripts.json``."""
+    from thotd.project.vocabulary import SCRIPTS_FILE
+
+    return sum(1 + (n.kind == "container" and os.path.isfile(os.path.join(n.id, SCRIPTS_FILE)))
+               for n in index.walk(include_invalid=True))
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 error``, ``2 errors``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_tree(args: argparse.Namespace) -> int:

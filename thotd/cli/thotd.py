@@ -2,14 +2,15 @@
 
 ``thotd start`` detaches by default and returns once the control socket answers, so a
 script can call ``thotctl`` right after it; ``--foreground`` is for systemd and tests.
-Exit codes (:mod:`thotd.exits`): 0 ok, 1 failure, 3 not running (``stop``), 78 bad
-configuration (systemd does not restart on it).
+Exit codes are :data:`EXIT_CODES` (from :mod:`thotd.exits`); ``--help`` ends with them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,10 +19,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from thotd import exits
+from thotd.version import VersionAction
+from thotd.words import printable
+
+EXIT_CODES = f"""exit codes:
+  {exits.OK}   ok
+  {exits.FAILURE}   failure (the daemon did not start or stop in time)
+  {exits.USAGE}   usage error
+  {exits.NOT_RUNNING}   (stop) thotd is not running
+  {exits.CONFIG}  the configuration cannot be used (systemd does not restart on it)"""
+
+#: Where ``thotd demo`` copies the example unless told: the user's data folder, so the
+#: demo never litters (or dirties, in a git checkout) the folder it is called from.
+DEMO_NAME = "thot-example"
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="thotd", description="The Thot project watcher service.")
+    ap = argparse.ArgumentParser(prog="thotd", description="The Thot project watcher service.",
+                                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action=VersionAction)
     sub = ap.add_subparsers(dest="cmd", required=True)
     start = sub.add_parser("start", help="start the daemon (detached unless --foreground)")
     start.add_argument("--foreground", action="store_true", help="stay attached (systemd, tests)")
@@ -36,15 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     inst = sub.add_parser("install-service", help="write the systemd user unit")
     inst.add_argument("--print", action="store_true", help="print the unit instead of writing it")
     demo = sub.add_parser("demo", help="copy the bundled example project and watch it")
-    demo.add_argument("dir", nargs="?", default="thot-example", help="where to copy it")
+    demo.add_argument("dir", nargs="?", help=f"where to copy it (default: the user data dir's "
+                      f"thotd/{DEMO_NAME}); an existing copy is reused")
     demo.add_argument("--socket")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return int({"start": cmd_start, "stop": cmd_stop, "install-service": cmd_install,
-                "demo": cmd_demo}[args.cmd](args))
+    try:
+        return int({"start": cmd_start, "stop": cmd_stop, "install-service": cmd_install,
+                    "demo": cmd_demo}[args.cmd](args))
+    except KeyboardInterrupt:
+        return exits.INTERRUPTED
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -136,15 +156,19 @@ def _tail(path: Path, n: int = 20) -> str:
 def cmd_stop(args: argparse.Namespace) -> int:
     from thotd import paths
     from thotd.executor.processgroup import pid_alive
-    from thotd.service.rpc import Client, DaemonNotRunning
+    from thotd.service.rpc import Client, DaemonNotRunning, RpcError
 
     sock = paths.socket_path(args.socket)
     try:
         with Client(sock, timeout=5) as c:
             pid = c.call("stop")["pid"]
-    except DaemonNotRunning as exc:
-        print(f"thotd: {exc}", file=sys.stderr)
+    except DaemonNotRunning:
+        print(f"thotd: not running (no daemon at {printable(str(sock))})", file=sys.stderr)
         return exits.NOT_RUNNING
+    except (RpcError, OSError) as exc:  # a hung or crashing daemon: a line, not a traceback
+        print(f"thotd: cannot stop the daemon at {printable(str(sock))}: "
+              f"{printable(getattr(exc, 'message', None) or str(exc))}", file=sys.stderr)
+        return exits.FAILURE
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):
@@ -173,17 +197,22 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Copy the example, start the daemon on it, and say what to try."""
-    example = Path(__file__).parent.parent / "example"
-    dest = Path(args.dir).absolute()
-    if not dest.exists():
-        shutil.copytree(example, dest)
-        print(f"copied the example project to {dest}")
+    """Copy the example (once), start the daemon on it, and say what to try next."""
+    dest = Path(args.dir).absolute() if args.dir else demo_dir()
     project = dest / "project"
-    start = argparse.Namespace(foreground=False, config=None, socket=args.socket, state=None,
-                               timeout=30, project=[str(project)])
+    if not dest.exists():
+        copy_example(dest)
+        print(f"copied the example project to {printable(str(dest))}")
+    elif (project / "_container.json").is_file():
+        print(f"using the example already at {printable(str(dest))} (delete it for a fresh copy)")
+    else:
+        print(f"thotd: {printable(str(dest))} exists and is not the example; name another folder",
+              file=sys.stderr)
+        return exits.FAILURE
     if args.socket:
         os.environ["THOTD_SOCKET"] = str(Path(args.socket).absolute())
+    start = argparse.Namespace(foreground=False, config=None, socket=args.socket, state=None,
+                               timeout=30, project=[str(project)])
     rc = start_detached(start)
     if rc != exits.OK:
         return rc
@@ -191,10 +220,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     ctl(["add", str(project)])
     ctl(["wait", "--timeout", "120"])
-    ctl(["status"])
-    print(f"\nTry: cp -r {project}/batch-a/sample-1 {project}/batch-a/sample-3 && thotctl wait "
-          f"&& cat {project}/summary/summary.csv\nStop with: thotd stop")
-    return exits.OK
+    rc = ctl(["status"])
+    print("\n" + demo_hint(dest))
+    return rc
+
+
+def demo_dir() -> Path:
+    import platformdirs
+
+    from thotd.paths import APP_NAME
+
+    return Path(platformdirs.user_data_dir(APP_NAME)) / DEMO_NAME
+
+
+def copy_example(dest: Path) -> None:
+    """Copy the bundled example to ``dest`` whole or not at all (an interrupted copy is not
+    mistaken for the example by the next ``thotd demo``)."""
+    example = Path(__file__).parent.parent / "example"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(example, partial, ignore=shutil.ignore_patterns("__pycache__"))
+    os.rename(partial, dest)
+
+
+def demo_hint(dest: Path) -> str:
+    """The commands to try, with a sample name not taken yet (``cp -r`` onto an existing
+    folder would copy into it instead)."""
+    batch = dest / "project" / "batch-a"
+    taken = [int(m.group(1)) for m in (re.fullmatch(r"sample-(\d+)", p.name)
+                                       for p in batch.iterdir() if p.is_dir()) if m]
+    new = f"sample-{max(taken, default=0) + 1}"
+    return (f"Try:\n  cd {shlex.quote(printable(str(dest)))}\n"
+            f"  cp -r project/batch-a/sample-1 project/batch-a/{new}\n"
+            "  thotctl wait && cat project/summary/summary.csv\n"
+            "  thotctl runs\nStop with: thotd stop")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ try:  # what queue.SimpleQueue is; queue.py itself (and its heapq) costs ~0.6 ms
     from _queue import SimpleQueue
 except ImportError:  # pragma: no cover -- CPython always has it
     from queue import SimpleQueue
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from thotd.engine.dispatch import Dispatcher, Untrusted, launch
@@ -99,8 +100,11 @@ class Progress:
 
     def show(self, text: str) -> None:
         if self.enabled:
-            cols = 100
-            line = f"[{self.done}/{self.total}] {text}"[:cols]
+            try:  # one column short: writing the last one wraps on some terminals
+                cols = os.get_terminal_size(self.stream.fileno()).columns - 1
+            except (OSError, ValueError):
+                cols = 0
+            line = f"[{self.done}/{self.total}] {text}"[:cols if cols > 0 else 100]
             self.stream.write("\r\033[K" + line)
             self.stream.flush()
 
@@ -116,7 +120,8 @@ class _OneShot:
 
     def __init__(self, engine: Engine, plan: list[Planned], report: Report, progress: Progress, *,
                  changed: bool, jobs: int, timeout_s: float | None, log_cap_bytes: int,
-                 trigger: str, forkserver: ForkServer | None, trust: TrustPolicy) -> None:
+                 trigger: str, forkserver: Callable[[], ForkServer | None] | None,
+                 trust: TrustPolicy) -> None:
         self.engine = engine
         self.report = report
         self.progress = progress
@@ -199,11 +204,12 @@ class _OneShot:
             self.report.outcomes.append(Outcome(p, "blocked", [str(exc.refusal)]))
             self.finish(p)
             return
-        self.progress.show(f"running {self.engine.rel(p.script)} in {self.engine.rel(p.container)}")
+        server = self.forkserver() if self.forkserver is not None else None
+        self.progress.show(f"running {os.path.basename(p.script)} in {self.engine.rel(p.container)}")
 
         def wait_for_it() -> None:
             try:
-                self.results.put((p.order, run_sync(run.spec, self.cancel, self.forkserver)))
+                self.results.put((p.order, run_sync(run.spec, self.cancel, server)))
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 self.results.put((p.order, exc))
 
@@ -237,12 +243,13 @@ def run_project(
     log_cap_bytes: int = 10 * 1024 * 1024,
     progress: Progress | None = None,
     trigger: str = "thot run",
-    forkserver: ForkServer | None = None,
+    forkserver: Callable[[], ForkServer | None] | None = None,
     trust: TrustPolicy | None = None,  # whose files may run; by default only yours and root's
 ) -> Report:
     """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up.
 
-    With ``forkserver``, Python scripts are forked from it once it is ready (see
+    ``forkserver`` is asked for the fork server as each run starts (so a caller may start
+    one only once something runs); Python scripts are forked from it once it is ready (see
     :mod:`thotd.executor.forkserver`); until then, and whenever it refuses, they are exec'd."""
     if trust is None:
         from thotd.engine.trust import TrustPolicy
@@ -267,23 +274,143 @@ def run_project(
     return report
 
 
-def format_report(report: Report, engine: Engine, elapsed: float) -> str:
-    """The summary table printed at the end of ``thot run``."""
+def dry_run(engine: Engine, *, changed: bool) -> dict[str, Any]:
+    """What ``thot run --dry-run`` answers, as data: the runs that would run now (stale, or
+    every one without ``changed``; blocked ones with why), and the runs that *may follow*
+    once those have run -- a run is only known to be stale once the runs before it have
+    changed its inputs, as Snakemake's dry run lists jobs whose inputs are not made yet."""
+    plan = engine.plan()
+    would: list[dict[str, Any]] = []
+    first: list[Planned] = []
+    for p in plan:
+        reasons = [p.blocked] if p.blocked else (engine.reasons(p.key) if changed else ["full run"])
+        if reasons:
+            would.append(_dry_row(p, reasons, blocked=bool(p.blocked)))
+            if not p.blocked:
+                first.append(p)
+    follow = _may_follow(engine, plan, first) if changed else []
+    return {"would_run": would, "may_follow": follow, "considered": len(plan)}
+
+
+def _dry_row(p: Planned, reasons: list[str], *, blocked: bool = False) -> dict[str, Any]:
+    return {"container": p.container, "script": p.script, "blocked": blocked, "reasons": reasons}
+
+
+def _may_follow(engine: Engine, plan: list[Planned], first: list[Planned]) -> list[dict[str, Any]]:
+    """The runs after ``first`` (in plan order: producers come first) that read where one of
+    them, or of the runs found so far, writes: a run's outputs land in its own subtree, and
+    only runs at that container or above see them (what ``Engine.forget_clean`` says)."""
+    made = engine.producers()
+    triggered = list(first)
+    out = []
+    chosen = {p.key for p in first}
+    for p in plan:
+        if p.key in chosen or p.blocked:
+            continue
+        row = engine.rows.get(p.key)
+        record = (row.record if row is not None else None) or {}
+        found = [why for s in triggered if s.order < p.order and _sees(p.container, s.container)
+                 if (why := _reads_from(engine, record, s, made))]
+        # what it is known to read says more than what its searches might find
+        reasons = [text for known, text in found if known] or [text for _, text in found]
+        if reasons:
+            out.append(_dry_row(p, list(dict.fromkeys(reasons))))
+            triggered.append(p)
+            chosen.add(p.key)
+    return out
+
+
+def _sees(container: str, below: str) -> bool:
+    """Whether a run at ``container`` sees what a run at ``below`` writes (its subtree)."""
+    return below == container or below.startswith(container.rstrip(os.sep) + os.sep)
+
+
+def _reads_from(engine: Engine, record: dict[str, Any], source: Planned,
+                made: dict[str, tuple[str, str]]) -> tuple[bool, str] | None:
+    """Why a run with ``record`` may read what ``source`` writes, in words, and whether it is
+    known to (it read an output of ``source`` last time); None if it cannot."""
+    by = f"{os.path.basename(source.script)} in {engine.rel(source.container)}"
+    for oid in record.get("consumed", {}):
+        if made.get(oid) == source.key:
+            return True, f"it reads {engine.rel(oid)}, made by {by}"
+    if record.get("queries"):
+        return False, f"its searches may find what {by} makes"
+    if any(_sees(source.container, oid) for oid in record.get("consumed", {})):
+        return False, f"it reads objects where {by} writes"
+    return None
+
+
+def format_dry_run(plan: dict[str, Any], engine: Engine) -> str:
+    """:func:`dry_run`'s answer as text: each run with its reasons, then the counts."""
     lines = []
-    if report.outcomes:
-        w = max(len(engine.rel(o.planned.container)) for o in report.outcomes)
-        w = min(max(w, 9), 50)
+    for verb, rows in (("would run", plan["would_run"]), ("may follow", plan["may_follow"])):
+        for r in rows:
+            shown = "blocked" if r["blocked"] else verb
+            lines.append(f"{shown}: {engine.rel(r['script'])} in {engine.rel(r['container'])}")
+            lines += [f"    because {reason}" for reason in r["reasons"]]
+    now = sum(not r["blocked"] for r in plan["would_run"])
+    summary = f"{now} of {plan['considered']} runs would run"
+    if plan["may_follow"]:
+        n = len(plan["may_follow"])
+        summary += (f", {n} more may follow if their inputs change "
+                    "(their inputs are made by runs above)")
+    return "\n".join([*lines, summary])
+
+
+#: How many problem runs the report shows in full (the rest are counted), and how many of
+#: each one's last log lines.
+SHOWN_PROBLEMS = 10
+TAIL_LINES = 5
+
+
+def format_report(report: Report, engine: Engine, elapsed: float, *, verbose: bool = False) -> str:
+    """What ``thot run`` prints at the end: the runs that did not succeed (why, and the end
+    of their logs), then one summary line; a row for every run only with ``verbose`` -- at
+    100x100 that is 10,000 lines nobody reads on success."""
+    lines: list[str] = []
+    shown = report.outcomes if verbose else [o for o in report.outcomes if o.status != "ok"]
+    blocked = [o for o in shown if o.status == "blocked"]
+    if not verbose:
+        shown = [o for o in shown if o.status != "blocked"]
+    if shown:
+        w = min(max(9, *(len(engine.rel(o.planned.container)) for o in shown)), 50)
         lines.append(f"{'status':8} {'container':{w}} {'script':30} {'time':>7}")
-        for o in report.outcomes:
-            lines.append(
-                f"{o.status:8} {engine.rel(o.planned.container):{w}} "
-                f"{os.path.basename(o.planned.script):30} {o.duration_s:6.2f}s"
-            )
-            if o.status not in ("ok",):
-                detail = o.message or "; ".join(o.reasons)
-                lines.append(f"{'':8} └ {detail}" + (f" (log: {o.log})" if o.log else ""))
+        for n, o in enumerate(shown):
+            if n == SHOWN_PROBLEMS and not verbose:
+                lines.append(f"... and {len(shown) - n} more (thot run --verbose, or --json)")
+                break
+            lines += _row(o, engine, w)
+    if not verbose:
+        lines += _blocked(blocked, engine)
     counts = report.counts()
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to run"
     lines.append(f"{len(report.outcomes)} of {report.considered} runs: {summary} in {elapsed:.2f}s")
     return "\n".join(lines)
 
+
+def _row(o: Outcome, engine: Engine, width: int) -> list[str]:
+    """One run's row; for a run that did not succeed, why, and the end of its log."""
+    from thotd.engine.runlog import tail
+
+    out = [f"{o.status:8} {engine.rel(o.planned.container):{width}} "
+           f"{os.path.basename(o.planned.script):30} {o.duration_s:6.2f}s"]
+    if o.status != "ok":
+        detail = o.message or "; ".join(o.reasons)
+        out.append(f"{'':8} └ {detail}" + (f" (log: {o.log})" if o.log else ""))
+        if o.status != "blocked":
+            out += [f"{'':10} | {line}" for line in tail(o.log, TAIL_LINES)]
+    return out
+
+
+def _blocked(blocked: list[Outcome], engine: Engine) -> list[str]:
+    """Blocked runs, one line per cause: an invalid file near the root blocks thousands."""
+    causes: dict[str, list[Outcome]] = {}
+    for o in blocked:
+        causes.setdefault(o.message or "; ".join(o.reasons), []).append(o)
+    out = []
+    for cause, runs in causes.items():
+        first = runs[0].planned
+        where = f"{os.path.basename(first.script)} in {engine.rel(first.container)}"
+        more = f" and {len(runs) - 1} more" if len(runs) > 1 else ""
+        out.append(f"blocked  {where}{more}: {cause}")
+    return out

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 from thotd.digest import blake2b
 from thotd.engine.logretention import Retention, prune
 from thotd.engine.record import RunRecord, read_record
+from thotd.engine.runlog import write_footer
 from thotd.engine.state import RunRow, Store
 from thotd.fingerprint import Hasher, stat_of
 from thotd.paths import private_dir
@@ -376,6 +377,7 @@ class Engine:
         prune(self.log_root, log, self.retention, self.store.logs_in_use())
         self.rows[key] = RunRow(self.project, container, key[1], status, exit_code, started,
                                 finished, log, reasons, record)
+        write_footer(log, status, exit_code, finished - started, rec.outputs, self.rel)
         return set(rec.outputs)
 
     def _build_record(self, key: RunKey, rec: RunRecord) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
 )
 
+from thotd.project.jsonpos import position
 from thotd.project.vocabulary import (
     ASSET_FILE,
     CONTAINER_FILE,
@@ -126,8 +127,8 @@ MODELS: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
 def parse(filename: str, data: bytes, path: str = "") -> Any:
     """Validate one object file's bytes; return the model (a list for ``_scripts.json``).
 
-    Raises :class:`ObjectFileError` naming the file, the JSON path of each bad field and
-    the reason; broken JSON gets its line and column.
+    Raises :class:`ObjectFileError` naming the file, the JSON path of each bad field, its
+    line and column (:mod:`thotd.project.jsonpos`) and the reason.
     """
     shown = path or filename
     try:
@@ -142,7 +143,8 @@ def parse(filename: str, data: bytes, path: str = "") -> Any:
             if err["type"] == "json_invalid":
                 errors.append(_json_error(shown, data))
                 break
-            errors.append(ObjectError(shown, format_loc(err["loc"]), _reason(err)))
+            line, column = position(data, err["loc"]) or (None, None)
+            errors.append(ObjectError(shown, format_loc(err["loc"]), _reason(err), line, column))
         raise ObjectFileError(errors) from None
 
 

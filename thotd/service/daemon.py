@@ -50,6 +50,7 @@ from thotd.service.lock import acquire_lock
 from thotd.service.signals import RELOAD_SIGNALS, captured_signals
 from thotd.service.timetable import Timetable, schedule_job_id
 from thotd.service.watch import Batch, Watcher
+from thotd.words import plural
 
 if TYPE_CHECKING:
     from thotd.engine.trust import Refusal, TrustPolicy
@@ -683,7 +684,7 @@ class Daemon:
         running = self._in_flight()
         queued = sum(len(p.queue) for p in self.projects.values())
         broken = sum(1 for p in self.projects.values() if p.error)
-        text = f"{len(self.projects)} projects, {running} running, {queued} queued"
+        text = f"{plural(len(self.projects), 'project')}, {running} running, {queued} queued"
         return text + (f", {broken} degraded" if broken else "")
 
     def emit(self, kind: str, **data: Any) -> None:

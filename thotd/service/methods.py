@@ -18,9 +18,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from thotd.engine.runlog import tail
 from thotd.project.index import norm
 from thotd.service.daemon import Daemon, Project
 from thotd.service.rpc import INVALID_PARAMS, RpcError
+from thotd.words import plural
 
 if TYPE_CHECKING:
     from thotd.engine.staleness import Engine
@@ -29,20 +31,6 @@ if TYPE_CHECKING:
 Params = dict[str, Any]
 
 TAIL_LINES = 15
-
-
-def _tail(path: str | None, lines: int = TAIL_LINES) -> list[str]:
-    if not path:
-        return []
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return data.splitlines()[-lines:]
 
 
 #: The integers a parameter may hold: what SQLite stores. A larger ``log`` id raised
@@ -103,9 +91,11 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     index = proj.engine.index
     out["objects"] = len(index.nodes)
     out["invalid"] = [e.to_json() for e in index.errors()]
-    # Warnings found while loading. Index.warnings() re-reads every object file for typo
-    # checks (`thot validate`): ~0.5 s per status call at 20,000 objects, so not here.
-    out["warnings"] = sum(len(n.warnings) for n in index.nodes.values())
+    # What the load tolerated (folders skipped, fields of the wrong type kept as written):
+    # files the original Thot accepts warn, they do not block. Index.warnings() also
+    # re-reads every object file for typo checks (`thot validate`): ~0.5 s per status call
+    # at 20,000 objects, so not here.
+    out["warnings"] = index.load_warnings()
     out["queued"] = [
         {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
         for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
@@ -138,7 +128,7 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
             out["failures"].append({
                 "container": key[0], "script": key[1], "status": row.status,
                 "exit_code": row.exit_code, "finished": row.finished, "log": row.log,
-                "tail": _tail(row.log),
+                "tail": tail(row.log, TAIL_LINES),
             })
     out["counts"] = counts
     return out
@@ -151,6 +141,9 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
 
 
 async def status(daemon: Daemon, params: Params) -> Any:
+    projects = [project_status(daemon, p) for p in daemon.projects.values()]
+    problems = [problem for proj, st in zip(daemon.projects.values(), projects, strict=True)
+                for problem in _problems(proj, st)]
     return {
         "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
         "socket": str(daemon.socket_path), "state": str(daemon.store_path),
@@ -158,8 +151,48 @@ async def status(daemon: Daemon, params: Params) -> Any:
         "quiet": daemon.quiet(), "fork": daemon.fork_status(),
         "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
         "recovered": daemon.store.recovered,  # the state database was damaged, moved aside
-        "projects": [project_status(daemon, p) for p in daemon.projects.values()],
+        "healthy": not problems, "problems": problems,
+        "projects": projects,
     }
+
+
+def _problems(proj: Project, st: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a person must act on, in one list: ``thotctl status`` exits non-zero on any, so
+    cron and scripts can alert without parsing the rest. Each says what it is in ``message``."""
+    root = proj.root
+    out: list[dict[str, Any]] = []
+    if proj.error:
+        out.append({"kind": "error", "project": root, "message": f"{root}: {proj.error}"})
+    for e in st["invalid"]:
+        out.append({"kind": "invalid", "project": root, "file": e["file"],
+                    "message": f"invalid {e['file']}: {e['reason']}"})
+    waiting = [b["container"] for b in st["blocked"] if not b.get("untrusted")]
+    for item in blocked_runs(proj, waiting):
+        out.append({"kind": "blocked", "project": root, **item})
+    for b in st["blocked"]:
+        if b.get("untrusted"):  # refused by the trust check: the reason says what to do
+            out.append({"kind": "blocked", "project": root, "file": b["file"], "runs": 1,
+                        "message": f"blocked: {b['reason']}"})
+    for f in st["failures"]:
+        out.append({"kind": f["status"], "project": root, "container": f["container"],
+                    "script": f["script"], "log": f["log"],
+                    "message": f"{f['status']}: {f['script']} in {f['container']}"})
+    return out
+
+
+def blocked_runs(proj: Project, containers: list[str]) -> list[dict[str, Any]]:
+    """The runs of ``containers`` that wait for a fix, counted by the invalid file they wait
+    for: ``{"file", "runs", "message"}``, the file the user must fix named first."""
+    if not containers:
+        return []
+    by = proj.engine.index.blocked_by() if proj.engine is not None else {}
+    counts: dict[str, int] = {}
+    for container in containers:
+        err = by.get(container)  # None: blocked for its own name (not UTF-8), not for a file
+        file = err.path if err is not None else container
+        counts[file] = counts.get(file, 0) + 1
+    return [{"file": file, "runs": n, "message": f"{plural(n, 'run')} blocked by {file}"}
+            for file, n in sorted(counts.items())]
 
 
 async def add(daemon: Daemon, params: Params) -> Any:
@@ -195,10 +228,31 @@ async def resume(daemon: Daemon, params: Params) -> Any:
 
 
 async def runs(daemon: Daemon, params: Params) -> Any:
+    """Finished runs, newest first: of the watched projects, or with ``all`` also those of
+    ``thot run``, which keeps its history in the same state database. Each run says whether
+    the daemon watches its project (``watched``)."""
     path = _param(params, "project", str, None)
     limit = _param(params, "limit", int, 50)
-    root = _project_for(daemon, path).root if path else None
-    return {"runs": daemon.store.history(root, limit=limit)}
+    everything = _param(params, "all", bool, False)
+    if path:
+        found = daemon.store.history(_history_root(daemon, path, everything), limit=limit)
+    elif everything:
+        found = daemon.store.history(None, limit=limit)
+    else:
+        found = [run for root in daemon.projects for run in daemon.store.history(root, limit=limit)]
+        found = sorted(found, key=lambda run: run["id"], reverse=True)[:limit]
+    return {"runs": [{**run, "watched": run["project"] in daemon.projects} for run in found]}
+
+
+def _history_root(daemon: Daemon, path: str, everything: bool) -> str:
+    """The watched project holding ``path``; with ``all``, else ``path`` itself taken as the
+    root of a project only ``thot run`` ran."""
+    try:
+        return _project_for(daemon, path).root
+    except RpcError:
+        if everything:
+            return norm(path)
+        raise
 
 
 async def log(daemon: Daemon, params: Params) -> Any:
@@ -264,6 +318,8 @@ async def rerun(daemon: Daemon, params: Params) -> Any:
 
 
 async def wait(daemon: Daemon, params: Params) -> Any:
+    """Until nothing is pending, running or settling; ``blocked`` names the runs still queued
+    only because an invalid object file waits for a fix (quiet, but not done)."""
     timeout = float(_param(params, "timeout", (int, float), 60))
     deadline = time.monotonic() + timeout
     # Quiet for a whole settle period: events still in the kernel or being paired by
@@ -275,11 +331,19 @@ async def wait(daemon: Daemon, params: Params) -> Any:
             now = time.monotonic()
             quiet_since = quiet_since or now
             if now - quiet_since >= hold:
-                return {"quiet": True}
+                return _quiet(daemon)
         else:
             quiet_since = None
         await asyncio.sleep(0.01)
     return {"quiet": False}
+
+
+def _quiet(daemon: Daemon) -> dict[str, Any]:
+    blocked = []
+    for proj in daemon.projects.values():
+        waiting = [key[0] for key in proj.queue if key in proj.plan and proj.plan[key].blocked]
+        blocked += [{"project": proj.root, **item} for item in blocked_runs(proj, waiting)]
+    return {"quiet": True, "blocked": blocked} if blocked else {"quiet": True}
 
 
 async def reload(daemon: Daemon, params: Params) -> Any:

@@ -84,6 +84,9 @@ _ARG_TOTAL = (os.sysconf("SC_ARG_MAX") if "SC_ARG_MAX" in os.sysconf_names else 
 #: Limits a request may ask for; ``core`` is always 0 (see ``thotd.executor.trampoline``).
 _LIMITS = frozenset({"nofile", "cpu", "fsize"})
 
+#: What the socket raises once the client is gone (closed, or its process ended).
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, EOFError)
+
 
 
 def _fresh_signals() -> None:
@@ -218,7 +221,7 @@ class _Server:
         :class:`~thotd.executor.forkserver.child.Child`."""
         try:
             return self._loop()
-        except (BrokenPipeError, ConnectionResetError):
+        except _CLIENT_GONE:
             return None  # the client is gone: so are we (its runs are its business)
 
     def _loop(self) -> Child | None:
@@ -351,11 +354,19 @@ def _exec_must_judge(env: Mapping[str, str]) -> str | None:
 
 
 def _server_main(fd: int) -> Child | None:
-    """Run the server on inherited socket ``fd``; return in a forked child only."""
+    """Run the server on inherited socket ``fd``; return in a forked child only.
+
+    A client gone at any point -- before the hello, while the server preimports (``thot
+    run`` with nothing to run exits within milliseconds), or later -- ends the server
+    silently: its stderr is the client's terminal, where a traceback would be stray output
+    long after the command returned."""
     sock = socket.socket(fileno=fd)
     os.set_inheritable(fd, False)
     server = _Server(sock)
-    if not server.setup():
+    try:
+        if not server.setup():
+            return None
+    except _CLIENT_GONE:
         return None
     return server.serve()
 
