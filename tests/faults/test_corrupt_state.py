@@ -35,7 +35,6 @@ def filled(db: Path, projects: tuple[str, ...] = ("/data/p1", "/data/p2")) -> Pa
     for n in range(300):
         store.finish_run(projects[0], "/c", f"/s{n}.py", status="ok", exit_code=0, started=1.0,
                          finished=2.0, log=None, reasons=["x" * 200], record={"n": n})
-    projectfile.sync(store)
     store.close()
     return db
 

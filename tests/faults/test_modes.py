@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from thotd import paths
-from thotd.engine import projectfile
 from thotd.engine.state import Store
 
 from .trustkit import REPO, daemon, make_project, rpc, wait_for
@@ -53,7 +52,6 @@ def test_store_files_are_private_under_umask_0(tmp_path: Path) -> None:
     with umask(0):
         store = Store(db)
         store.add_project("/somewhere")
-        projectfile.sync(store)
         assert Path(f"{db}-wal").exists() and Path(f"{db}-shm").exists()
         assert loose(tmp_path / "new") == []
         store.close()

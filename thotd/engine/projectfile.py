@@ -5,7 +5,8 @@ with ``thotctl add`` cannot be guessed. A database that has to be moved aside (s
 :class:`thotd.engine.state.Store`) must not take that list with it, so every change to it
 is mirrored into ``<database stem>.projects.json`` (``state.projects.json`` by default),
 written whole and atomically (temporary file, fsync, rename, fsync of the folder), and a
-fresh database is seeded from it.
+fresh database is seeded from it. The store does both itself, at every change: no caller
+has to remember to.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from thotd.engine.state import Store
+from typing import Any
 
 FORMAT_VERSION = 1
 
@@ -90,23 +88,3 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def sync(store: Store) -> None:
-    """Mirror the store's projects into the file. Call after every add, remove or pause."""
-    save(store.path, store.projects())
-
-
-def restore(store: Store) -> int:
-    """Add the saved projects a (fresh) store does not know; returns how many were added."""
-    known = {p["root"] for p in store.projects()}
-    added = 0
-    for item in load(store.path):
-        if item["root"] in known:
-            continue
-        store.add_project(item["root"])
-        if item["paused"]:
-            store.set_paused(item["root"], True)
-        known.add(item["root"])
-        added += 1
-    return added

@@ -162,12 +162,14 @@ class Store:
         self.recovered: str | None
         self.db, fresh, self.recovered = self._open(verify)
         if self.recovered is None and not fresh:
+            from thotd.engine import projectfile
+
+            if not projectfile.path_for(self.path).exists():
+                self._mirror_projects()  # a database from before there was a projects file
             return
         if self.recovered is not None:
             logging.getLogger(__name__).warning("%s", self.recovered)
-        from thotd.engine import projectfile
-
-        projectfile.restore(self)
+        self._restore_projects()
 
     def _open(self, verify: bool) -> tuple[sqlite3.Connection, bool, str | None]:
         """Connect and migrate; move a corrupt file aside once.
@@ -246,16 +248,44 @@ class Store:
             db.execute(
                 "INSERT OR IGNORE INTO projects (root, added) VALUES (?, ?)", (root, time.time())
             )
+        self._mirror_projects()
 
     def remove_project(self, root: str) -> bool:
         with self.tx() as db:
             cur = db.execute("DELETE FROM projects WHERE root = ?", (root,))
             db.execute("DELETE FROM runs WHERE project = ?", (root,))
+        self._mirror_projects()
         return cur.rowcount > 0
 
     def set_paused(self, root: str, paused: bool) -> None:
         with self.tx() as db:
             db.execute("UPDATE projects SET paused = ? WHERE root = ?", (int(paused), root))
+        self._mirror_projects()
+
+    def _mirror_projects(self) -> None:
+        """Keep the projects to watch in the file beside the database
+        (:mod:`thotd.engine.projectfile`), so a database moved aside does not lose them."""
+        from thotd.engine import projectfile
+
+        try:
+            projectfile.save(self.path, self.projects())
+        except OSError as exc:  # the database has them; the next change tries again
+            logging.getLogger(__name__).error("cannot save the list of projects: %s", exc)
+
+    def _restore_projects(self) -> None:
+        """Seed a fresh (or recovered) database with the saved projects it does not know,
+        then write the file back (one from before there was one, or from a lost database)."""
+        from thotd.engine import projectfile
+
+        known = {p["root"] for p in self.projects()}
+        with self.tx() as db:
+            for item in projectfile.load(self.path):
+                if item["root"] in known:
+                    continue
+                db.execute("INSERT INTO projects (root, added, paused) VALUES (?, ?, ?)",
+                           (item["root"], time.time(), int(item["paused"])))
+                known.add(item["root"])
+        self._mirror_projects()
 
     def projects(self) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT root, added, paused FROM projects ORDER BY root").fetchall()

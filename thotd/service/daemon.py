@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from thotd import exits, paths
-from thotd.engine import projectfile
 from thotd.engine.dispatch import Untrusted, dispatcher_for, launch
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
@@ -187,7 +186,6 @@ class Daemon:
         for root in sorted(roots):
             paused = any(p["root"] == root and p["paused"] for p in registered)
             await self.open_project(root, paused=paused)
-        self._save_projects()  # a file from before there was one, or from a lost database
         self.server = ControlServer()
         for name, handler in self.methods(self).items():
             self.server.register(name, handler)
@@ -298,20 +296,11 @@ class Daemon:
         """``thotctl pause``/``resume``: hold or release a project's queue (kept across restarts)."""
         proj.paused = paused
         self.store.set_paused(proj.root, paused)
-        self._save_projects()
         self._kick.set()
 
     def _trust(self, config: Config) -> TrustPolicy:
         """Whose files may run, from ``[trust]``; refusals name the config file to edit."""
         return config.trust.policy(config_path=self.config_path or paths.config_file())
-
-    def _save_projects(self) -> None:
-        """Mirror the projects to watch beside the database (:mod:`thotd.engine.projectfile`),
-        so a database that has to be moved aside does not lose them."""
-        try:
-            projectfile.sync(self.store)
-        except OSError as exc:  # the database has them; the next change tries again
-            log.error("cannot save the list of projects", error=str(exc))
 
     # ------------------------------------------------------------------ projects
 
@@ -344,7 +333,6 @@ class Daemon:
         self._watch_scripts(proj)
         if not any(p["root"] == root for p in self.store.projects()):
             self.store.add_project(root)
-            self._save_projects()
         if self.timetable.running:
             self._schedule_jobs()
         self.emit("project", project=root, state="loaded", objects=len(index.nodes))
@@ -371,7 +359,6 @@ class Daemon:
         proj = self.projects.pop(root, None)
         if proj is None:
             removed = self.store.remove_project(root)
-            self._save_projects()
             return removed
         proj.queue.clear()
         for r in proj.running.values():
@@ -382,7 +369,6 @@ class Daemon:
                 self.watcher.remove(d)
                 del self.extra_roots[d]
         self.store.remove_project(root)
-        self._save_projects()
         self.emit("project", project=root, state="removed")
         return True
 
