@@ -33,6 +33,7 @@ from thotd.project.vocabulary import (
     SCRIPTS_FILE,
     ObjectError,
     ObjectFileError,
+    check_depth,
     format_loc,
 )
 
@@ -130,6 +131,7 @@ def parse(filename: str, data: bytes, path: str = "") -> Any:
     the reason; broken JSON gets its line and column.
     """
     shown = path or filename
+    check_depth(data, shown)
     try:
         if filename == SCRIPTS_FILE:
             return SCRIPTS_ADAPTER.validate_json(data)
