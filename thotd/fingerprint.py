@@ -204,6 +204,16 @@ def hash_files(keys: Iterable[HashKey]) -> HashResults:
     return out
 
 
+def hash_paths(paths: Iterable[str]) -> HashResults:
+    """:func:`hash_files` of files as they are now (missing ones left out)."""
+    keys = []
+    for path in paths:
+        st = stat_of(path)
+        if st is not None:
+            keys.append((path, st[0], st[1]))
+    return hash_files(keys)
+
+
 class Hasher:
     """Content hashes cached by ``(path, size, mtime_ns)``: a file is hashed only when its
     size or mtime moved, so a big data set is read once, not on every check.

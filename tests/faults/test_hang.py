@@ -1,5 +1,8 @@
 """Project content that hung or crashed the daemon (issue 11, items 4 to 6).
 
+* An asset's file that is a named pipe froze the daemon in ``open()``; a link to
+  ``/dev/zero`` made it read forever. Only regular files are read, in worker threads; the
+  others are reported.
 * A ``_container.json`` of 200,000 ``[`` raised ``RecursionError``: a crash at start, a
   batch silently dropped while running, a traceback from ``thot validate``. It is an
   invalid file now, with where and why.
@@ -7,11 +10,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from corekit import await_for, cli
+from corekit import await_for, cli, make_tree, wait_for
+from daemonkit import Daemon as DaemonProcess
+from daemonkit import make_daemon
 from inprocess import call
 
 from thotd.project.vocabulary import MAX_DEPTH
@@ -60,3 +67,67 @@ def test_the_daemon_starts_with_such_a_file_and_reads_one_written_later(
         assert (await call(d, "status"))["projects"][0]["error"] is None
 
     in_daemon(body, projects=(root,))
+
+
+# ---------------------------------------------------------------------------- item 4
+
+
+READER = ("from thot import ThotProject\n"
+          "db = ThotProject()\n"
+          "print(sorted(a['file'] for a in db.find_assets({'type': 'odd'})))\n")
+
+
+def _odd_project(root: Path) -> tuple[Path, Path]:
+    """A project whose script consumes two assets: one's file is a named pipe, the other's
+    a link to /dev/zero. Returns the two files."""
+    make_tree(root, {
+        "_container.json": {"name": "p"},
+        "_scripts.json": [{"script": "read.py"}],
+        "read.py": READER,
+        "pipe": {"_asset.json": {"type": "odd", "file": "data.csv"}},
+        "zero": {"_asset.json": {"type": "odd", "file": "zeros.bin"}},
+    })
+    pipe = root / "pipe" / "data.csv"
+    os.mkfifo(pipe)
+    zeros = root / "zero" / "zeros.bin"
+    zeros.symlink_to("/dev/zero")
+    return pipe, zeros
+
+
+def _status_in_time(d: DaemonProcess) -> dict[str, Any]:
+    """``status``, which must answer within a second."""
+    began = time.monotonic()
+    status = d.rpc("status", timeout=5)
+    assert time.monotonic() - began < 1.0, "status took over a second"
+    return status
+
+
+def test_a_pipe_or_a_device_as_an_asset_file_never_blocks_the_daemon(tmp_path: Path) -> None:
+    """A FIFO as an asset's file froze the daemon in ``open()`` (on restart, before its
+    socket came up); a link to /dev/zero made it read forever. A real daemon process: a
+    hang in-process would hang the test."""
+    root = tmp_path / "p"
+    pipe, zeros = _odd_project(root)
+    with make_daemon(tmp_path) as d:
+        d.configure()
+        d.start(timeout=30)
+        d.rpc("add", {"path": str(root)}, timeout=10)
+
+        def reported() -> list[dict[str, Any]]:
+            (proj,) = _status_in_time(d)["projects"]
+            return proj["unreadable"] if proj["counts"].get("ok") else []
+
+        unreadable = wait_for(reported, 60, "the run recorded, the odd files reported")
+        assert {u["file"]: u["why"].split(":")[0] for u in unreadable} == {
+            str(pipe): "a named pipe (FIFO)", str(zeros): "a character device"}
+        # Restarted after the pipe moved (its stat no longer that of the record): it is
+        # checked again, off the loop, and the socket comes up and answers throughout.
+        d.stop(timeout=30)
+        st = os.stat(pipe)
+        os.utime(pipe, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+        d.start(timeout=30)
+        wait_for(lambda: any(p["unreadable"] for p in _status_in_time(d)["projects"]), 30,
+                 "the pipe reported again after the restart")
+        d.wait_quiet(timeout=60)
+        _status_in_time(d)
+        assert d.alive()
