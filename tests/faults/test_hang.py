@@ -3,6 +3,8 @@
 * An asset's file that is a named pipe froze the daemon in ``open()``; a link to
   ``/dev/zero`` made it read forever. Only regular files are read, in worker threads; the
   others are reported.
+* A catastrophic regex froze it (``re`` has no timeout): a search's regexes have a
+  deadline, and status keeps answering while a recorded one is asked again.
 * A ``_container.json`` of 200,000 ``[`` raised ``RecursionError``: a crash at start, a
   batch silently dropped while running, a traceback from ``thot validate``. It is an
   invalid file now, with where and why.
@@ -11,16 +13,19 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from corekit import await_for, cli, make_tree, wait_for
 from daemonkit import Daemon as DaemonProcess
-from daemonkit import make_daemon
+from daemonkit import RpcFailure, make_daemon
 from inprocess import call
 
+from thotd.project.search import MATCH_TIMEOUT_S
 from thotd.project.vocabulary import MAX_DEPTH
 from thotd.service.daemon import Daemon
 
@@ -130,4 +135,68 @@ def test_a_pipe_or_a_device_as_an_asset_file_never_blocks_the_daemon(tmp_path: P
                  "the pipe reported again after the restart")
         d.wait_quiet(timeout=60)
         _status_in_time(d)
+        assert d.alive()
+
+
+# ---------------------------------------------------------------------------- item 6
+
+CATASTROPHIC = r"(x+x+)+y"  # backtracks 2^n times on n x's not followed by y
+ASKER = ("from thot import ThotProject\n"
+         "db = ThotProject()\n"
+         f"print(len(db.find_containers({{'name': {{'$regex': {CATASTROPHIC!r}}}}})))\n")
+
+
+class StatusWatch:
+    """Polls ``status`` from a thread while a test does something else; records the
+    slowest answer."""
+
+    def __init__(self, d: DaemonProcess) -> None:
+        self.d, self.slowest, self.calls = d, 0.0, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                self.d.rpc("status", timeout=10)
+            except OSError:
+                self.slowest = max(self.slowest, 10.0)
+            self.slowest = max(self.slowest, time.monotonic() - began)
+            self.calls += 1
+
+    def __enter__(self) -> StatusWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def test_a_catastrophic_regex_stops_at_its_deadline_and_status_keeps_answering(
+        tmp_path: Path) -> None:
+    """A search's regex froze the daemon (``re`` has no timeout), and asking a recorded one
+    again after a file change stalled ``status`` for 17 s."""
+    root = tmp_path / "p"
+    make_tree(root, {"_container.json": {"name": "p"}, "_scripts.json": [{"script": "ask.py"}],
+                     "ask.py": ASKER, "a": {"_container.json": {"name": "short"}}})
+    with make_daemon(tmp_path) as d:
+        d.configure()
+        d.start(timeout=30)
+        d.add(root, timeout=60)
+        assert [r["status"] for r in d.runs()] == ["ok"]  # its regex query is recorded
+        with StatusWatch(d) as watch:
+            # A value the pattern backtracks on: the recorded query is asked again.
+            make_tree(root, {"slow": {"_container.json": {"name": "x" * 5000}}})
+            wait_for(lambda: d.project(root)["objects"] == 3, 30, "the new container indexed")
+            d.wait_quiet(timeout=60)
+            # Asked directly: a clear error naming the pattern and the limit.
+            with pytest.raises(RpcFailure) as caught:
+                d.rpc("query", {"project": str(root), "start": str(root), "kind": "container",
+                                "search": {"name": {"$regex": CATASTROPHIC}}}, timeout=10)
+            assert CATASTROPHIC in str(caught.value)
+            assert f"over {MATCH_TIMEOUT_S:g} s" in str(caught.value)
+            wait_for(lambda: watch.calls >= 3, 10, "status polled")
+        assert watch.slowest < 1.0, f"status took {watch.slowest:.2f} s"
         assert d.alive()
