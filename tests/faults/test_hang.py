@@ -23,8 +23,9 @@ import pytest
 from corekit import await_for, cli, make_tree, wait_for
 from daemonkit import Daemon as DaemonProcess
 from daemonkit import RpcFailure, make_daemon
-from inprocess import call
+from inprocess import call, wait_quiet
 
+from thotd import fingerprint
 from thotd.project.search import MATCH_TIMEOUT_S
 from thotd.project.vocabulary import MAX_DEPTH
 from thotd.service.daemon import Daemon
@@ -200,3 +201,47 @@ def test_a_catastrophic_regex_stops_at_its_deadline_and_status_keeps_answering(
             wait_for(lambda: watch.calls >= 3, 10, "status polled")
         assert watch.slowest < 1.0, f"status took {watch.slowest:.2f} s"
         assert d.alive()
+
+
+def test_the_daemon_reads_file_content_only_off_its_loop(
+        tmp_path: Path, in_daemon: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every content read (``fingerprint._read_regular``) of a daemon happens in a worker
+    thread, and the result is the same as reading on the loop: a touch reruns nothing, a
+    change of content reruns the reader once."""
+    root = tmp_path / "p"
+    make_tree(root, {
+        "_container.json": {"name": "p"},
+        "_scripts.json": [{"script": "read.py"}],
+        "read.py": READER.replace("'odd'", "'raw'"),
+        "a": {"_asset.json": {"type": "raw", "file": "data.csv"}, "data.csv": "1,2\n"},
+    })
+    data = root / "a" / "data.csv"
+    readers: list[str] = []
+    real = fingerprint._read_regular
+
+    def spy(path: str) -> Any:
+        readers.append(threading.current_thread().name)
+        return real(path)
+
+    monkeypatch.setattr(fingerprint, "_read_regular", spy)
+
+    async def body(d: Daemon) -> None:
+        await wait_quiet(d)
+        assert [r["status"] for r in (await call(d, "runs"))["runs"]] == ["ok"]
+        engine = d.projects[str(root)].engine
+        assert engine is not None
+        hashed = len(engine.hasher.cache)
+        st = os.stat(data)
+        os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # a touch
+        await await_for(lambda: len(engine.hasher.cache) > hashed, what="the touched file hashed")
+        await wait_quiet(d)
+        assert engine.completed == 1  # same content: nothing ran
+        data.write_text("3,4\n")  # same size, new content
+        await await_for(lambda: engine.completed == 2, what="the rerun")
+        await wait_quiet(d)
+        runs = (await call(d, "runs", {"limit": 10}))["runs"]
+        assert [r["status"] for r in runs] == ["ok", "ok"]
+
+    in_daemon(body, projects=(root,))
+    loop_thread = threading.main_thread().name
+    assert readers and loop_thread not in readers, readers

@@ -141,7 +141,7 @@ class Daemon:
         # Content hashing, which happens in worker threads (never on the loop): the tasks,
         # the files being hashed, and by project the runs whose staleness waits for them.
         self._hashing: set[asyncio.Task[None]] = set()
-        self._hashes_busy: set[HashKey] = set()
+        self._hashes_busy: dict[str, set[HashKey]] = {}  # by project root
         self._hash_waiting: dict[str, dict[RunKey, str]] = {}
         self._cleanup = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -459,10 +459,11 @@ class Daemon:
                        paths: set[str] | None = None) -> asyncio.Task[None] | None:
         """Hash ``keys`` (or the files at ``paths``) in a worker thread; the results are
         taken in on the loop, where the engine's state lives."""
-        keys = (keys or set()) - self._hashes_busy
+        busy = self._hashes_busy.setdefault(proj.root, set())
+        keys = (keys or set()) - busy
         if not keys and not paths:
-            return None
-        self._hashes_busy |= keys
+            return None  # being hashed: the task doing it checks the waiting runs again
+        busy |= keys
         task = asyncio.create_task(self._hash_and_recheck(proj, keys, paths or set()))
         self._hashing.add(task)
         task.add_done_callback(self._hashing.discard)
@@ -474,7 +475,7 @@ class Daemon:
             if paths:
                 results.update(await asyncio.to_thread(hash_paths, paths))
         finally:
-            self._hashes_busy -= keys
+            self._hashes_busy.get(proj.root, set()).difference_update(keys)
         if proj.engine is None or self.projects.get(proj.root) is not proj:
             return
         self._learn(proj, results)
