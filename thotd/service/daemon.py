@@ -309,7 +309,7 @@ class Daemon:
             return proj
         proj.error = None
         proj.engine = Engine(index, self.store)
-        proj.engine.hasher.read = False  # no file content is read on the loop: _defer_for_hashes
+        proj.engine.hasher.read = False  # no content read on the loop: _settled_reasons
         cut = [row.log + ".record" for row in proj.engine.rows.values()
                if row.status == "running" and row.log]
         ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
@@ -454,6 +454,25 @@ class Daemon:
         self._hash_waiting.setdefault(proj.root, {})[p.key] = trigger
         self._hash_off_loop(proj, wanted)
         return None
+
+    async def _reasons_once_hashed(self, proj: Project, p: Planned, rounds: int = 3) -> list[str]:
+        """The run's staleness reasons, waiting for the hashes they need (a few rounds, for
+        files that keep moving; then a hash still missing counts as a change). Right after
+        a run, where the rerun-once and cycle rules need the answer now."""
+        assert proj.engine is not None
+        engine = proj.engine
+        for _ in range(rounds):
+            reasons = engine.reasons(p.key)
+            wanted = engine.hasher.take_wanted()
+            if not wanted:
+                return reasons
+            task = self._hash_off_loop(proj, wanted)
+            hashing = [task] if task is not None else list(self._hashing)
+            if hashing:
+                await asyncio.wait(hashing)  # never cancels them
+        reasons = engine.reasons(p.key)
+        engine.hasher.take_wanted()
+        return reasons
 
     def _hash_off_loop(self, proj: Project, keys: set[HashKey] | None = None,
                        paths: set[str] | None = None) -> asyncio.Task[None] | None:
@@ -605,7 +624,9 @@ class Daemon:
             # Consumers of its outputs, and itself if an input moved while it ran (once).
             index = proj.engine.index
             owners = {index.owner_container(o) for o in outputs} | {p.container}
-            again = self._settled_reasons(proj, p, "inputs changed while it ran") or []
+            again = await self._reasons_once_hashed(proj, p)
+            if self.projects.get(proj.root) is not proj:
+                return
             if again and res.status == "ok":
                 n = proj.reruns.get(p.key, 0)
                 if n < 1:
