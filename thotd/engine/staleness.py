@@ -350,12 +350,15 @@ class Engine:
         reasons: list[str],
         trigger: str = "",
         refresh_index: bool = True,
+        rec: RunRecord | None = None,
     ) -> set[str]:
         """Turn a finished run into its record; returns the ids of the assets it produced.
 
-        ``refresh_index`` re-reads what the run wrote (the one-shot runner has no watcher).
+        ``refresh_index`` re-reads what the run wrote (the one-shot runner has no watcher);
+        ``rec`` is the record file already read (by the daemon, off its loop).
         """
-        rec = read_record(record_path)
+        if rec is None:
+            rec = read_record(record_path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(record_path)
         container, _script = key
@@ -379,6 +382,19 @@ class Engine:
                                 finished, log, reasons, record)
         write_footer(log, status, exit_code, finished - started, rec.outputs, self.rel)
         return set(rec.outputs)
+
+    def files_to_hash(self, key: RunKey, rec: RunRecord) -> set[str]:
+        """The files :meth:`complete` fingerprints for ``rec``, as far as the index knows
+        them before it is refreshed: the daemon hashes them in a worker thread first, so
+        its loop reads no file's content (see :class:`~thotd.fingerprint.Hasher`)."""
+        files = {key[1], *rec.outputs.values()}
+        if rec.opaque:
+            files.update(n.file for n in self.index.walk(key[0]) if n.file)
+        for oid, info in rec.consumed.items():
+            node = self.index.nodes.get(oid)
+            files.add((info or {}).get("file") or (node.file if node else None) or "")
+        files.discard("")
+        return files
 
     def _build_record(self, key: RunKey, rec: RunRecord) -> dict[str, Any]:
         container, script = key

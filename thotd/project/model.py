@@ -34,6 +34,7 @@ from thotd.project.vocabulary import (
     SCRIPTS_FILE,
     ObjectError,
     ObjectFileError,
+    check_depth,
     format_loc,
 )
 
@@ -131,6 +132,7 @@ def parse(filename: str, data: bytes, path: str = "") -> Any:
     line and column (:mod:`thotd.project.jsonpos`) and the reason.
     """
     shown = path or filename
+    check_depth(data, shown)
     try:
         if filename == SCRIPTS_FILE:
             return SCRIPTS_ADAPTER.validate_json(data)

@@ -28,6 +28,7 @@ from thotd.project.vocabulary import (
     SCRIPTS_FILE,
     ObjectError,
     ObjectFileError,
+    check_depth,
     format_loc,
 )
 
@@ -136,6 +137,7 @@ def plain(parsed: Any) -> Any:
 def load(filename: str, data: bytes, path: str = "") -> Any:
     """Validate one object file: plain dicts, or :class:`ObjectFileError` naming the file,
     the JSON path of each bad field and the reason (line and column for broken JSON)."""
+    check_depth(data, path or filename)
     fast = fast_load(filename, data)
     if fast is not None:
         return fast

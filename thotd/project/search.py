@@ -14,11 +14,22 @@ false``, ``$ne`` and ``$nin``, which keep MongoDB's meaning.
 
 Searches are also *recorded* by the engine (:func:`encode`) so a run's questions can be asked
 again later; a regex is stored as ``$regex``/``$options``, a callable makes the query opaque.
+
+A regex has a deadline. ``re`` cannot be stopped, and one catastrophic pattern froze the
+daemon (its searches run on its event loop, and it asks recorded ones again after every
+change), so every regex -- ``$regex`` or a compiled ``re.Pattern``, recompiled with the same
+flags -- is matched by the ``regex`` package, whose matches take a ``timeout``: at most
+:data:`MATCH_TIMEOUT_S` per match and :data:`SEARCH_BUDGET_S` for all the matches of one
+compiled search; past either, a :class:`SearchError` names the pattern and the limit
+(docs/decisions.md). ``regex`` is imported only when a search holds a regex: ``import thot``
+stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +37,16 @@ Matcher = Callable[[Any, bool], bool]  # (value, present) -> matched
 _MISSING = object()
 
 _FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE}
+
+#: The longest one regex match may take. Matching a name or a metadata string against an
+#: ordinary pattern takes microseconds; a tenth of a second is only reached by a pattern
+#: that backtracks catastrophically.
+MATCH_TIMEOUT_S = 0.1
+
+#: The longest all the regex matches of one search (one ``find_*`` over a project) may take
+#: together: what one search can hold the daemon's loop, below the 1 s within which
+#: ``thotctl status`` must answer. 30,000 objects against an ordinary pattern take ~30 ms.
+SEARCH_BUDGET_S = 0.5
 
 
 class SearchError(ValueError, TypeError):
@@ -70,8 +91,8 @@ def _equals(query: Any, value: Any) -> bool:
     return _same(query, value)
 
 
-def _compare(op: str) -> Callable[[Any, Mapping[str, Any]], Matcher]:
-    def build(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+def _compare(op: str) -> Callable[[Any, Mapping[str, Any], _Budget], Matcher]:
+    def build(operand: Any, _spec: Mapping[str, Any], _budget: _Budget) -> Matcher:
         def test(value: Any, present: bool) -> bool:
             if not present or value is None:
                 return False
@@ -91,8 +112,58 @@ def _compare(op: str) -> Callable[[Any, Mapping[str, Any]], Matcher]:
     return build
 
 
-def _regex_matcher(pattern: re.Pattern[str]) -> Matcher:
-    return lambda value, present: isinstance(value, str) and pattern.search(value) is not None
+class _Budget:
+    """What is left of a search's :data:`SEARCH_BUDGET_S`, shared by its regexes."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = SEARCH_BUDGET_S
+
+
+def _with_deadline(pattern: re.Pattern[str], budget: _Budget) -> Matcher:
+    """A matcher that searches with ``regex`` under the deadlines of the module's docstring;
+    ``pattern`` says what to search and with which flags."""
+    # Imported here, on the first regex search (``regex`` ships no type hints: Any).
+    regex: Any = importlib.import_module("regex")
+    if not isinstance(pattern.pattern, str):
+        raise SearchError(f"a bytes pattern cannot search text: {pattern.pattern!r}")
+    flags = sum(new for old, new in _regex_flags(regex) if pattern.flags & old)
+    try:
+        compiled = regex.compile(pattern.pattern, flags)
+    except regex.error as exc:
+        raise SearchError(f"bad $regex {pattern.pattern!r}: {exc}") from None
+
+    def test(value: Any, present: bool) -> bool:
+        if not isinstance(value, str):
+            return False
+        timeout = min(MATCH_TIMEOUT_S, budget.left)
+        if timeout <= 0:
+            raise SearchError(_too_slow(pattern.pattern, timeout))
+        began = time.monotonic()
+        try:
+            found = compiled.search(value, timeout=timeout)
+        except TimeoutError:
+            raise SearchError(_too_slow(pattern.pattern, timeout)) from None
+        finally:
+            budget.left -= time.monotonic() - began
+        return found is not None
+
+    return test
+
+
+def _too_slow(pattern: str, timeout: float) -> str:
+    if timeout < MATCH_TIMEOUT_S:
+        return (f"regex {pattern!r} ran out of time: the regexes of one search may take "
+                f"{SEARCH_BUDGET_S:g} s in all")
+    return (f"regex {pattern!r} took over {MATCH_TIMEOUT_S:g} s on one value (it backtracks "
+            "catastrophically?); make it more specific")
+
+
+def _regex_flags(regex: Any) -> list[tuple[int, int]]:
+    """``re`` flags and the ``regex`` flags that mean the same."""
+    return [(re.IGNORECASE, regex.IGNORECASE), (re.MULTILINE, regex.MULTILINE),
+            (re.DOTALL, regex.DOTALL), (re.VERBOSE, regex.VERBOSE), (re.ASCII, regex.ASCII)]
 
 
 def _choices(op: str, operand: Any) -> list[Any]:
@@ -101,30 +172,30 @@ def _choices(op: str, operand: Any) -> list[Any]:
     return list(operand)
 
 
-def _op_eq(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+def _op_eq(operand: Any, _spec: Mapping[str, Any], _budget: _Budget) -> Matcher:
     return lambda v, p: p and _equals(operand, v)
 
 
-def _op_ne(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+def _op_ne(operand: Any, _spec: Mapping[str, Any], _budget: _Budget) -> Matcher:
     return lambda v, p: not p or not _equals(operand, v)
 
 
-def _op_in(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+def _op_in(operand: Any, _spec: Mapping[str, Any], _budget: _Budget) -> Matcher:
     choices = _choices("$in", operand)
     return lambda v, p: p and any(_equals(c, v) for c in choices)
 
 
-def _op_nin(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+def _op_nin(operand: Any, _spec: Mapping[str, Any], _budget: _Budget) -> Matcher:
     choices = _choices("$nin", operand)
     return lambda v, p: not p or not any(_equals(c, v) for c in choices)
 
 
-def _op_exists(operand: Any, _spec: Mapping[str, Any]) -> Matcher:
+def _op_exists(operand: Any, _spec: Mapping[str, Any], _budget: _Budget) -> Matcher:
     want = bool(operand)
     return lambda v, p: p == want
 
 
-def _op_regex(operand: Any, spec: Mapping[str, Any]) -> Matcher:
+def _op_regex(operand: Any, spec: Mapping[str, Any], budget: _Budget) -> Matcher:
     flags = 0
     for ch in str(spec.get("$options", "")):
         if ch not in _FLAGS:
@@ -132,17 +203,17 @@ def _op_regex(operand: Any, spec: Mapping[str, Any]) -> Matcher:
         flags |= _FLAGS[ch]
     try:
         pattern = operand if isinstance(operand, re.Pattern) else re.compile(operand, flags)
-    except (re.error, TypeError) as exc:
+    except (re.error, TypeError, OverflowError, RecursionError) as exc:
         raise SearchError(f"bad $regex {operand!r}: {exc}") from None
-    return _regex_matcher(pattern)
+    return _with_deadline(pattern, budget)
 
 
-def _op_options(_operand: Any, spec: Mapping[str, Any]) -> None:
+def _op_options(_operand: Any, spec: Mapping[str, Any], _budget: _Budget) -> None:
     if "$regex" not in spec:
         raise SearchError("$options is only meaningful beside $regex")
 
 
-_OPERATORS: dict[str, Callable[[Any, Mapping[str, Any]], Matcher | None]] = {
+_OPERATORS: dict[str, Callable[[Any, Mapping[str, Any], _Budget], Matcher | None]] = {
     "$eq": _op_eq, "$ne": _op_ne, "$in": _op_in, "$nin": _op_nin, "$exists": _op_exists,
     "$regex": _op_regex, "$options": _op_options,
     "$gt": _compare("$gt"), "$gte": _compare("$gte"), "$lt": _compare("$lt"),
@@ -151,13 +222,13 @@ _OPERATORS: dict[str, Callable[[Any, Mapping[str, Any]], Matcher | None]] = {
 OPERATORS = frozenset(_OPERATORS)
 
 
-def _operators(spec: Mapping[str, Any]) -> Matcher:
+def _operators(spec: Mapping[str, Any], budget: _Budget) -> Matcher:
     tests: list[Matcher] = []
     for op, operand in spec.items():
         build = _OPERATORS.get(op)
         if build is None:
             raise SearchError(f"unknown search operator {op!r}; known: {', '.join(sorted(OPERATORS))}")
-        test = build(operand, spec)
+        test = build(operand, spec, budget)
         if test is not None:
             tests.append(test)
     return lambda v, p: all(t(v, p) for t in tests)
@@ -172,31 +243,33 @@ def _contains_all(wanted: list[Any]) -> Matcher:
     return contains
 
 
-def _condition(cond: Any) -> Matcher:
+def _condition(cond: Any, budget: _Budget) -> Matcher:
     if isinstance(cond, re.Pattern):
-        return _regex_matcher(cond)
+        return _with_deadline(cond, budget)
     if callable(cond):
         return lambda v, p: p and bool(cond(v))
     if isinstance(cond, Mapping) and any(isinstance(k, str) and k.startswith("$") for k in cond):
-        return _operators(cond)
+        return _operators(cond, budget)
     if isinstance(cond, list | tuple):
         return _contains_all(list(cond))
     return lambda v, p: p and _equals(cond, v)
 
 
 def compile_search(search: Mapping[str, Any] | None) -> Callable[[Mapping[str, Any]], bool]:
-    """Turn a search dict into a predicate on objects; raises :class:`SearchError` early."""
+    """Turn a search dict into a predicate on objects; raises :class:`SearchError` early (and
+    while matching, when a regex runs out of time: see the module's docstring)."""
     if not search:
         return lambda obj: True
     if not isinstance(search, Mapping):
         raise SearchError(f"a search must be a dict, got {type(search).__name__}")
     parts: list[tuple[str, Matcher]] = []
+    budget = _Budget()
     for key, cond in search.items():
         if not isinstance(key, str):
             raise SearchError(f"search keys must be strings, got {key!r}")
         if key.startswith("$"):
             raise SearchError(f"unknown search operator {key!r} at the top level")
-        parts.append((key, _condition(cond)))
+        parts.append((key, _condition(cond, budget)))
 
     def match(obj: Mapping[str, Any]) -> bool:
         for key, test in parts:

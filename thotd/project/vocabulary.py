@@ -4,6 +4,7 @@ imports the other for its vocabulary."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,3 +97,39 @@ def format_loc(loc: Sequence[int | str]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
+
+
+#: How deep an object file's JSON may nest. The models' JSON parser (pydantic-core) refuses
+#: about 200 levels anyway, and the standard library's parser recurses once per level on the
+#: caller's stack (200,000 ``[`` raised ``RecursionError``: a crash at start, a batch
+#: silently dropped). Object files describe data in a few levels; 200 leaves room and makes
+#: both readers give the same answer.
+MAX_DEPTH = 200
+
+#: A string (brackets in it do not count), a lone quote (a string never closed: everything
+#: after it is inside it) or a bracket.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*+"|"|[\[\]{}]')
+
+
+def check_depth(data: bytes, path: str) -> None:
+    """Raise :class:`ObjectFileError` when ``data`` nests deeper than :data:`MAX_DEPTH`,
+    before any parser recurses into it. Costs two byte counts for a usual file; brackets
+    inside strings do not count, and one pass over the bytes finds the depth."""
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return
+    depth = 0
+    for token in _TOKENS.finditer(data):
+        ch = token.group()
+        if ch in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                at = token.start()
+                line = data.count(b"\n", 0, at) + 1
+                column = at - (data.rfind(b"\n", 0, at) + 1) + 1
+                raise ObjectFileError([ObjectError(
+                    path, None, f"invalid JSON: nested deeper than {MAX_DEPTH} levels",
+                    line, column)])
+        elif ch in (b"]", b"}"):
+            depth -= 1
+        elif ch == b'"':
+            return  # never closed: the parser stops there, no deeper than counted so far

@@ -37,9 +37,11 @@ import structlog
 
 from thotd import exits, paths
 from thotd.engine.dispatch import Untrusted, dispatcher_for, launch
+from thotd.engine.record import read_record
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.executor.process import RunSpec, end_leftovers, run_async
+from thotd.fingerprint import HashKey, HashResults, hash_files, hash_paths
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
@@ -139,6 +141,11 @@ class Daemon:
         self._reload_asked = False
         self._kick = asyncio.Event()
         self._applying = 0
+        # Content hashing, which happens in worker threads (never on the loop): the tasks,
+        # the files being hashed, and by project the runs whose staleness waits for them.
+        self._hashing: set[asyncio.Task[None]] = set()
+        self._hashes_busy: dict[str, set[HashKey]] = {}  # by project root
+        self._hash_waiting: dict[str, dict[RunKey, str]] = {}
         self._cleanup = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
@@ -320,6 +327,7 @@ class Daemon:
         proj.error = None
         proj.engine = Engine(index, self.store)
         proj.engine.retention = self.config.run_logs.retention()
+        proj.engine.hasher.read = False  # no content read on the loop: _settled_reasons
         cut = [row.log + ".record" for row in proj.engine.rows.values()
                if row.status == "running" and row.log]
         ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
@@ -433,7 +441,9 @@ class Daemon:
                 continue
             if p.key in proj.queue and proj.queue[p.key][1] in FORCED_TRIGGERS:
                 continue  # asked for (rerun, schedule, retry): runs whether stale or not
-            reasons = proj.engine.reasons(p.key)
+            reasons = self._settled_reasons(proj, p, trigger)
+            if reasons is None:
+                continue  # checked again once the hashes it needs are in
             if reasons and p.key in proj.cycles:
                 # A run that changes its own inputs: hold it while they are as it left them
                 # (its own writes arrive here as events); a change by anyone else runs it.
@@ -449,6 +459,80 @@ class Daemon:
     def _autorun(self, proj: Project, key: RunKey) -> bool:
         assert proj.engine is not None
         return proj.engine.autorun(key)
+
+    # ------------------------------------------------------------------ content hashes
+
+    def _settled_reasons(self, proj: Project, p: Planned, trigger: str) -> list[str] | None:
+        """The run's staleness reasons, or None when they wait for content hashes (a file
+        whose stat moved since its record): those are computed in a worker thread, and the
+        run is checked again, with ``trigger``, once they are in."""
+        assert proj.engine is not None
+        reasons = proj.engine.reasons(p.key)
+        wanted = proj.engine.hasher.take_wanted()
+        if not wanted:
+            return reasons
+        self._hash_waiting.setdefault(proj.root, {})[p.key] = trigger
+        self._hash_off_loop(proj, wanted)
+        return None
+
+    async def _reasons_once_hashed(self, proj: Project, p: Planned, rounds: int = 3) -> list[str]:
+        """The run's staleness reasons, waiting for the hashes they need (a few rounds, for
+        files that keep moving; then a hash still missing counts as a change). Right after
+        a run, where the rerun-once and cycle rules need the answer now."""
+        assert proj.engine is not None
+        engine = proj.engine
+        for _ in range(rounds):
+            reasons = engine.reasons(p.key)
+            wanted = engine.hasher.take_wanted()
+            if not wanted:
+                return reasons
+            task = self._hash_off_loop(proj, wanted)
+            hashing = [task] if task is not None else list(self._hashing)
+            if hashing:
+                await asyncio.wait(hashing)  # never cancels them
+        reasons = engine.reasons(p.key)
+        engine.hasher.take_wanted()
+        return reasons
+
+    def _hash_off_loop(self, proj: Project, keys: set[HashKey] | None = None,
+                       paths: set[str] | None = None) -> asyncio.Task[None] | None:
+        """Hash ``keys`` (or the files at ``paths``) in a worker thread; the results are
+        taken in on the loop, where the engine's state lives."""
+        busy = self._hashes_busy.setdefault(proj.root, set())
+        keys = (keys or set()) - busy
+        if not keys and not paths:
+            return None  # being hashed: the task doing it checks the waiting runs again
+        busy |= keys
+        task = asyncio.create_task(self._hash_and_recheck(proj, keys, paths or set()))
+        self._hashing.add(task)
+        task.add_done_callback(self._hashing.discard)
+        return task
+
+    async def _hash_and_recheck(self, proj: Project, keys: set[HashKey], paths: set[str]) -> None:
+        try:
+            results = await asyncio.to_thread(hash_files, keys)
+            if paths:
+                results.update(await asyncio.to_thread(hash_paths, paths))
+        finally:
+            self._hashes_busy.get(proj.root, set()).difference_update(keys)
+        if proj.engine is None or self.projects.get(proj.root) is not proj:
+            return
+        self._learn(proj, results)
+        waiting = self._hash_waiting.pop(proj.root, {})
+        for trigger in dict.fromkeys(waiting.values()):
+            again = [proj.plan[k] for k, t in waiting.items() if t == trigger and k in proj.plan]
+            self.check_runs(proj, again, trigger=trigger)
+
+    def _learn(self, proj: Project, results: HashResults) -> None:
+        """Take hashes in; say once which files are never read (a pipe, a device)."""
+        assert proj.engine is not None
+        hasher = proj.engine.hasher
+        before = dict(hasher.refused)
+        hasher.learn(results)
+        for path, why in hasher.refused.items():
+            if before.get(path) != why:
+                log.warning("file not fingerprinted", project=proj.root, file=path, why=why)
+                self.emit("unreadable", project=proj.root, file=path, why=why)
 
     def enqueue(self, proj: Project, key: RunKey, reasons: list[str], trigger: str) -> None:
         """Queue a run whatever its staleness (``rerun``, schedules, retries)."""
@@ -486,12 +570,15 @@ class Daemon:
                     continue
                 if p.blocked or not self._ready(proj, p, busy):
                     continue
-                reasons, trigger = proj.queue.pop(key)
+                reasons, trigger = proj.queue[key]
                 if trigger not in FORCED_TRIGGERS:
-                    reasons = proj.engine.reasons(key)
-                    if not reasons:
-                        continue  # obsolete: the change was undone before it ran
-                self._start(proj, p, reasons, trigger)
+                    fresh = self._settled_reasons(proj, p, trigger)
+                    if fresh is None:
+                        continue  # its hashes are being computed: checked again after
+                    reasons = fresh
+                del proj.queue[key]
+                if reasons:  # else obsolete: the change was undone before it ran
+                    self._start(proj, p, reasons, trigger)
 
     def _autorun_or_forced(self, proj: Project, key: RunKey) -> bool:
         trigger = proj.queue[key][1]
@@ -528,6 +615,13 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(project=proj.root, run=f"{p.container}::{p.script}"):
             log.info("run started", reasons=reasons)
             res = await run_async(spec, cancel, self.forkserver_for_run())
+            # Still counted as running while its record is read and the files it names are
+            # hashed, both in worker threads: the loop reads no file's content.
+            rec = await asyncio.to_thread(read_record, record)
+            if proj.engine is not None and self.projects.get(proj.root) is proj:
+                prefetch = self._hash_off_loop(proj, paths=proj.engine.files_to_hash(p.key, rec))
+                if prefetch is not None:
+                    await asyncio.shield(prefetch)
             proj.running.pop(p.key, None)
             self.forks.retire_if_disabled()
             if proj.engine is None or self.projects.get(proj.root) is not proj:
@@ -539,7 +633,7 @@ class Daemon:
             outputs = proj.engine.complete(
                 p.key, status=res.status, exit_code=res.exit_code, started=res.started,
                 finished=res.finished, log=log_path, record_path=record, reasons=reasons,
-                trigger=trigger,
+                trigger=trigger, rec=rec,
             )
             log.info("run finished", status=res.status, exit_code=res.exit_code,
                      duration_s=round(res.duration_s, 3), outputs=len(outputs))
@@ -555,7 +649,9 @@ class Daemon:
             # Consumers of its outputs, and itself if an input moved while it ran (once).
             index = proj.engine.index
             owners = {index.owner_container(o) for o in outputs} | {p.container}
-            again = proj.engine.reasons(p.key)
+            again = await self._reasons_once_hashed(proj, p)
+            if self.projects.get(proj.root) is not proj:
+                return
             if again and res.status == "ok":
                 n = proj.reruns.get(p.key, 0)
                 if n < 1:
@@ -655,7 +751,7 @@ class Daemon:
     # ------------------------------------------------------------------ status
 
     def quiet(self) -> bool:
-        if not self.watcher.quiet() or self._applying:
+        if not self.watcher.quiet() or self._applying or self._hashing:
             return False
         for proj in self.projects.values():
             if proj.running:

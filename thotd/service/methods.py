@@ -96,6 +96,10 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     # re-reads every object file for typo checks (`thot validate`): ~0.5 s per status call
     # at 20,000 objects, so not here.
     out["warnings"] = index.load_warnings()
+    # Files a run's record names that are never read (a pipe, a device): fingerprinted by
+    # their stat alone (thotd.fingerprint).
+    out["unreadable"] = [{"file": f, "why": why}
+                         for f, why in sorted(proj.engine.hasher.refused.items())]
     out["queued"] = [
         {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
         for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
