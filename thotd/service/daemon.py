@@ -14,9 +14,10 @@ signal. Whoever builds a daemon hands it its control methods
 Why this file is over 500 lines: it is one idea, the state the loop owns (projects, queues,
 running runs) and the flow through it, from a settled batch to a finished run. The parts
 with a life of their own are beside it: :mod:`~thotd.service.forking` (the fork server),
-:mod:`~thotd.service.timetable` (timed jobs), :mod:`~thotd.service.signals`,
-:mod:`~thotd.service.lock` and :mod:`~thotd.service.methods`. Which queued run may start
-(``_candidates``, ``_ready``, ``_start``) is engine logic due to move to the engine room.
+:mod:`~thotd.service.timetable` (timed jobs), :mod:`~thotd.service.hashing` (content
+hashes, off the loop), :mod:`~thotd.service.signals`, :mod:`~thotd.service.lock` and
+:mod:`~thotd.service.methods`. Which queued run may start, and how its spec is built, is
+the engine's (:mod:`thotd.engine.dispatch`): ``_ready`` and ``_start`` only ask it.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ from thotd.engine.record import read_record
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.executor.process import RunSpec, end_leftovers, run_async
-from thotd.fingerprint import HashKey, HashResults, hash_files, hash_paths
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
 from thotd.service.control import ControlServer, Handler
 from thotd.service.forking import ForkServerKeeper
+from thotd.service.hashing import OffLoopHashes
 from thotd.service.lock import acquire_lock
 from thotd.service.signals import RELOAD_SIGNALS, captured_signals
 from thotd.service.timetable import Timetable, schedule_job_id
@@ -141,11 +142,9 @@ class Daemon:
         self._reload_asked = False
         self._kick = asyncio.Event()
         self._applying = 0
-        # Content hashing, which happens in worker threads (never on the loop): the tasks,
-        # the files being hashed, and by project the runs whose staleness waits for them.
-        self._hashing: set[asyncio.Task[None]] = set()
-        self._hashes_busy: dict[str, set[HashKey]] = {}  # by project root
-        self._hash_waiting: dict[str, dict[RunKey, str]] = {}
+        # Content hashing happens in worker threads, never on the loop.
+        self.hashes = OffLoopHashes(self.check_runs, self.emit,
+                                    lambda proj: self.projects.get(proj.root) is proj)
         self._cleanup = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
@@ -327,7 +326,7 @@ class Daemon:
         proj.error = None
         proj.engine = Engine(index, self.store)
         proj.engine.retention = self.config.run_logs.retention()
-        proj.engine.hasher.read = False  # no content read on the loop: _settled_reasons
+        proj.engine.hasher.read = False  # no content read on the loop: see OffLoopHashes
         cut = [row.log + ".record" for row in proj.engine.rows.values()
                if row.status == "running" and row.log]
         ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
@@ -441,7 +440,7 @@ class Daemon:
                 continue
             if p.key in proj.queue and proj.queue[p.key][1] in FORCED_TRIGGERS:
                 continue  # asked for (rerun, schedule, retry): runs whether stale or not
-            reasons = self._settled_reasons(proj, p, trigger)
+            reasons = self.hashes.settled_reasons(proj, p, trigger)
             if reasons is None:
                 continue  # checked again once the hashes it needs are in
             if reasons and p.key in proj.cycles:
@@ -459,80 +458,6 @@ class Daemon:
     def _autorun(self, proj: Project, key: RunKey) -> bool:
         assert proj.engine is not None
         return proj.engine.autorun(key)
-
-    # ------------------------------------------------------------------ content hashes
-
-    def _settled_reasons(self, proj: Project, p: Planned, trigger: str) -> list[str] | None:
-        """The run's staleness reasons, or None when they wait for content hashes (a file
-        whose stat moved since its record): those are computed in a worker thread, and the
-        run is checked again, with ``trigger``, once they are in."""
-        assert proj.engine is not None
-        reasons = proj.engine.reasons(p.key)
-        wanted = proj.engine.hasher.take_wanted()
-        if not wanted:
-            return reasons
-        self._hash_waiting.setdefault(proj.root, {})[p.key] = trigger
-        self._hash_off_loop(proj, wanted)
-        return None
-
-    async def _reasons_once_hashed(self, proj: Project, p: Planned, rounds: int = 3) -> list[str]:
-        """The run's staleness reasons, waiting for the hashes they need (a few rounds, for
-        files that keep moving; then a hash still missing counts as a change). Right after
-        a run, where the rerun-once and cycle rules need the answer now."""
-        assert proj.engine is not None
-        engine = proj.engine
-        for _ in range(rounds):
-            reasons = engine.reasons(p.key)
-            wanted = engine.hasher.take_wanted()
-            if not wanted:
-                return reasons
-            task = self._hash_off_loop(proj, wanted)
-            hashing = [task] if task is not None else list(self._hashing)
-            if hashing:
-                await asyncio.wait(hashing)  # never cancels them
-        reasons = engine.reasons(p.key)
-        engine.hasher.take_wanted()
-        return reasons
-
-    def _hash_off_loop(self, proj: Project, keys: set[HashKey] | None = None,
-                       paths: set[str] | None = None) -> asyncio.Task[None] | None:
-        """Hash ``keys`` (or the files at ``paths``) in a worker thread; the results are
-        taken in on the loop, where the engine's state lives."""
-        busy = self._hashes_busy.setdefault(proj.root, set())
-        keys = (keys or set()) - busy
-        if not keys and not paths:
-            return None  # being hashed: the task doing it checks the waiting runs again
-        busy |= keys
-        task = asyncio.create_task(self._hash_and_recheck(proj, keys, paths or set()))
-        self._hashing.add(task)
-        task.add_done_callback(self._hashing.discard)
-        return task
-
-    async def _hash_and_recheck(self, proj: Project, keys: set[HashKey], paths: set[str]) -> None:
-        try:
-            results = await asyncio.to_thread(hash_files, keys)
-            if paths:
-                results.update(await asyncio.to_thread(hash_paths, paths))
-        finally:
-            self._hashes_busy.get(proj.root, set()).difference_update(keys)
-        if proj.engine is None or self.projects.get(proj.root) is not proj:
-            return
-        self._learn(proj, results)
-        waiting = self._hash_waiting.pop(proj.root, {})
-        for trigger in dict.fromkeys(waiting.values()):
-            again = [proj.plan[k] for k, t in waiting.items() if t == trigger and k in proj.plan]
-            self.check_runs(proj, again, trigger=trigger)
-
-    def _learn(self, proj: Project, results: HashResults) -> None:
-        """Take hashes in; say once which files are never read (a pipe, a device)."""
-        assert proj.engine is not None
-        hasher = proj.engine.hasher
-        before = dict(hasher.refused)
-        hasher.learn(results)
-        for path, why in hasher.refused.items():
-            if before.get(path) != why:
-                log.warning("file not fingerprinted", project=proj.root, file=path, why=why)
-                self.emit("unreadable", project=proj.root, file=path, why=why)
 
     def enqueue(self, proj: Project, key: RunKey, reasons: list[str], trigger: str) -> None:
         """Queue a run whatever its staleness (``rerun``, schedules, retries)."""
@@ -572,7 +497,7 @@ class Daemon:
                     continue
                 reasons, trigger = proj.queue[key]
                 if trigger not in FORCED_TRIGGERS:
-                    fresh = self._settled_reasons(proj, p, trigger)
+                    fresh = self.hashes.settled_reasons(proj, p, trigger)
                     if fresh is None:
                         continue  # its hashes are being computed: checked again after
                     reasons = fresh
@@ -619,7 +544,7 @@ class Daemon:
             # hashed, both in worker threads: the loop reads no file's content.
             rec = await asyncio.to_thread(read_record, record)
             if proj.engine is not None and self.projects.get(proj.root) is proj:
-                prefetch = self._hash_off_loop(proj, paths=proj.engine.files_to_hash(p.key, rec))
+                prefetch = self.hashes.start(proj, paths=proj.engine.files_to_hash(p.key, rec))
                 if prefetch is not None:
                     await asyncio.shield(prefetch)
             proj.running.pop(p.key, None)
@@ -649,7 +574,7 @@ class Daemon:
             # Consumers of its outputs, and itself if an input moved while it ran (once).
             index = proj.engine.index
             owners = {index.owner_container(o) for o in outputs} | {p.container}
-            again = await self._reasons_once_hashed(proj, p)
+            again = await self.hashes.reasons_once_hashed(proj, p)
             if self.projects.get(proj.root) is not proj:
                 return
             if again and res.status == "ok":
@@ -751,7 +676,7 @@ class Daemon:
     # ------------------------------------------------------------------ status
 
     def quiet(self) -> bool:
-        if not self.watcher.quiet() or self._applying or self._hashing:
+        if not self.watcher.quiet() or self._applying or self.hashes.busy():
             return False
         for proj in self.projects.values():
             if proj.running:
