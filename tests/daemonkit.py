@@ -135,11 +135,18 @@ class Daemon:
 
     @property
     def socket(self) -> Path:
-        return Path(self.env["THOTD_SOCKET"])
+        """``THOTD_SOCKET`` when the harness set one, else where the daemon puts it."""
+        if "THOTD_SOCKET" in self.env:
+            return Path(self.env["THOTD_SOCKET"])
+        return Path(self.env["XDG_RUNTIME_DIR"]) / "thotd" / "thotd.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["XDG_STATE_HOME"]) / "thotd"
 
     @property
     def state(self) -> Path:
-        return Path(self.env["XDG_STATE_HOME"]) / "thotd" / "state.sqlite3"
+        return self.state_dir / "state.sqlite3"
 
     @property
     def pid(self) -> int:
@@ -161,12 +168,16 @@ class Daemon:
                 lines.append(f"{key} = {json.dumps(value)}")
         self.config.write_text("\n".join(lines) + "\n")
 
-    def start(self, *extra: str, check: bool = True, timeout: float = 60) -> subprocess.Popen[bytes]:
+    def start(self, *extra: str, check: bool = True, timeout: float = 60,
+              umask: int = -1) -> subprocess.Popen[bytes]:
+        """``thotd start --foreground`` (with ``umask`` when given); waits until it answers
+        unless ``check`` is false."""
         out = open(self.home / "daemon.out", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "thotd.cli.thotd", "start", "--foreground",
              *extra],
             env=self.env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            umask=umask,
         )
         out.close()
         self.procs.append(self.proc)

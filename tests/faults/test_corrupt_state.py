@@ -123,7 +123,7 @@ def test_daemon_starts_on_a_corrupt_database(tmp_path: Path, damage) -> None:  #
     """The real daemon: a damaged database; it starts, answers, says so, and the projects
     it watched are back."""
     with daemon(tmp_path) as d:
-        project = make_project(d.base / "proj")
+        project = make_project(d.home / "proj")
         d.state_dir.mkdir(parents=True, mode=0o700)
         db = filled(d.state_dir / "state.sqlite3", (str(project),))
         damage(db)

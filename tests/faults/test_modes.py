@@ -112,7 +112,7 @@ def test_daemon_files_are_private_under_umask_0(tmp_path: Path) -> None:
     with daemon(tmp_path) as d:
         d.start(umask=0)
         d.wait_ready()
-        project = make_project(d.base / "proj")
+        project = make_project(d.home / "proj")
         rpc(d.socket, "add", {"path": str(project)})
         wait_for(lambda: rpc(d.socket, "runs", {"limit": 10})["runs"], 120, "a run")
         rpc(d.socket, "wait", {"timeout": 120}, timeout=150)

@@ -292,9 +292,9 @@ def drop_foreign_container(root: Path, marker: Path) -> Path:
 
 def test_daemon_never_runs_another_users_script(tmp_path: Path) -> None:
     with daemon(tmp_path) as d:
-        os.chmod(d.base, 0o755)
-        project = make_project(d.base / "proj", "open('ran', 'w').write('ok')\n")
-        marker = d.base / "pwned"
+        os.chmod(d.home, 0o755)
+        project = make_project(d.home / "proj", "open('ran', 'w').write('ok')\n")
+        marker = d.home / "pwned"
         drop = drop_foreign_container(project, marker)
         d.start()
         d.wait_ready()
