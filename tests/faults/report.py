@@ -92,6 +92,10 @@ class Report:
             "writes here: it prints where it wrote its own table (pytest's temporary folder, "
             f"or `{REPORT_VAR}=PATH`).",
             "",
+            "Attacks from other accounts, content made to hang the daemon, a starved control "
+            "socket and damaged state are tried by their own cases; their table, with what "
+            "each found (held or fixed), is [security.md](security.md).",
+            "",
             f"Profile **{PROFILE}**, {time.strftime('%Y-%m-%d %H:%M', time.localtime(self.started))}, "
             f"{cpus} CPUs, Python {sys.version.split()[0]}, suite time {duration_s:.0f} s. "
             "Every row runs against a real `thotd` process, real folders, real scripts and a "
