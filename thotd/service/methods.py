@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from thotd.project.index import norm
 from thotd.service.daemon import Daemon, Project
-from thotd.service.rpc import INVALID_PARAMS, RpcError
+from thotd.service.fanout import TooManySubscribers
+from thotd.service.rpc import INVALID_PARAMS, SERVER_BUSY, RpcError
 
 if TYPE_CHECKING:
     from thotd.engine.staleness import Engine
@@ -287,12 +288,20 @@ async def query(daemon: Daemon, params: Params) -> Any:
 
 
 async def subscribe(daemon: Daemon, params: Params, conn: Connection) -> Any:
-    """Stream daemon events (runs, batches) until the client leaves."""
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-    daemon.subscribers.add(queue)
+    """Stream daemon events (runs, batches) until the client leaves.
+
+    Takes no parameters, and refuses any: a stream lasts as long as its client, and so
+    would whatever it was sent (a bounded number of subscribers, each with a bounded
+    backlog: :mod:`thotd.service.fanout`)."""
+    if params:
+        raise RpcError(INVALID_PARAMS, f"subscribe takes no parameters, got {sorted(params)[:5]}")
+    try:
+        sub = daemon.subscribers.subscribe()
+    except TooManySubscribers as exc:
+        raise RpcError(SERVER_BUSY, str(exc)) from None
     try:
         while not conn.closed.is_set():
-            getter = asyncio.ensure_future(queue.get())
+            getter = asyncio.ensure_future(sub.next())
             closer = asyncio.ensure_future(conn.closed.wait())
             done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
             for fut in (getter, closer):
@@ -303,7 +312,7 @@ async def subscribe(daemon: Daemon, params: Params, conn: Connection) -> Any:
     except ConnectionError:
         pass
     finally:
-        daemon.subscribers.discard(queue)
+        daemon.subscribers.unsubscribe(sub)
     return {"subscribed": False}
 
 
