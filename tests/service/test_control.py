@@ -524,6 +524,15 @@ def test_a_silent_connection_is_closed_after_the_idle_timeout(
     busy.close()
 
 
+def test_a_retrying_client_reconnects_after_its_idle_connection_was_closed(
+        start_server: Callable[..., Running]) -> None:
+    running = start_server(idle_timeout=0.1)
+    with Client(running.path, timeout=TIMEOUT) as client:
+        assert client.call("echo", n=1) == {"n": 1}
+        wait_for(lambda: not running.server._connections, what="the idle connection closed")
+        assert client.call_retrying("echo", n=2) == {"n": 2}  # as a script's next query does
+
+
 def test_a_script_of_the_daemon_keeps_its_idle_connection(
         start_server: Callable[..., Running], monkeypatch: pytest.MonkeyPatch) -> None:
     running = start_server(idle_timeout=0.1)
