@@ -144,7 +144,10 @@ class LocalProject:
             from thotd.service.rpc import Client
 
             self._client = Client(self._socket)  # one connection for all of the script's queries
-        result = self._client.call("query", project=self._project_root, start=self.root, kind=kind, search=search)
+        # A busy daemon (a crowded socket) delays the query; it does not fail the run.
+        result = self._client.call_retrying(
+            "query", project=self._project_root, start=self.root, kind=kind, search=search
+        )
         objects = [ThotObject(o) for o in result["objects"]]
         return objects, dict(zip([o["_id"] for o in objects], result["fingerprints"], strict=True))
 

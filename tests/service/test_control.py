@@ -28,12 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thotd.service.control import (
+    SMALL_REQUEST,
     AlreadyRunning,
     ClientGone,
     Connection,
     ControlServer,
     acquire_lock,
 )
+from thotd.service.fanout import Fanout, TooManySubscribers
 from thotd.service.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -276,7 +278,7 @@ def test_garbage_gets_parse_error_and_server_lives(server: Running) -> None:
 
 def test_deeply_nested_json_is_a_parse_error(server: Running) -> None:
     raw = Raw(server.path)
-    raw.send(b"[" * 200_000 + b"\n")
+    raw.send(b"[" * (MAX_LINE - 1) + b"\n")
     assert raw.line()["error"]["code"] == PARSE_ERROR
     raw.close()
     assert hello_ok(server.path)
@@ -456,18 +458,119 @@ def test_requests_on_one_connection_run_concurrently(server: Running) -> None:
     raw.close()
 
 
-def test_connection_limit(start_server: Callable[..., Running]) -> None:
+def test_at_the_limit_the_longest_idle_connection_makes_room(
+        start_server: Callable[..., Running]) -> None:
     running = start_server(max_connections=2)
     held = [Client(running.path, timeout=TIMEOUT) for _ in range(2)]
     for client in held:
         client.call("hello")  # registered on the server once answered
+    with Client(running.path, timeout=TIMEOUT) as extra:
+        assert extra.call("hello")["name"] == "thotd"
+    with pytest.raises(RpcError) as info:  # the oldest was closed for it, and told why
+        held[0].call("hello")
+    assert info.value.code == SERVER_BUSY and "connection limit" in info.value.message
+    assert held[1].call("hello")["name"] == "thotd"
+    for client in held:
+        client.close()
+
+
+def _hold_busy(path: Path) -> Client:
+    """A connection with a request in flight (``wait`` until ``release``): never idle."""
+    client = Client(path, timeout=TIMEOUT)
+    client._send("wait", {}, with_id=True)
+    return client
+
+
+def test_at_the_limit_with_every_connection_busy_a_newcomer_is_told_busy(
+        start_server: Callable[..., Running]) -> None:
+    running = start_server(max_connections=2)
+    busy = [_hold_busy(running.path) for _ in range(2)]
+    wait_for(lambda: sum(not c.idle for c in running.server._connections) == 2,
+             what="two busy connections")
     with Client(running.path, timeout=TIMEOUT) as extra, pytest.raises(RpcError) as info:
         extra.call("hello")
     assert info.value.code == SERVER_BUSY
-    held[0].close()
-    wait_for(lambda: len(running.server._connections) < 2, what="a slot to free up")
-    assert hello_ok(running.path)
-    held[1].close()
+    with Client(running.path, timeout=TIMEOUT) as patient, ThreadPoolExecutor(1) as pool:
+        later = pool.submit(patient.call_retrying, "hello", patience=TIMEOUT)
+        running.run(_release_now(running))
+        assert later.result(TIMEOUT)["name"] == "thotd"
+    for client in busy:
+        client.close()
+
+
+async def _release_now(running: Running) -> None:
+    assert running.release is not None
+    running.release.set()
+
+
+def test_a_silent_connection_is_closed_after_the_idle_timeout(
+        start_server: Callable[..., Running]) -> None:
+    running = start_server(idle_timeout=0.2)
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.connect(os.fspath(running.path))
+    half = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    half.connect(os.fspath(running.path))
+    half.sendall(b'{"jsonrpc": "2.0", "id": 1, "met')  # half a request, then silence
+    busy = _hold_busy(running.path)
+    for sock in (silent, half):
+        sock.settimeout(TIMEOUT)
+        reply = json.loads(sock.makefile("rb").readline())
+        assert reply["error"]["code"] == SERVER_BUSY and "no request" in reply["error"]["message"]
+        assert sock.recv(1) == b""  # then closed
+        sock.close()
+    assert len(running.server._connections) == 1  # the busy one stays, however long
+    running.run(_release_now(running))
+    assert busy._receive()["result"] == "released"
+    busy.close()
+
+
+def test_a_retrying_client_reconnects_after_its_idle_connection_was_closed(
+        start_server: Callable[..., Running]) -> None:
+    running = start_server(idle_timeout=0.1)
+    with Client(running.path, timeout=TIMEOUT) as client:
+        assert client.call("echo", n=1) == {"n": 1}
+        wait_for(lambda: not running.server._connections, what="the idle connection closed")
+        assert client.call_retrying("echo", n=2) == {"n": 2}  # as a script's next query does
+
+
+def test_a_script_of_the_daemon_keeps_its_idle_connection(
+        start_server: Callable[..., Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    running = start_server(idle_timeout=0.1)
+    code = ("import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+            "print('in', flush=True); sys.stdin.read()")
+    env = {**os.environ, "THOTD_QUERY_SOCKET": os.fspath(running.path)}
+    script = subprocess.Popen([sys.executable, "-c", code, os.fspath(running.path)], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    other = subprocess.Popen([sys.executable, "-c", code, os.fspath(running.path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        for proc in (script, other):
+            assert proc.stdout is not None and proc.stdout.readline() == b"in\n"
+        wait_for(lambda: [c.peer_pid for c in running.server._connections] == [script.pid],
+                 what="the stranger's idle connection closed, the script's kept")
+    finally:
+        for proc in (script, other):
+            proc.communicate(timeout=TIMEOUT)
+
+
+def test_large_requests_beyond_the_budget_are_busy_small_ones_pass(
+        start_server: Callable[..., Running]) -> None:
+    running = start_server(large_request_budget=5 * SMALL_REQUEST)
+    big = {"pad": "x" * 2 * SMALL_REQUEST}
+    holders = [Client(running.path, timeout=TIMEOUT) for _ in range(2)]
+    for client in holders:  # one large request in flight each
+        client._send("wait", big, with_id=True)
+    wait_for(lambda: sum(not c.idle for c in running.server._connections) == 2,
+             what="the large requests in flight")
+    with Client(running.path, timeout=TIMEOUT) as client:
+        with pytest.raises(RpcError) as info:
+            client.call("echo", **big)
+        assert info.value.code == SERVER_BUSY
+        assert client.call("echo", small=1) == {"small": 1}
+        running.run(_release_now(running))
+        for holder in holders:
+            holder.close()
+        assert client.call_retrying("echo", **big) == big
 
 
 # -- streaming ----------------------------------------------------------------------------
@@ -743,3 +846,31 @@ def test_any_bytes_never_hurt_the_server(server: Running, data: bytes) -> None:
             pass
     finally:
         raw.close()
+
+
+# -- the daemon's event fan-out -------------------------------------------------------------
+
+
+def test_a_subscriber_that_falls_behind_loses_the_oldest_and_is_told_how_many() -> None:
+    async def body() -> list[dict[str, Any]]:
+        fanout = Fanout(max_subscribers=2, backlog=3)
+        sub = fanout.subscribe()
+        for i in range(5):
+            fanout.publish({"event": "run", "i": i})
+        got = [await sub.next() for _ in range(4)]
+        fanout.unsubscribe(sub)
+        fanout.publish({"event": "run", "i": 5})
+        assert len(sub) == 0 and len(fanout) == 0  # gone: gets nothing more
+        return got
+
+    assert asyncio.run(body()) == [{"event": "lagged", "missed": 2}, {"event": "run", "i": 2},
+                                   {"event": "run", "i": 3}, {"event": "run", "i": 4}]
+
+
+def test_subscribers_are_limited() -> None:
+    fanout = Fanout(max_subscribers=2)
+    first, _second = fanout.subscribe(), fanout.subscribe()
+    with pytest.raises(TooManySubscribers):
+        fanout.subscribe()
+    fanout.unsubscribe(first)
+    fanout.subscribe()

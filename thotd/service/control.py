@@ -12,6 +12,21 @@ a failing handler becomes a -32603 reply and a log entry, never a crash. Request
 connection run concurrently (replies carry their id), up to a per-connection limit that
 applies back-pressure to a client that floods.
 
+No client can starve the others (tests/faults/test_starvation.py):
+
+- A connection with no request in flight that has sent no complete request line for
+  ``idle_timeout`` seconds is closed, unless its peer is a script this daemon runs (a
+  script keeps one connection for all its queries and may compute for hours between
+  them; its process carries ``THOTD_QUERY_SOCKET`` naming this socket).
+- At ``max_connections`` a newcomer is not refused while some connection is idle: the
+  longest-idle one is closed for it (other clients' first, scripts' last: a script's
+  library reconnects). Only when every connection is busy is the newcomer told
+  ``SERVER_BUSY``, which a script's library retries (``Client.call_retrying``).
+- Memory is bounded per connection by the line limit (the reader's buffer) and for the
+  server by ``large_request_budget``: request lines over ``SMALL_REQUEST`` bytes are held
+  (parsed, a dozen times their size) only while that many bytes of them are in flight;
+  beyond, they get ``SERVER_BUSY``. Small requests (every ``thotctl`` command) always pass.
+
 Handlers are ``async def handler(params: dict, conn: Connection) -> result``. They raise
 ``RpcError`` for an error reply. A streaming handler (``subscribe``) calls
 ``conn.send_notification`` until ``conn.closed`` is set (the client closed its side, went
@@ -29,6 +44,7 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +84,24 @@ log = structlog.get_logger("thotd.service.control")
 Handler = Callable[[dict[str, Any], "Connection"], Awaitable[Any]]
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+#: Request lines up to this size never count against the large-request budget.
+SMALL_REQUEST = 4096
+#: The environment variable that names this socket to the scripts the daemon runs.
+SCRIPT_SOCKET_VAR = b"THOTD_QUERY_SOCKET"
+
+
+def _is_script_of(pid: int | None, socket_path: Path | None) -> bool:
+    """Whether process ``pid`` was started by the daemon serving ``socket_path`` (its
+    environment names the socket in ``THOTD_QUERY_SOCKET``, as every run's does)."""
+    if pid is None or socket_path is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            environ = fh.read(1 << 20)
+    except OSError:
+        return False
+    wanted = SCRIPT_SOCKET_VAR + b"=" + os.fsencode(socket_path)
+    return wanted in environ.split(b"\0")
 
 
 class ClientGone(ConnectionError):
@@ -146,11 +180,29 @@ class Connection:
         #: broke the connection, stopped reading, or the server is stopping.
         self.closed = asyncio.Event()
         self._writer = writer
+        #: When it last sent a complete request line or last finished a request.
+        self.last_active = time.monotonic()
+        self._script: bool | None = None  # peer is a script of ours; looked up once
         self._write_lock = asyncio.Lock()
         self._write_timeout = write_timeout
         self._broken = False
         #: Requests being handled on this connection.
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def idle(self) -> bool:
+        """No request of it is in flight."""
+        return not self._tasks
+
+    def hang_up(self, code: int, message: str) -> None:
+        """Say why (without waiting: the client may not read) and close the connection."""
+        self.closed.set()
+        self._broken = True
+        transport = self._writer.transport
+        with contextlib.suppress(Exception):
+            transport.write(_encode({"jsonrpc": "2.0", "id": None,
+                                     "error": RpcError(code, message).to_dict()}))
+        transport.abort()
 
     async def send_notification(self, method: str, params: Any = None) -> None:
         """Push a notification (no id) to the client; raises ``ClientGone`` once it left."""
@@ -210,11 +262,17 @@ class ControlServer:
         max_connections: int = 256,
         max_in_flight: int = 32,
         write_timeout: float = 30.0,
+        idle_timeout: float = 10.0,
+        large_request_budget: int = 8 * MAX_LINE,
     ) -> None:
         self.version = version or _package_version()
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
         self.write_timeout = write_timeout
+        self.idle_timeout = idle_timeout
+        self.large_request_budget = large_request_budget
+        self._large_in_flight = 0  # bytes of large request lines being handled
+        self._sweeper: asyncio.Task[None] | None = None
         self.path: Path | None = None
         self._methods: dict[str, Handler] = {"hello": self._hello}
         self._server: asyncio.AbstractServer | None = None
@@ -270,12 +328,17 @@ class ControlServer:
             sock.close()
             raise
         self.path = path
+        self._sweeper = asyncio.create_task(self._sweep_idle())
         log.info("control socket listening", path=str(path))
 
     async def close(self, grace: float = 1.0) -> None:
         """Stop accepting, let streams end within ``grace`` seconds, then cut, then unlink."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         for conn in self._connections:
             conn.closed.set()
         handlers = [task for conn in self._connections for task in conn._tasks]
@@ -302,6 +365,37 @@ class ControlServer:
                 self.path.unlink()
         self._inode = None
 
+    def _is_script(self, conn: Connection) -> bool:
+        if conn._script is None:
+            conn._script = _is_script_of(conn.peer_pid, self.path)
+        return conn._script
+
+    async def _sweep_idle(self) -> None:
+        """Close connections idle for ``idle_timeout`` (scripts' excepted), every so often."""
+        while True:
+            await asyncio.sleep(max(self.idle_timeout / 4, 0.01))
+            cutoff = time.monotonic() - self.idle_timeout
+            for conn in list(self._connections):
+                if conn.idle and conn.last_active < cutoff and not self._is_script(conn):
+                    log.info("control connection closed: idle", idle_s=self.idle_timeout)
+                    self._drop(conn, f"closed: no request for {self.idle_timeout:g}s")
+
+    def _drop(self, conn: Connection, message: str) -> None:
+        self._connections.pop(conn, None)
+        conn.hang_up(SERVER_BUSY, message)
+
+    def _make_room(self) -> bool:
+        """At the connection limit, close the longest-idle connection (a script's last);
+        False if every connection is busy."""
+        idle = [c for c in self._connections if c.idle]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (self._is_script(c), c.last_active))
+        log.warning("control connection closed for a newcomer: at the limit",
+                    limit=self.max_connections)
+        self._drop(victim, f"closed: idle while at the connection limit ({self.max_connections})")
+        return True
+
     async def _hello(self, params: dict[str, Any], conn: Connection) -> dict[str, Any]:
         return {
             "name": "thotd",
@@ -327,7 +421,7 @@ class ControlServer:
                     f"permission denied: this thotd serves uid {self._uid} only, not uid {uid}",
                 )
                 return
-            if len(self._connections) >= self.max_connections:
+            if len(self._connections) >= self.max_connections and not self._make_room():
                 log.warning("control connection refused: too many", limit=self.max_connections)
                 await conn._reply_error(
                     None, SERVER_BUSY, f"too many connections (limit {self.max_connections})"
@@ -353,6 +447,7 @@ class ControlServer:
         def finished(task: asyncio.Task[None]) -> None:
             tasks.discard(task)
             slots.release()
+            conn.last_active = time.monotonic()
 
         abort = False
         try:
@@ -371,9 +466,10 @@ class ControlServer:
                     break
                 except OSError:
                     break
+                conn.last_active = time.monotonic()
                 if line.strip():
                     await slots.acquire()
-                    task = asyncio.create_task(self._handle_line(line, conn))
+                    task = asyncio.create_task(self._handle_within_budget(line, conn))
                     tasks.add(task)
                     task.add_done_callback(finished)
                 if last:
@@ -389,6 +485,21 @@ class ControlServer:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    async def _handle_within_budget(self, line: bytes, conn: Connection) -> None:
+        """Handle ``line``, counting a large one against the server's budget meanwhile."""
+        size = len(line) if len(line) > SMALL_REQUEST else 0
+        if size and self._large_in_flight + size > self.large_request_budget:
+            log.warning("large control request refused: budget spent",
+                        budget=self.large_request_budget)
+            await conn._reply_error(None, SERVER_BUSY, "too many large requests in flight; "
+                                    "retry later")
+            return
+        self._large_in_flight += size
+        try:
+            await self._handle_line(line, conn)
+        finally:
+            self._large_in_flight -= size
 
     async def _handle_line(self, line: bytes, conn: Connection) -> None:
         """Parse, validate, dispatch one request and reply. Never raises."""

@@ -46,6 +46,7 @@ from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
 from thotd.service.control import ControlServer, Handler
+from thotd.service.fanout import Fanout
 from thotd.service.forking import ForkServerKeeper
 from thotd.service.hashing import OffLoopHashes
 from thotd.service.lock import acquire_lock
@@ -136,7 +137,7 @@ class Daemon:
         self.stopping = False
         self.started = time.time()
         self.events: deque[dict[str, Any]] = deque(maxlen=500)
-        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.subscribers = Fanout()  # the subscribe streams: bounded in number and backlog
         self.ready = asyncio.Event()  # set once start-up is complete and the socket listens
         self._wake = asyncio.Event()  # a signal arrived, or a stop was asked for
         self._reload_asked = False
@@ -697,6 +698,4 @@ class Daemon:
     def emit(self, kind: str, **data: Any) -> None:
         event = {"event": kind, "time": time.time(), **data}
         self.events.append(event)
-        for q in list(self.subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(event)
+        self.subscribers.publish(event)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from thotd.engine.runlog import tail
 from thotd.project.index import norm
 from thotd.service.daemon import Daemon, Project
-from thotd.service.rpc import INVALID_PARAMS, RpcError
+from thotd.service.fanout import TooManySubscribers
+from thotd.service.rpc import INVALID_PARAMS, SERVER_BUSY, RpcError
 from thotd.words import plural
 
 if TYPE_CHECKING:
@@ -379,12 +380,20 @@ async def query(daemon: Daemon, params: Params) -> Any:
 
 
 async def subscribe(daemon: Daemon, params: Params, conn: Connection) -> Any:
-    """Stream daemon events (runs, batches) until the client leaves."""
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-    daemon.subscribers.add(queue)
+    """Stream daemon events (runs, batches) until the client leaves.
+
+    Takes no parameters, and refuses any: a stream lasts as long as its client, and so
+    would whatever it was sent (a bounded number of subscribers, each with a bounded
+    backlog: :mod:`thotd.service.fanout`)."""
+    if params:
+        raise RpcError(INVALID_PARAMS, f"subscribe takes no parameters, got {sorted(params)[:5]}")
+    try:
+        sub = daemon.subscribers.subscribe()
+    except TooManySubscribers as exc:
+        raise RpcError(SERVER_BUSY, str(exc)) from None
     try:
         while not conn.closed.is_set():
-            getter = asyncio.ensure_future(queue.get())
+            getter = asyncio.ensure_future(sub.next())
             closer = asyncio.ensure_future(conn.closed.wait())
             done, _ = await asyncio.wait({getter, closer}, return_when=asyncio.FIRST_COMPLETED)
             for fut in (getter, closer):
@@ -395,7 +404,7 @@ async def subscribe(daemon: Daemon, params: Params, conn: Connection) -> Any:
     except ConnectionError:
         pass
     finally:
-        daemon.subscribers.discard(queue)
+        daemon.subscribers.unsubscribe(sub)
     return {"subscribed": False}
 
 

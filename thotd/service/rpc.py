@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 PROTOCOL_VERSION = 1
-#: Longest request line the server accepts (without the newline).
-MAX_LINE = 1024 * 1024
+#: Longest request line the server accepts (without the newline). Real requests are a few
+#: hundred bytes; the limit bounds what each connection's reader may buffer.
+MAX_LINE = 64 * 1024
 #: Longest response line this client accepts; replies (a big ``status``) may exceed requests.
 MAX_RESPONSE_LINE = 64 * 1024 * 1024
 
@@ -33,6 +34,9 @@ INTERNAL_ERROR = -32603
 #: Server-defined codes (the -32000..-32099 range is reserved for them).
 PERMISSION_DENIED = -32001
 SERVER_BUSY = -32002
+
+#: How long ``call_retrying`` keeps trying a daemon that is too busy to answer.
+RETRY_PATIENCE_S = 120.0
 
 START_HINT = "start it with `thotd start` or `systemctl --user start thotd`"
 
@@ -208,6 +212,35 @@ class Client:
         except BaseException:
             self.close()  # a half-read reply would poison the next call
             raise
+
+    def call_retrying(self, method: str, /, *, patience: float = RETRY_PATIENCE_S,
+                      **params: Any) -> Any:
+        """``call``, retried with backoff while the daemon is too busy to take it.
+
+        For idempotent calls (a script's ``query``): a running script must not fail because
+        other clients crowd the socket. Retried: ``SERVER_BUSY`` replies, a connection the
+        daemon closed or refused (it closes idle ones at its limit), a full listen queue,
+        a timeout. Other errors, and the last one after ``patience`` seconds, are raised.
+        """
+        import random
+        import time
+
+        deadline = time.monotonic() + patience
+        pause = 0.02
+        while True:
+            try:
+                return self.call(method, **params)
+            except RpcError as exc:
+                if exc.code != SERVER_BUSY or time.monotonic() >= deadline:
+                    raise
+            except UntrustedServer:
+                raise  # not a load problem: never talk to it
+            except (ConnectionError, TimeoutError, BlockingIOError):
+                if time.monotonic() >= deadline:
+                    raise
+            self.close()
+            time.sleep(min(pause * random.uniform(0.5, 1.5), max(deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, 2.0)
 
     def notify(self, method: str, /, **params: Any) -> None:
         """Send a JSON-RPC notification: no reply, no error report."""
