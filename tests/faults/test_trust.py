@@ -327,6 +327,27 @@ def test_thot_run_blocks_another_users_script_unless_overridden(shared: Path) ->
     assert marker.exists(), proc.stdout + proc.stderr
 
 
+def test_thot_run_dry_run_shows_another_users_script_blocked(shared: Path) -> None:
+    """The dry run asks the same question as the run: an untrusted run is shown blocked,
+    with the file and the fix, not as "would run"."""
+    marker = shared.parent / "pwned"
+    drop = drop_foreign_container(shared, marker)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("THOTD_CONFIG", None)
+    state = str(shared.parent / "state.sqlite3")
+    base = [sys.executable, "-m", "thotd.cli.thot", "--state", state, "run", "--root",
+            str(shared), "--dry-run", "--json"]
+    proc = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300)
+    rows = {os.path.basename(r["container"]): r for r in json.loads(proc.stdout)["would_run"]}
+    row = rows[drop.name]
+    assert row["blocked"] and str(drop / "_scripts.json") in row["reasons"][0], row
+    assert not marker.exists()
+    proc = subprocess.run([*base, OVERRIDE_FLAG], env=env, capture_output=True, text=True,
+                          timeout=300)
+    rows = {os.path.basename(r["container"]): r for r in json.loads(proc.stdout)["would_run"]}
+    assert not rows[drop.name]["blocked"] and not marker.exists()
+
+
 def test_thot_run_takes_trust_from_thotds_config(shared: Path, tmp_path: Path) -> None:
     """``thot run`` reads ``[trust]`` of the daemon's config: the line a refusal suggests
     lets the run through; a config others can write is an error (exit 78), not ignored."""

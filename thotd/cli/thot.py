@@ -321,7 +321,7 @@ def _run(args: argparse.Namespace, engine: Any, server: Any, trust: Any) -> int:
     for err in engine.index.errors():
         print(f"thot: invalid: {err}", file=sys.stderr)
     if args.dry_run:
-        plan = dry_run(engine, changed=args.changed)
+        plan = dry_run(engine, changed=args.changed, trust=trust)
         print(json.dumps(plan, indent=2) if args.json else format_dry_run(plan, engine))
         return exits.OK
     t0 = time.monotonic()

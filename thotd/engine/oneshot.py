@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover -- CPython always has it
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from thotd.engine.dispatch import Dispatcher, Untrusted, launch
+from thotd.engine.dispatch import Dispatcher, Untrusted, launch, refusal
 from thotd.engine.staleness import Engine, Planned
 from thotd.slotted import Slotted
 
@@ -274,20 +274,26 @@ def run_project(
     return report
 
 
-def dry_run(engine: Engine, *, changed: bool) -> dict[str, Any]:
+def dry_run(engine: Engine, *, changed: bool,
+            trust: TrustPolicy | None = None) -> dict[str, Any]:
     """What ``thot run --dry-run`` answers, as data: the runs that would run now (stale, or
-    every one without ``changed``; blocked ones with why), and the runs that *may follow*
-    once those have run -- a run is only known to be stale once the runs before it have
-    changed its inputs, as Snakemake's dry run lists jobs whose inputs are not made yet."""
+    every one without ``changed``; blocked ones with why, untrusted files included: the
+    same check as a real run, :func:`~thotd.engine.dispatch.refusal`), and the runs that
+    *may follow* once those have run -- a run is only known to be stale once the runs
+    before it have changed its inputs, as Snakemake's dry run lists jobs whose inputs are
+    not made yet."""
     plan = engine.plan()
     would: list[dict[str, Any]] = []
     first: list[Planned] = []
     for p in plan:
         reasons = [p.blocked] if p.blocked else (engine.reasons(p.key) if changed else ["full run"])
-        if reasons:
-            would.append(_dry_row(p, reasons, blocked=bool(p.blocked)))
-            if not p.blocked:
-                first.append(p)
+        if not reasons:
+            continue
+        refused = refusal(engine, p, trust) if trust is not None and not p.blocked else None
+        blocked = [str(refused)] if refused is not None else ([p.blocked] if p.blocked else [])
+        would.append(_dry_row(p, blocked or reasons, blocked=bool(blocked)))
+        if not blocked:
+            first.append(p)
     follow = _may_follow(engine, plan, first) if changed else []
     return {"would_run": would, "may_follow": follow, "considered": len(plan)}
 
