@@ -75,7 +75,9 @@ def test_bad_params_are_invalid_params_errors(in_daemon: Any, project: Path) -> 
         errors = []
         for method, params in ((methods.runs, {"limit": "ten"}), (methods.log, {}),
                                (methods.log, {"id": 10**6}), (methods.why, {"path": "/nowhere"}),
-                               (methods.pause, {"path": "/nowhere"})):
+                               (methods.pause, {"path": "/nowhere"}),
+                               (methods.add, {"path": str(project / "missing")}),
+                               (methods.add, {"path": str(project / "group-0" / "sample-000" / "raw")})):
             with pytest.raises(RpcError) as caught:
                 await method(d, params)
             errors.append(caught.value)
@@ -84,6 +86,8 @@ def test_bad_params_are_invalid_params_errors(in_daemon: Any, project: Path) -> 
     errors = in_daemon(body, projects=(project,))
     assert {e.code for e in errors} == {INVALID_PARAMS}
     assert "limit" in errors[0].message and "'id'" in errors[1].message
+    assert errors[5].message == f"{project / 'missing'} does not exist"
+    assert "is not a Thot project" in errors[6].message
 
 
 def test_out_of_range_numbers_are_invalid_params_not_internal_errors(in_daemon: Any) -> None:

@@ -202,6 +202,8 @@ def blocked_runs(proj: Project, containers: list[str]) -> list[dict[str, Any]]:
 
 async def add(daemon: Daemon, params: Params) -> Any:
     path = norm(_param(params, "path", str))
+    if not os.path.exists(path):
+        raise RpcError(INVALID_PARAMS, f"{path} does not exist")
     if not os.path.isfile(os.path.join(path, "_container.json")):
         raise RpcError(INVALID_PARAMS, f"{path} is not a Thot project: it has no _container.json")
     proj = await daemon.open_project(path)
