@@ -12,7 +12,14 @@ from corekit import make_tree
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thotd.engine.dispatch import Dispatcher, Pending, Untrusted, dispatcher_for, launch
+from thotd.engine.dispatch import (
+    Dispatcher,
+    Pending,
+    ReadyQueue,
+    Untrusted,
+    dispatcher_for,
+    launch,
+)
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.engine.trust import TrustPolicy
@@ -133,6 +140,77 @@ def test_the_rule_is_below_or_earlier_in_the_container(folders: set[str], runs_p
             for q in pending_runs
         )
         assert d.ready(p, pending) == expected, (p, pending_runs)
+
+
+def _random_plan(folders: set[str], runs_per: list[int]) -> list[Planned]:
+    folders = {f for f in folders if all(a in folders for a in _ancestors(f))}
+    return plan_of([(c, f"s{i}.py") for n, c in zip(runs_per, _postorder(folders), strict=False)
+                    for i in range(n)])
+
+
+def _brute_ready(d: Dispatcher, queued: set[RunKey], started: set[RunKey]) -> list[int]:
+    """The queued runs the rule lets start, judged one by one over everything pending."""
+    pending = d.pending(queued | started)
+    return [p.order for p in d.plan if p.key in queued and d.ready(p, pending)]
+
+
+def _all_ready(rq: ReadyQueue) -> list[int]:
+    out, after = [], -1
+    while (p := rq.next_ready(after)) is not None:
+        out.append(after := p.order)
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    folders=st.sets(st.sampled_from(_FOLDERS)),
+    runs_per=st.lists(st.integers(0, 2), min_size=len(_FOLDERS) + 1, max_size=len(_FOLDERS) + 1),
+    data=st.data(),
+)
+def test_the_ready_queue_follows_the_rule_after_every_step(
+        folders: set[str], runs_per: list[int], data: st.DataObject) -> None:
+    """Whatever the plan and the order runs are queued, started and finished in (strays
+    included): after every step the incremental ready set is the rule's answer."""
+    plan = _random_plan(folders, runs_per)
+    strays: list[RunKey] = [(f"{ROOT}/{f}/old", "/s/old.py") for f in ("a", "b/c")]
+    keys = [p.key for p in plan] + strays
+    d = Dispatcher(plan)
+    queued = set(data.draw(st.sets(st.sampled_from(keys))))
+    started: set[RunKey] = set()
+    rq = ReadyQueue(d, queued)
+    for _ in range(data.draw(st.integers(0, 3 * len(keys)))):
+        assert _all_ready(rq) == _brute_ready(d, queued, started)
+        assert len(rq) == len(queued | started)
+        key = data.draw(st.sampled_from(keys))
+        step = data.draw(st.sampled_from(["queue", "start", "finish"]))
+        if step == "queue":
+            rq.queue(key)
+            queued.add(key)
+            started.discard(key)
+        elif step == "start":
+            rq.start(key)
+            queued.discard(key)
+            started.add(key)
+        else:
+            rq.discard(key)
+            queued.discard(key)
+            started.discard(key)
+        assert (key in rq) == (key in queued | started)
+    assert _all_ready(rq) == _brute_ready(d, queued, started)
+
+
+def test_a_full_run_drains_in_plan_order_one_judgement_per_leaving_run() -> None:
+    """The one-shot runner's use: start the first ready run, finish it, again; every run is
+    met once, and a parent only once all below it are done."""
+    d = Dispatcher(PLAN)
+    rq = ReadyQueue(d, (p.key for p in PLAN))
+    assert _all_ready(rq) == [X.order, B.order]
+    seen = []
+    while (p := rq.next_ready()) is not None:
+        rq.start(p.key)
+        seen.append(p)
+        rq.discard(p.key)
+    assert seen == PLAN and len(rq) == 0
 
 
 def _ancestors(rel: str) -> list[str]:

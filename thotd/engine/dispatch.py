@@ -76,6 +76,11 @@ class Pending:
         i = bisect.bisect_left(self._neg, -order)
         return i < len(self._neg) and self._neg[i] == -order
 
+    def add(self, order: int) -> None:
+        i = bisect.bisect_left(self._neg, -order)
+        if i == len(self._neg) or self._neg[i] != -order:
+            self._neg.insert(i, -order)
+
     def discard(self, order: int) -> None:
         i = bisect.bisect_left(self._neg, -order)
         if i < len(self._neg) and self._neg[i] == -order:
@@ -99,6 +104,12 @@ class Dispatcher:
         self.by_key: dict[RunKey, Planned] = {p.key: p for p in self.plan}
         self._at: dict[int, Planned] = {p.order: p for p in self.plan}
         self._starts = subtree_starts(self.plan)
+        self.runs_at: dict[str, list[int]] = {}  # container -> its runs' orders, ascending
+        for p in self.plan:
+            self.runs_at.setdefault(p.container, []).append(p.order)
+
+    def at(self, order: int) -> Planned:
+        return self._at[order]
 
     def pending(self, keys: Iterable[RunKey]) -> Pending:
         """The runs ``keys`` (queued or running) as :class:`Pending`."""
@@ -131,6 +142,127 @@ class Dispatcher:
                 p = self._at[order]
                 if self.ready(p, pending):
                     yield p
+
+
+class ReadyQueue:
+    """The pending runs of one plan and, kept up to date as runs come and go, the queued
+    ones that may start now: what :meth:`Dispatcher.ready_runs` answers, without a scan of
+    the queue per finished run.
+
+    A run leaving can only free runs whose window holds it: the next pending run of its own
+    container and the first pending run of each container above it (any later one still
+    waits for that first one); a run arriving can only hold those same runs. So
+    :meth:`discard` and :meth:`queue` judge at most the tree's depth plus one runs, each
+    with :meth:`Dispatcher.ready` (the rule stays there). A pending run is *queued* (starts
+    once ready) or *started* (pending, never ready again). Pending runs the plan does not
+    hold (strays: an association removed while its run was queued) are rare: a change among
+    them judges every queued run again."""
+
+    __slots__ = ("_d", "pending", "_queued", "_ready", "_strays")
+
+    def __init__(self, dispatcher: Dispatcher, queued: Iterable[RunKey] = ()) -> None:
+        self._d = dispatcher
+        self.pending = Pending()
+        self._queued: set[int] = set()  # pending and not started
+        self._ready: list[int] = []  # the queued orders that may start, ascending
+        self._strays: set[RunKey] = set()
+        for key in queued:
+            p = dispatcher.by_key.get(key)
+            if p is None:
+                self._strays.add(key)
+            else:
+                self.pending.add(p.order)
+                self._queued.add(p.order)
+        self._judge_all()
+
+    def __len__(self) -> int:
+        return len(self.pending) + len(self._strays)
+
+    def __contains__(self, key: RunKey) -> bool:
+        p = self._d.by_key.get(key)
+        return key in self._strays if p is None else p.order in self.pending
+
+    @property
+    def strays(self) -> set[RunKey]:
+        """The pending runs the plan does not hold (a copy)."""
+        return set(self._strays)
+
+    def next_ready(self, after: int = -1) -> Planned | None:
+        """The first run that may start now, after plan order ``after``."""
+        i = bisect.bisect_right(self._ready, after)
+        return self._d.at(self._ready[i]) if i < len(self._ready) else None
+
+    def queue(self, key: RunKey) -> None:
+        """``key`` waits to start (again, once it has finished)."""
+        p = self._d.by_key.get(key)
+        if p is None:
+            if key not in self._strays:
+                self._strays.add(key)
+                self._judge_all()
+            return
+        if p.order not in self.pending:
+            self.pending.add(p.order)
+            self._judge_around(p)
+        self._queued.add(p.order)
+        self._judge(p.order)
+
+    def start(self, key: RunKey) -> None:
+        """``key`` started: still pending (it holds the runs after it), no longer ready."""
+        p = self._d.by_key.get(key)
+        if p is None:
+            self.queue(key)  # a stray holds the runs above it, queued or running
+        else:
+            self.queue(key)
+            self._queued.discard(p.order)
+            self._unready(p.order)
+
+    def discard(self, key: RunKey) -> None:
+        """``key`` finished, or left the queue: the runs it held may start."""
+        p = self._d.by_key.get(key)
+        if p is None:
+            if key in self._strays:
+                self._strays.discard(key)
+                self._judge_all()
+            return
+        if p.order in self.pending:
+            self.pending.discard(p.order)
+            self._queued.discard(p.order)
+            self._unready(p.order)
+            self._judge_around(p)
+
+    def _judge_around(self, p: Planned) -> None:
+        """Judge again the runs whose window holds ``p``'s order (see the class)."""
+        runs = self._d.runs_at.get(p.container, [])
+        self._judge_first(runs[bisect.bisect_right(runs, p.order):])
+        cur = p.container
+        while (parent := os.path.dirname(cur)) != cur:
+            cur = parent
+            self._judge_first(self._d.runs_at.get(cur, []))
+
+    def _judge_first(self, orders: Iterable[int]) -> None:
+        for order in orders:
+            if order in self.pending:
+                self._judge(order)
+                return
+
+    def _judge_all(self) -> None:
+        self.pending.strays = [k[0] for k in self._strays]
+        self._ready = []
+        for order in sorted(self._queued):
+            self._judge(order)
+
+    def _judge(self, order: int) -> None:
+        if order in self._queued and self._d.ready(self._d.at(order), self.pending):
+            i = bisect.bisect_left(self._ready, order)
+            if i == len(self._ready) or self._ready[i] != order:
+                self._ready.insert(i, order)
+        else:
+            self._unready(order)
+
+    def _unready(self, order: int) -> None:
+        i = bisect.bisect_left(self._ready, order)
+        if i < len(self._ready) and self._ready[i] == order:
+            del self._ready[i]
 
 
 _dispatchers: weakref.WeakKeyDictionary[Engine, tuple[tuple[int, bool], Dispatcher]] = (

@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover -- CPython always has it
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
-from thotd.engine.dispatch import Dispatcher, Untrusted, launch, refusal
+from thotd.engine.dispatch import Dispatcher, ReadyQueue, Untrusted, launch, refusal
 from thotd.engine.staleness import Engine, Planned
 from thotd.slotted import Slotted
 
@@ -132,8 +132,7 @@ class _OneShot:
         self.trigger = trigger
         self.forkserver = forkserver
         self.trust = trust
-        self.dispatcher = Dispatcher(plan)
-        self.pending = self.dispatcher.pending(p.key for p in plan)
+        self.pending = ReadyQueue(Dispatcher(plan), (p.key for p in plan))
         self.ran: set[tuple[str, str]] = set()
         self.lock = threading.Lock()  # the index: changed here between runs, read by the query server
         self.server: QueryServer | None = None
@@ -145,9 +144,11 @@ class _OneShot:
     def run(self) -> None:
         try:
             while self.pending:
-                for p in self.dispatcher.ready_runs(self.pending, self.running):
-                    if len(self.running) >= self.jobs:
-                        break
+                after = -1  # a run skipped on the way lets the runs after it through
+                while (len(self.running) < self.jobs
+                       and (p := self.pending.next_ready(after)) is not None):
+                    after = p.order
+                    self.pending.start(p.key)
                     self.start(p)
                 if self.running:
                     self.collect()
@@ -170,7 +171,7 @@ class _OneShot:
                 continue
 
     def finish(self, p: Planned) -> None:
-        self.pending.discard(p.order)
+        self.pending.discard(p.key)
         self.progress.done += 1
 
     def query_socket(self) -> str | None:

@@ -145,6 +145,28 @@ def default_path() -> Path:
     return paths.database_path()
 
 
+class LogsInUse:
+    """The logs the state database points to, read from it at the first question."""
+
+    __slots__ = ("_db", "_logs")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._logs: set[str] | None = None
+
+    def _read(self) -> set[str]:
+        if self._logs is None:
+            rows = self._db.execute("SELECT log FROM runs WHERE log IS NOT NULL").fetchall()
+            self._logs = {r[0] for r in rows}
+        return self._logs
+
+    def __contains__(self, log: object) -> bool:
+        return log in self._read()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+
 class Store:
     """One SQLite file; open it once per process and keep it."""
 
@@ -370,11 +392,12 @@ class Store:
                     (*values, project, container, script),
                 )
 
-    def logs_in_use(self) -> set[str]:
+    def logs_in_use(self) -> LogsInUse:
         """The run logs the database points to: each run's last one, which is also the one
-        a running run writes (:mod:`thotd.engine.logretention` never deletes these)."""
-        rows = self.db.execute("SELECT log FROM runs WHERE log IS NOT NULL").fetchall()
-        return {r[0] for r in rows}
+        a running run writes (:mod:`thotd.engine.logretention` never deletes these). Read
+        when first asked: after most runs nothing is pruned and nothing asks, and reading
+        every run's log after every run made a full run quadratic."""
+        return LogsInUse(self.db)
 
     def finish_history(self, history_id: int, status: str, exit_code: int | None,
                        finished: float) -> None:
