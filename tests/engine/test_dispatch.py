@@ -170,7 +170,8 @@ def _all_ready(rq: ReadyQueue) -> list[int]:
 def test_the_ready_queue_follows_the_rule_after_every_step(
         folders: set[str], runs_per: list[int], data: st.DataObject) -> None:
     """Whatever the plan and the order runs are queued, started and finished in (strays
-    included): after every step the incremental ready set is the rule's answer."""
+    included, or the whole queue handed over at once): after every step the incremental
+    ready set is the rule's answer."""
     plan = _random_plan(folders, runs_per)
     strays: list[RunKey] = [(f"{ROOT}/{f}/old", "/s/old.py") for f in ("a", "b/c")]
     keys = [p.key for p in plan] + strays
@@ -182,8 +183,13 @@ def test_the_ready_queue_follows_the_rule_after_every_step(
         assert _all_ready(rq) == _brute_ready(d, queued, started)
         assert len(rq) == len(queued | started)
         key = data.draw(st.sampled_from(keys))
-        step = data.draw(st.sampled_from(["queue", "start", "finish"]))
-        if step == "queue":
+        step = data.draw(st.sampled_from(["queue", "start", "finish", "sync"]))
+        if step == "sync":  # the daemon's way: its whole queue and running runs, changed
+            started = set(data.draw(st.sets(st.sampled_from(keys))))
+            fresh = set(data.draw(st.sets(st.sampled_from(keys)))) - started
+            assert rq.sync(fresh, started) == fresh - queued
+            queued = fresh
+        elif step == "queue":
             rq.queue(key)
             queued.add(key)
             started.discard(key)

@@ -158,7 +158,7 @@ class ReadyQueue:
     hold (strays: an association removed while its run was queued) are rare: a change among
     them judges every queued run again."""
 
-    __slots__ = ("_d", "pending", "_queued", "_ready", "_strays")
+    __slots__ = ("_d", "pending", "_queued", "_ready", "_strays", "_qkeys", "_skeys")
 
     def __init__(self, dispatcher: Dispatcher, queued: Iterable[RunKey] = ()) -> None:
         self._d = dispatcher
@@ -166,7 +166,9 @@ class ReadyQueue:
         self._queued: set[int] = set()  # pending and not started
         self._ready: list[int] = []  # the queued orders that may start, ascending
         self._strays: set[RunKey] = set()
-        for key in queued:
+        self._qkeys: set[RunKey] = set(queued)  # the same runs as keys, for sync()
+        self._skeys: set[RunKey] = set()
+        for key in self._qkeys:
             p = dispatcher.by_key.get(key)
             if p is None:
                 self._strays.add(key)
@@ -192,8 +194,25 @@ class ReadyQueue:
         i = bisect.bisect_right(self._ready, after)
         return self._d.at(self._ready[i]) if i < len(self._ready) else None
 
+    def sync(self, queued: Iterable[RunKey], started: Iterable[RunKey]) -> set[RunKey]:
+        """Make the pending runs exactly ``queued`` and ``started`` (a run in both has
+        started), applying only the difference: a caller whose queue changes in many places
+        hands it over whole. Returns the runs newly queued."""
+        now_started = set(started)
+        now_queued = set(queued) - now_started
+        for key in (self._qkeys | self._skeys) - now_queued - now_started:
+            self.discard(key)
+        for key in now_started - self._skeys:
+            self.start(key)
+        fresh = now_queued - self._qkeys
+        for key in fresh:
+            self.queue(key)
+        return fresh
+
     def queue(self, key: RunKey) -> None:
         """``key`` waits to start (again, once it has finished)."""
+        self._qkeys.add(key)
+        self._skeys.discard(key)
         p = self._d.by_key.get(key)
         if p is None:
             if key not in self._strays:
@@ -208,16 +227,18 @@ class ReadyQueue:
 
     def start(self, key: RunKey) -> None:
         """``key`` started: still pending (it holds the runs after it), no longer ready."""
+        self.queue(key)  # pending (a stray holds the runs above it, queued or running)
+        self._qkeys.discard(key)
+        self._skeys.add(key)
         p = self._d.by_key.get(key)
-        if p is None:
-            self.queue(key)  # a stray holds the runs above it, queued or running
-        else:
-            self.queue(key)
+        if p is not None:
             self._queued.discard(p.order)
             self._unready(p.order)
 
     def discard(self, key: RunKey) -> None:
         """``key`` finished, or left the queue: the runs it held may start."""
+        self._qkeys.discard(key)
+        self._skeys.discard(key)
         p = self._d.by_key.get(key)
         if p is None:
             if key in self._strays:
@@ -278,6 +299,22 @@ def dispatcher_for(engine: Engine, *, manual: bool = False) -> Dispatcher:
     if cached is None or cached[0] != key:
         cached = (key, Dispatcher(engine.plan(manual=manual)))
         _dispatchers[engine] = cached
+    return cached[1]
+
+
+_ready_queues: weakref.WeakKeyDictionary[Engine, tuple[Dispatcher, ReadyQueue]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def ready_queue_for(engine: Engine, *, manual: bool = False) -> ReadyQueue:
+    """The daemon's :class:`ReadyQueue` of ``engine``, kept while its dispatcher holds (the
+    caller hands it its queue with :meth:`~ReadyQueue.sync` before asking)."""
+    dispatcher = dispatcher_for(engine, manual=manual)
+    cached = _ready_queues.get(engine)
+    if cached is None or cached[0] is not dispatcher:
+        cached = (dispatcher, ReadyQueue(dispatcher))
+        _ready_queues[engine] = cached
     return cached[1]
 
 

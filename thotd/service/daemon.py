@@ -17,7 +17,7 @@ with a life of their own are beside it: :mod:`~thotd.service.forking` (the fork 
 :mod:`~thotd.service.timetable` (timed jobs), :mod:`~thotd.service.hashing` (content
 hashes, off the loop), :mod:`~thotd.service.signals`, :mod:`~thotd.service.lock` and
 :mod:`~thotd.service.methods`. Which queued run may start, and how its spec is built, is
-the engine's (:mod:`thotd.engine.dispatch`): ``_ready`` and ``_start`` only ask it.
+the engine's (:mod:`thotd.engine.dispatch`): ``dispatch`` and ``_start`` only ask it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from thotd import exits, paths
-from thotd.engine.dispatch import Untrusted, dispatcher_for, launch
+from thotd.engine.dispatch import ReadyQueue, Untrusted, launch, ready_queue_for
 from thotd.engine.record import read_record
 from thotd.engine.staleness import Engine, Planned, RunKey
 from thotd.engine.state import Store
@@ -481,40 +481,52 @@ class Daemon:
                 log.exception("dispatch failed")
 
     def dispatch(self) -> None:
-        """Start queued runs whose producers are all done, up to the pool's size."""
+        """Start queued runs whose producers are all done, up to the pool's size. The ready
+        runs come from the engine's :class:`~thotd.engine.dispatch.ReadyQueue`, told what
+        moved in the queue since the last pass: a pass costs what changed, not the queue."""
         limit = max(1, self.config.pool.workers)
         for proj in self.projects.values():
             if proj.paused or proj.engine is None or not proj.queue or self.stopping:
                 continue
-            busy = set(proj.running) | set(proj.queue)
-            for key in sorted(proj.queue, key=lambda k: proj.plan[k].order if k in proj.plan else -1):
+            ready = ready_queue_for(proj.engine, manual=True)
+            for key in ready.sync(proj.queue, proj.running) | (ready.strays & proj.queue.keys()):
+                if key not in proj.plan or not self._autorun_or_forced(proj, key):
+                    proj.queue.pop(key, None)  # the association is gone: obsolete
+                    ready.discard(key)
+            after = -1
+            while (q := ready.next_ready(after)) is not None:
                 if self._in_flight() >= limit:
                     return
-                p = proj.plan.get(key)
-                if p is None or not self._autorun_or_forced(proj, key):
-                    proj.queue.pop(key, None)  # the association is gone: obsolete
-                    continue
-                if p.blocked or not self._ready(proj, p, busy):
-                    continue
-                reasons, trigger = proj.queue[key]
-                if trigger not in FORCED_TRIGGERS:
-                    fresh = self.hashes.settled_reasons(proj, p, trigger)
-                    if fresh is None:
-                        continue  # its hashes are being computed: checked again after
-                    reasons = fresh
-                del proj.queue[key]
-                if reasons:  # else obsolete: the change was undone before it ran
-                    self._start(proj, p, reasons, trigger)
+                after = q.order
+                self._try_start(proj, q.key, ready)
+
+    def _try_start(self, proj: Project, key: RunKey, ready: ReadyQueue) -> None:
+        """Start a queued run the rule lets start, unless it is obsolete, blocked, or its
+        hashes are still being computed."""
+        p = proj.plan.get(key)
+        if p is None or not self._autorun_or_forced(proj, key):
+            proj.queue.pop(key, None)  # the association is gone: obsolete
+            ready.discard(key)
+            return
+        if p.blocked:
+            return
+        reasons, trigger = proj.queue[key]
+        if trigger not in FORCED_TRIGGERS:
+            fresh = self.hashes.settled_reasons(proj, p, trigger)
+            if fresh is None:
+                return  # its hashes are being computed: checked again after
+            reasons = fresh
+        del proj.queue[key]
+        if reasons:  # else obsolete: the change was undone before it ran
+            self._start(proj, p, reasons, trigger)
+        if key in proj.running:
+            ready.start(key)
+        else:
+            ready.discard(key)
 
     def _autorun_or_forced(self, proj: Project, key: RunKey) -> bool:
         trigger = proj.queue[key][1]
         return trigger in FORCED_TRIGGERS or self._autorun(proj, key)
-
-    def _ready(self, proj: Project, p: Planned, busy: set[RunKey]) -> bool:
-        """The readiness rule of :mod:`thotd.engine.dispatch`, over the queued and running."""
-        assert proj.engine is not None
-        dispatcher = dispatcher_for(proj.engine, manual=True)
-        return dispatcher.ready(p, dispatcher.pending(busy))
 
     def _start(self, proj: Project, p: Planned, reasons: list[str], trigger: str) -> None:
         assert proj.engine is not None
