@@ -8,7 +8,7 @@ per-run overhead of the largest size is within 1.5x of the smallest's (ratios wi
 of this script, on one machine).
 
     python bench/scale_bench.py --full-run            # 10x10 and 100x100
-    python bench/scale_bench.py --full-run --big      # and 300x100 (~10,000 s of runs here)
+    python bench/scale_bench.py --full-run --big      # and 300x100 (slow: 30,301 runs)
 """
 
 from __future__ import annotations
