@@ -209,16 +209,22 @@ def test_daemon_queries_equal_local_queries(daemon: Daemon, gs: Path) -> None:
 def test_moved_and_deleted_samples(daemon: Daemon, gs: Path) -> None:
     daemon.start()
     _register(daemon, gs)
+    def runs_since(before: set[str]) -> list[tuple[str, str]]:
+        return _runs_by_script([r for r in daemon.runs() if r["id"] not in before])
+
+    # "quiet" alone could be seen before a loaded machine delivers the events: wait for the
+    # summary's run first (it comes last), then for quiet, then look at everything that ran.
     before = {r["id"] for r in daemon.runs()}
     shutil.move(str(gs / "group-0" / "sample-001"), str(gs / "group-1" / "sample-001b"))
+    wait_for(lambda: ("summary.py", "project") in runs_since(before), 60, "the summary to rerun")
     daemon.wait_quiet()
-    new = [r for r in daemon.runs() if r["id"] not in before]
-    ran = _runs_by_script(new)
+    ran = runs_since(before)
     assert ("group.py", "group-0") in ran and ("group.py", "group-1") in ran
     assert ("sample.py", "sample-001b") in ran
     summary = (gs / "summary" / "summary.txt").read_text()
     before = {r["id"] for r in daemon.runs()}
     shutil.rmtree(gs / "group-1" / "sample-001b")
+    wait_for(lambda: ("summary.py", "project") in runs_since(before), 60, "the summary to rerun")
     daemon.wait_quiet()
     new = [r for r in daemon.runs() if r["id"] not in before]
     assert _runs_by_script(new) == [("group.py", "group-1"), ("summary.py", "project")]

@@ -738,6 +738,27 @@ def test_forked_process_is_popen_like(server: ForkServer, tmp_path: Path) -> Non
     assert proc.poll() == -signal.SIGTERM and proc.lost is None
 
 
+def test_server_writes_the_pgid_file_before_it_answers(server: ForkServer, tmp_path: Path) -> None:
+    # A daemon killed -9 right after the answer has written nothing: the next daemon must
+    # still find the run, by the file the server wrote between its fork and its answer.
+    from thotd.executor.leftovers import PGID_SUFFIX, end_leftovers
+
+    record = tmp_path / "run.record"
+    script = tmp_path / "w.py"
+    script.write_text("import time\ntime.sleep(100)\n")
+    fd = os.open(tmp_path / "w.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        proc = server.spawn([str(script)], str(tmp_path), run_env(THOT_RECORD=str(record)), fd)
+    finally:
+        os.close(fd)
+    assert proc is not None
+    pgid_file = Path(str(record) + PGID_SUFFIX)
+    assert pgid_file.read_text().split()[0] == str(proc.pid)
+    assert pgid_file.stat().st_mode & 0o777 == 0o600
+    assert end_leftovers([str(record)], grace_s=2.0) == 1
+    assert proc.wait(timeout=DEADLINE_S) == -signal.SIGTERM
+
+
 # -- the server's own life ---------------------------------------------------------------------
 
 

@@ -5,7 +5,10 @@ their own sessions and would keep writing into the project while the same runs s
 again.  The next daemon ends them at start-up with :func:`end_leftovers`.  Exec'd runs are
 found by ``THOT_RECORD`` in their ``/proc/<pid>/environ``; a forked run's main process
 shows the fork server's environment there, so while it lasts the run keeps a pgid file
-beside its record (:func:`write_pgid_file`).  Linux (``/proc``) only.
+beside its record (:func:`write_pgid_file`), written by the fork server between the fork
+and its answer: a daemon killed at any moment after asking for the run leaves the file.
+Linux (``/proc``) only.  Standard library only: the fork server imports this module, and
+its runs see what it imported.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import contextlib
 import os
 
 from thotd.executor.processgroup import groups_with_env, proc_stat, start_time, stop_groups
-from thotd.paths import private_file_opener
 
 __all__ = ["PGID_SUFFIX", "end_leftovers", "write_pgid_file"]
 
@@ -67,7 +69,9 @@ def write_pgid_file(record: str | None, pgid: int) -> str | None:
     path = record + PGID_SUFFIX
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w", encoding="ascii", opener=private_file_opener) as fh:
+        # A new file (O_EXCL): the umask can only narrow 0600, never widen it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="ascii") as fh:
             fh.write(f"{pgid} {started}\n")
         os.replace(tmp, path)  # whole or absent, whenever the daemon dies
     except OSError:

@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from thotd.executor.leftovers import PGID_SUFFIX, end_leftovers, write_pgid_file
+from thotd.executor.leftovers import PGID_SUFFIX, end_leftovers
 from thotd.executor.processgroup import kill_group, pidfd_open, spawn, spawn_async
 from thotd.executor.runspec import (
     STRIPPED_ENV,
@@ -346,7 +346,8 @@ async def _start_async(
 
     if forked is not None:
         run.spawned(forked.pid)
-        pgid_file = write_pgid_file(run.spec.env.get("THOT_RECORD"), forked.pid)
+        record = run.spec.env.get("THOT_RECORD")  # the fork server wrote its pgid file
+        pgid_file = record + PGID_SUFFIX if record else None
         return forked, _forked_waiter(asyncio.get_running_loop(), forked), pgid_file
     try:
         proc = await spawn_async(argv, **_popen_kwargs(run, env))

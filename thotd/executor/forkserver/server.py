@@ -58,6 +58,7 @@ from thotd.executor.forkserver.protocol import (  # noqa: E402
     send,
     startup_vars,
 )
+from thotd.executor.leftovers import write_pgid_file  # noqa: E402
 from thotd.executor.processgroup import fork_in_new_session, pidfd_open  # noqa: E402
 
 __all__ = ["PREIMPORTS"]
@@ -309,6 +310,9 @@ class _Server:
             return Child(req, fds[0], self.delta)
         close_all(fds)
         self.children.add(pid)
+        # Before the answer: a client killed from here on (kill -9) leaves the file, and
+        # the next daemon ends this run by it (thotd.executor.leftovers).
+        write_pgid_file(req["env"].get("THOT_RECORD"), pid)
         pidfd = pidfd_open(pid)  # the child is not reaped yet: this is the right process
         try:
             send(self.sock, {"id": rid, "pid": pid}, [pidfd] if pidfd is not None else ())
