@@ -10,7 +10,9 @@ The rules, in the order they are checked (docs/security.md has the threats):
 3. Actions (POST) must carry an ``Origin`` equal to this server's: another site's form,
    even one riding the cookie, is refused.
 4. Every answer: ``X-Content-Type-Options: nosniff``, a strict CSP (only our own script,
-   style and images; nothing inline; no framing), no referrer, no caching of pages.
+   style and images; nothing inline; no framing), no referrer to other sites
+   (``no-referrer`` would make the browser send ``Origin: null`` on our own forms), no
+   caching of pages.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def make_guard(secret: str, hosts: Callable[[], set[str]]) -> object:
         response = await handler(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Referrer-Policy", "same-origin")  # no-referrer makes Origin "null"
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Cache-Control", "no-store")
         return response

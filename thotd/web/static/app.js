@@ -6,6 +6,7 @@
 (function () {
   const live = document.getElementById("live");
   let timer = null;
+  let treeDirty = false; // containers came or went: the tree's rows, not only its states
 
   async function fetchText(url) {
     const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
@@ -38,7 +39,12 @@
       jobs.push(fetchText(el.dataset.live).then((html) => { el.innerHTML = html; }));
     }
     const tree = document.getElementById("tree");
-    if (tree) jobs.push(refreshStates(tree));
+    if (tree && treeDirty) {
+      treeDirty = false;
+      jobs.push(reloadTree(tree));
+    } else if (tree) {
+      jobs.push(refreshStates(tree));
+    }
     await Promise.allSettled(jobs);
   }
 
@@ -53,6 +59,7 @@
     es.onmessage = (msg) => {
       let ev;
       try { ev = JSON.parse(msg.data); } catch (e) { return; }
+      if (ev.event === "batch" && (ev.added || ev.removed)) treeDirty = true;
       if (ev.event === "run" || ev.event === "project" || ev.event === "lagged" ||
           (ev.event === "batch" && (ev.added || ev.removed || ev.modified))) {
         soon();
@@ -72,22 +79,39 @@
     }, 1000);
   }
 
+  async function expand(li, a) {
+    const ul = li.querySelector(":scope > ul.children");
+    li.classList.add("open");
+    a.textContent = "▾";
+    if (!ul.dataset.loaded) {
+      ul.innerHTML = await fetchText(a.dataset.fragment);
+      ul.dataset.loaded = "1";
+    }
+    ul.hidden = false;
+  }
+
+  // Rows again from the server, then the subtrees that were open opened again.
+  async function reloadTree(tree) {
+    const open = Array.from(tree.querySelectorAll("li.node.open"), (li) => li.dataset.node);
+    tree.innerHTML = await fetchText(tree.dataset.fragment);
+    for (const id of open) {
+      const li = Array.from(tree.querySelectorAll("li.node")).find((n) => n.dataset.node === id);
+      const a = li && li.querySelector(":scope > a.expand");
+      if (a) await expand(li, a);
+    }
+  }
+
   document.addEventListener("click", async (e) => {
     const a = e.target.closest("a.expand");
     if (!a) return;
     e.preventDefault();
     const li = a.closest("li.node");
-    const ul = li.querySelector(":scope > ul.children");
-    if (li.classList.toggle("open")) {
-      a.textContent = "▾";
-      if (!ul.dataset.loaded) {
-        ul.innerHTML = await fetchText(a.dataset.fragment);
-        ul.dataset.loaded = "1";
-      }
-      ul.hidden = false;
-    } else {
+    if (li.classList.contains("open")) {
+      li.classList.remove("open");
       a.textContent = "▸";
-      ul.hidden = true;
+      li.querySelector(":scope > ul.children").hidden = true;
+    } else {
+      await expand(li, a);
     }
   });
 
