@@ -8,7 +8,6 @@ in, look, drop a sample, break a check, try the attacks).
 from __future__ import annotations
 
 import os
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any

@@ -19,10 +19,14 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import structlog
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+log = structlog.get_logger("thotd")
 
 COOKIE = "thotd_token"
 Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
@@ -66,7 +70,7 @@ def make_guard(secret: str, hosts: Callable[[], set[str]]) -> object:
                 return refuse("wrong token")
             clean = request.rel_url.with_query(
                 [(k, v) for k, v in request.query.items() if k != "token"])
-            answer = web.HTTPSeeOther(location=str(clean))
+            answer = web.Response(status=303, headers={"Location": str(clean)})
             answer.set_cookie(COOKIE, secret, httponly=True, samesite="Strict", path="/")
             answer.headers["Referrer-Policy"] = "no-referrer"
             return answer
@@ -76,12 +80,23 @@ def make_guard(secret: str, hosts: Callable[[], set[str]]) -> object:
             origin = request.headers.get("Origin")
             if origin != f"http://{host}":
                 return refuse("actions must come from this page (Origin)")
-        response = await handler(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
-        response.headers.setdefault("Referrer-Policy", "same-origin")  # no-referrer makes Origin "null"
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Cache-Control", "no-store")
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # a 404 or a redirect carries the headers too
+            harden(exc.headers)
+            raise
+        except Exception:
+            log.exception("dashboard request failed", path=request.path)
+            response = web.Response(status=500, text="500: internal error (the daemon's log "
+                                    "has the traceback)\n")
+        harden(response.headers)
         return response
+
+    def harden(headers: Any) -> None:
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        headers.setdefault("Referrer-Policy", "same-origin")  # no-referrer makes Origin "null"
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Cache-Control", "no-store")
 
     return guard
