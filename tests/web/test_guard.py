@@ -36,6 +36,10 @@ class FakeSource:
                 "runs": 0, "counts": {}}]}
         return {"runs": {"runs": []}, "plan": {"plan": []}, "query": {"objects": []}}.get(method, {})
 
+    def objects(self, root: str, ids: list[str]) -> list[dict[str, Any]]:
+        return [{"_id": self.root, "name": "proj", "children": [], "assets": [], "scripts": [],
+                 "metadata": {}, "notes": [], "parent": None} for i in ids if i == self.root]
+
     def subscribe(self) -> Any:
         raise RuntimeError("no events here")
 

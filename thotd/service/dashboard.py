@@ -53,6 +53,13 @@ class DaemonSource:
     def subscribe(self) -> _Events:
         return _Events(self._daemon, self._daemon.subscribers.subscribe())
 
+    def objects(self, root: str, ids: list[str]) -> list[dict[str, Any]]:
+        proj = self._daemon.projects.get(root)
+        index = proj.index if proj is not None else None
+        if index is None:
+            return []
+        return [index.view(i) for i in ids if i in index.nodes and index.nodes[i].valid]
+
     def roots(self) -> list[str]:
         return list(self._daemon.projects)
 

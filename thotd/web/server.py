@@ -89,17 +89,20 @@ class Pages:
         plan = await self.source.call("plan", {"path": project["root"]})
         return model.states(project, plan["plan"])
 
-    async def children(self, root: str, node: str) -> list[dict[str, Any]]:
-        found = await self.source.call("query", {"project": root, "start": node,
-                                                 "kind": "container", "search": {"parent": node}})
-        objects: list[dict[str, Any]] = found["objects"]
-        return objects
+    def node(self, root: str, path: str) -> dict[str, Any]:
+        found = self.source.objects(root, [path])
+        if not found:
+            raise web.HTTPNotFound(text=f"{path} is not a valid object of {root}\n")
+        return found[0]
+
+    def children(self, root: str, node: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """The first ``limit`` child containers of ``node``, and how many there are."""
+        ids = self.node(root, node).get("children") or []
+        return self.source.objects(root, ids[:limit]), len(ids)
 
     async def assets(self, root: str, node: str) -> list[dict[str, Any]]:
-        found = await self.source.call("query", {"project": root, "start": node,
-                                                 "kind": "asset", "search": {"parent": node}})
         out = []
-        for obj in found["objects"]:
+        for obj in self.source.objects(root, self.node(root, node).get("assets") or []):
             path = obj.get("file") or ""
             item = {"obj": obj, "path": path, "kind": files.kind(path), "version": None,
                     "rows": None}
@@ -143,11 +146,11 @@ class Pages:
                          st=st, plots=plots, rel=model.rel)
 
     async def tree_items(self, root: str, node: str, st: model.States) -> list[dict[str, Any]]:
-        kids = await self.children(root, node)
+        kids, total = self.children(root, node, TREE_CHILDREN)
         return [{"obj": k, "state": st.of(k["_id"], bool(k.get("scripts"))),
                  "below": st.subtree(k["_id"]), "tail": st.tails.get(k["_id"]),
-                 "more": bool(k.get("children"))} for k in kids[:TREE_CHILDREN]] + (
-            [{"cut": len(kids) - TREE_CHILDREN}] if len(kids) > TREE_CHILDREN else [])
+                 "more": bool(k.get("children"))} for k in kids] + (
+            [{"cut": total - len(kids)}] if total > len(kids) else [])
 
     async def fragment_tree(self, request: web.Request) -> web.Response:
         node = request.query.get("node", "")
@@ -168,11 +171,9 @@ class Pages:
     async def container(self, request: web.Request) -> web.Response:
         path = request.query.get("path", "")
         project, root = await self.project_of(path)
-        found = await self.source.call("query", {"project": root, "start": path,
-                                                 "kind": "container", "search": {"_id": path}})
-        if not found["objects"]:
+        obj = self.node(root, path)
+        if "children" not in obj:
             raise web.HTTPNotFound(text=f"{path} is not a container\n")
-        obj = found["objects"][0]
         own = await asyncio.to_thread(model.own_metadata, path)
         meta = [(k, v, own is not None and k not in own) for k, v in obj.get("metadata", {}).items()]
         why = await self.source.call("why", {"path": path})

@@ -36,6 +36,13 @@ class Source(Protocol):
         """A new subscription to the event stream; raises when too many are open."""
         ...
 
+    def objects(self, root: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The objects ``ids`` of the project ``root`` as ``query`` returns them (the index's
+        views: effective metadata, ids of children, assets, scripts), in order, missing ones
+        left out. By id, because a ``query`` for "the children of X" walks and caches X's
+        whole subtree per X (1.3 s and 18 MB at 10,000 containers)."""
+        ...
+
     def roots(self) -> list[str]:
         """The roots of the watched projects (normalised absolute paths)."""
         ...
