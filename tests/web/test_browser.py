@@ -120,9 +120,33 @@ def test_an_image_asset_renders_on_its_container_page(browser: Any, dash: Dash) 
     assert any("lab" in r and "inherited" in r for r in rows), rows  # from the root, marked
     assert any("sample" in r and "inherited" not in r for r in rows), rows
     shot(browser, dash, "container")
+    browser.get(f"{dash.url}container?path={q(dash.root / 's1' / 'raw')}")  # an asset: no page
+    assert "not a container" in body_text(browser)
     browser.get(f"{dash.url}graph?root={q(dash.root)}")
     assert browser.execute_script("return document.querySelectorAll('svg.graph rect').length") >= 4
     shot(browser, dash, "graph")
+
+
+def test_csv_assets_show_their_first_rows(browser: Any, dash: Dash) -> None:
+    (dash.root / "s1" / "table").mkdir()
+    (dash.root / "s1" / "table" / "_asset.json").write_text('{"name": "table", "file": "t.tsv"}')
+    (dash.root / "s1" / "table" / "t.tsv").write_text("a\tb\n1\t<b>2</b>\n")
+    dash.daemon.wait_quiet()
+    browser.get(f"{dash.url}container?path={q(dash.root / 's1')}")
+    cells = browser.execute_script(
+        "return Array.from(document.querySelectorAll('table.preview td'), td => td.textContent)")
+    assert cells[:4] == ["value", "1", "2", "3"]  # the raw CSV, then the TSV
+    assert cells[4:] == ["a", "b", "1", "<b>2</b>"]  # markup shown as text, not rendered
+
+
+def test_invalid_object_files_are_listed_with_their_error(browser: Any, dash: Dash) -> None:
+    make_tree(dash.root / "broken", {"_container.json": "{not json"})
+    wait_for(lambda: dash.daemon.project(dash.root)["invalid"], 30, "the invalid file")
+    browser.get(f"{dash.url}project?root={q(dash.root)}")
+    text = body_text(browser)
+    assert "Invalid object files" in text and "broken/_container.json" in text, text
+    (dash.root / "broken" / "_container.json").unlink()
+    (dash.root / "broken").rmdir()
 
 
 def test_pause_from_the_page_works(browser: Any, dash: Dash) -> None:

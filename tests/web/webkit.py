@@ -30,7 +30,7 @@ SAMPLE_PY = '''
 from thot import ThotProject
 db = ThotProject()
 raw = db.find_asset({"type": "raw"})
-values = [float(x) for x in open(raw.file).read().split()]
+values = [float(x) for x in open(raw.file).read().split()[1:]]  # a CSV: header, then values
 path = db.add_asset({"name": "stats", "type": "stats", "file": "stats.txt"}, "stats")
 open(path, "w").write(str(sum(values) / len(values)))
 '''
@@ -56,11 +56,12 @@ print("calibration ok")
 
 
 def sample(name: str, values: str = "1 2 3") -> dict[str, Any]:
+    """A sample container with its raw CSV (a header line, then one value a line)."""
     return {
         "_container.json": {"name": name, "type": "sample", "metadata": {"sample": name}},
         "_scripts.json": [{"script": "root:/../analysis/sample.py"}],
-        "raw": {"_asset.json": {"name": "raw", "type": "raw", "file": "data.txt"},
-                "data.txt": values},
+        "raw": {"_asset.json": {"name": "raw", "type": "raw", "file": "data.csv"},
+                "data.csv": "value\n" + "\n".join(values.split()) + "\n"},
     }
 
 
