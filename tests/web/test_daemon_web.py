@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import stat
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -93,6 +94,18 @@ def test_thotctl_web_prints_the_real_address_with_the_token(tmp_path: Path) -> N
         with opener.open(login, timeout=10) as r:  # the token, then the cookie, then the page
             assert r.status == 200 and r.url == data["url"]
             assert b"Projects" in r.read()
+
+
+def test_thotctl_web_open_hands_the_login_url_to_the_browser(tmp_path: Path) -> None:
+    opened = tmp_path / "opened.txt"
+    fake = tmp_path / "fake-browser.py"
+    fake.write_text(f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\n")
+    with make_daemon(tmp_path, web={"port": 0}) as d:
+        d.start()
+        res = d.ctl("web", "--open", env={"BROWSER": f"{sys.executable} {fake} %s"})
+        assert res.returncode == 0, res.stderr
+        assert opened.read_text() == res.stdout.strip()
+        assert "?token=" in opened.read_text()
 
 
 @pytest.mark.parametrize("value", ["0.0.0.0", "192.168.1.10"])

@@ -257,9 +257,14 @@ class Pages:
     async def events(self, request: web.Request) -> web.StreamResponse:
         """Server-sent events: each daemon event as one ``data:`` line of JSON."""
         stopping = request.app[STOPPING]
-        sub = self.source.subscribe()
+        try:
+            sub = self.source.subscribe()
+        except Exception as exc:  # the daemon's subscriber limit: the browser retries
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n") from None
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-store"})
+                                           "Cache-Control": "no-store",
+                                           "X-Content-Type-Options": "nosniff",
+                                           "Content-Security-Policy": "default-src 'none'"})
         await resp.prepare(request)
         try:
             await resp.write(b": hello\n\n")
@@ -275,8 +280,8 @@ class Pages:
                     await resp.write(b"data: " + json.dumps(getter.result()).encode() + b"\n\n")
                 elif not done:
                     await resp.write(b": keepalive\n\n")
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the tab was closed
         finally:
             sub.close()
         return resp
