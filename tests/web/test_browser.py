@@ -108,6 +108,25 @@ def test_a_failing_script_turns_its_container_red_with_the_log_tail(browser: Any
     shot(browser, dash, "run-failed")
 
 
+def test_a_running_run_shows_its_log_growing(browser: Any, dash: Dash) -> None:
+    browser.get(f"{dash.url}runs")
+    make_tree(dash.root / "slow", {"_container.json": {"name": "slow"},
+                                   "_scripts.json": [{"script": "root:/../analysis/slow.py"}]})
+    link = "Array.from(document.querySelectorAll('tr.run')).find(tr => tr.textContent.includes('slow.py') && tr.textContent.includes('running'))"
+    wait_js(browser, f"return {link}", what="the slow run listed as running")
+    browser.execute_script(f"{link}.querySelector('a').click()")
+    wait_js(browser, "return document.querySelector('pre.log') && document.querySelector('pre.log').dataset.running === 'yes'",
+            what="the run page of a running run")
+    browser.execute_script("window.__same_page = true")
+    first = browser.execute_script("return document.querySelector('pre.log').textContent")
+    wait_js(browser, "return document.querySelector('pre.log').textContent.includes('slow done')",
+            what="the log to reach its end")
+    assert "slow done" not in first  # it grew while we watched, without a reload
+    assert browser.execute_script("return window.__same_page") is True
+    wait_js(browser, "return document.querySelector('#log .st-ok')", what="the run shown ok")
+    shot(browser, dash, "run-live")
+
+
 def test_an_image_asset_renders_on_its_container_page(browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}container?path={q(dash.root)}")
     width = wait_js(browser, "const i = document.querySelector('.assets img');"

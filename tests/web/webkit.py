@@ -55,6 +55,16 @@ print("calibration ok")
 '''
 
 
+#: Prints a line every 0.2 s for ~3 s: long enough to watch its log grow in the page.
+SLOW_PY = '''
+import time
+for i in range(15):
+    print(f"tick {i}", flush=True)
+    time.sleep(0.2)
+print("slow done", flush=True)
+'''
+
+
 def sample(name: str, values: str = "1 2 3") -> dict[str, Any]:
     """A sample container with its raw CSV (a header line, then one value a line)."""
     return {
@@ -67,7 +77,7 @@ def sample(name: str, values: str = "1 2 3") -> dict[str, Any]:
 
 def make_project(base: Path) -> Path:
     make_tree(base / "analysis", {"sample.py": SAMPLE_PY, "summary.py": SUMMARY_PY,
-                                  "check.py": CHECK_PY})
+                                  "check.py": CHECK_PY, "slow.py": SLOW_PY})
     root = make_tree(base / "project", {
         "_container.json": {"name": "lab", "type": "project", "metadata": {"lab": "optics"}},
         "_scripts.json": [{"script": "root:/../analysis/summary.py"}],

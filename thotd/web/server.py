@@ -193,9 +193,9 @@ class Pages:
     async def runs_data(self) -> dict[str, Any]:
         found = await self.source.call("runs", {"limit": 100})
         status = await self.source.call("status", {})
-        running = [dict(r, project=p["root"]) for p in status["projects"] for r in p["running"]]
+        # running runs are in the history already (status "running", with their id)
         queued = [dict(q, project=p["root"]) for p in status["projects"] for q in p["queued"]]
-        return {"runs": found["runs"], "running": running, "queued": queued, "rel": model.rel}
+        return {"runs": found["runs"], "queued": queued, "rel": model.rel}
 
     async def fragment_runs(self, request: web.Request) -> web.Response:
         return self.html("_runs.html", **await self.runs_data())
