@@ -108,6 +108,30 @@ def test_a_failing_script_turns_its_container_red_with_the_log_tail(browser: Any
     shot(browser, dash, "run-failed")
 
 
+def test_a_collapsed_subtree_shows_the_worst_state_below_and_opens_on_demand(
+        browser: Any, dash: Dash) -> None:
+    browser.get(f"{dash.url}project?root={q(dash.root)}")
+    wait_js(browser, "return document.getElementById('live').textContent.includes('live')",
+            what="the event stream to connect")
+    check = {"_scripts.json": [{"script": "root:/../analysis/check.py"}],
+             "value": {"_asset.json": {"name": "value", "file": "value.txt"}, "value.txt": "bad"}}
+    make_tree(dash.root / "batch", {
+        "_container.json": {"name": "batch"},
+        "b1": {"_container.json": {"name": "b1"}},
+        "b2": {"_container.json": {"name": "b2"}, **check},
+    })
+    batch = f"Array.from(document.querySelectorAll('#tree li.node')).find(li => li.dataset.node === {str(dash.root / 'batch')!r})"
+    wait_js(browser, f"const li = {batch}; return li && li.querySelector('.below').textContent.includes('failed')",
+            what="batch to show a failure below it")
+    assert browser.execute_script(f"return {batch}.querySelectorAll('li.node').length") == 0
+    browser.execute_script(f"{batch}.querySelector('a.expand').click()")
+    wait_js(browser, f"return {batch}.querySelectorAll('li.node').length === 2", what="b1 and b2")
+    b2 = browser.execute_script(
+        f"return Array.from({batch}.querySelectorAll('li.node'), li => li.className + ' ' + li.textContent)")
+    assert any("st-failed" in text and "boom" in text for text in b2), b2
+    shot(browser, dash, "project-expanded")
+
+
 def test_a_running_run_shows_its_log_growing(browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}runs")
     make_tree(dash.root / "slow", {"_container.json": {"name": "slow"},
