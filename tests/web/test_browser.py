@@ -60,10 +60,13 @@ def test_a_dropped_sample_updates_runs_and_plot_without_reload(browser: Any, das
           if (img.complete) seen(); else img.addEventListener('load', seen);
         }).observe(document.querySelector('.plots'), {childList: true, subtree: true});
     """)
+    objects = browser.execute_script("return document.querySelector('.summary').textContent")
     make_tree(dash.root / "s3", sample("s3", "7 8 9"))
     wait_js(browser, f"const i = {PLOT_IMG}; return i && i.complete && i.naturalWidth === 30",
             what="the plot of three samples")
     assert browser.execute_script("return window.__same_page") is True
+    wait_js(browser, f"return document.querySelector('.summary').textContent !== {objects!r}",
+            what="the object count to follow")
     # the tree grew a row for s3, live too
     wait_js(browser, "return Array.from(document.querySelectorAll('#tree li.node'))"
             ".some(li => li.dataset.node.endsWith('/s3'))", what="s3 in the tree")
@@ -137,7 +140,8 @@ def test_a_running_run_shows_its_log_growing(browser: Any, dash: Dash) -> None:
     make_tree(dash.root / "slow", {"_container.json": {"name": "slow"},
                                    "_scripts.json": [{"script": "root:/../analysis/slow.py"}]})
     link = "Array.from(document.querySelectorAll('tr.run')).find(tr => tr.textContent.includes('slow.py') && tr.textContent.includes('running'))"
-    wait_js(browser, f"return {link}", what="the slow run listed as running")
+    wait_js(browser, f"return !!{link}", what="the slow run listed as running")  # no element:
+    # the list is re-rendered on every event, and a returned element can go stale
     browser.execute_script(f"{link}.querySelector('a').click()")
     wait_js(browser, "return document.querySelector('pre.log') && document.querySelector('pre.log').dataset.running === 'yes'",
             what="the run page of a running run")
@@ -147,7 +151,7 @@ def test_a_running_run_shows_its_log_growing(browser: Any, dash: Dash) -> None:
             what="the log to reach its end")
     assert "slow done" not in first  # it grew while we watched, without a reload
     assert browser.execute_script("return window.__same_page") is True
-    wait_js(browser, "return document.querySelector('#log .st-ok')", what="the run shown ok")
+    wait_js(browser, "return !!document.querySelector('#log .st-ok')", what="the run shown ok")
     shot(browser, dash, "run-live")
 
 

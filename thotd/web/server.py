@@ -163,6 +163,10 @@ class Pages:
         project, _root = await self.project_of(request.query.get("root", ""))
         return web.json_response((await self.states(project)).as_json())
 
+    async def fragment_summary(self, request: web.Request) -> web.Response:
+        project, _root = await self.project_of(request.query.get("root", ""))
+        return self.html("_summary.html", project=project)
+
     async def fragment_plots(self, request: web.Request) -> web.Response:
         node = request.query.get("path", "")
         _project, root = await self.project_of(node)
@@ -308,7 +312,8 @@ def make_app(source: Source, secret: str, hosts: Any) -> web.Application:
            ("/runs", pages.runs), ("/run", pages.run), ("/graph", pages.graph_page),
            ("/file", pages.file), ("/events", pages.events),
            ("/fragment/projects", pages.fragment_projects), ("/fragment/tree", pages.fragment_tree),
-           ("/fragment/states", pages.fragment_states), ("/fragment/plots", pages.fragment_plots),
+           ("/fragment/states", pages.fragment_states),
+           ("/fragment/summary", pages.fragment_summary), ("/fragment/plots", pages.fragment_plots),
            ("/fragment/assets", pages.fragment_assets), ("/fragment/runs", pages.fragment_runs),
            ("/fragment/log", pages.fragment_log)]
     for path, handler in get:
