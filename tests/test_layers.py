@@ -3,7 +3,7 @@
 Every import counts, the lazy ones inside functions too: a lazy import is still a
 dependency, only a cheaper one.  The order (see ``thotd/__init__.py``)::
 
-    thot (the script API) > cli > service > engine > executor > project > leaves
+    thot (the script API) > cli > service > web > engine > executor > project > leaves
 
 The leaves are the modules beside ``thotd/__init__.py``; they import nothing from thotd.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RANK = {"leaf": 0, "project": 1, "executor": 2, "engine": 3, "service": 4, "cli": 5, "thot": 6}
+RANK = {"leaf": 0, "project": 1, "executor": 2, "engine": 3, "web": 4, "service": 5, "cli": 6,
+        "thot": 7}
 
 
 def _module_name(path: Path) -> str:

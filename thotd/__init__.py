@@ -5,6 +5,7 @@ Rooms, one way down (a module imports only from its own room or the ones below i
 
     cli       the thot, thotd and thotctl commands
     service   the daemon: lifecycle, watcher, control socket, config, logs, systemd
+    web       the dashboard: pages, live events, files (served from the daemon's loop)
     engine    runs and records: staleness, dispatch, explain, state, snapshot
     executor  how a run happens: process control, the fork server
     project   what a project is: object files, model, index, search

@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     reload = cmd("reload", "re-read the configuration")
     reload.add_argument("--wait", action="store_true", help="(always waits; for ExecReload=)")
     cmd("reconcile", "rescan projects from disk now").add_argument("path", nargs="?")
+    cmd("web", "the dashboard's URL, with its token once (keep it private)").add_argument(
+        "--open", action="store_true", help="open it in the default browser")
     return ap
 
 
@@ -324,10 +326,33 @@ def reconcile(args: argparse.Namespace, c: Client) -> int:
     return _out(args, res, [f"{k}: {plural(v, 'run')} queued" for k, v in res["queued"].items()] or ["done"])
 
 
+def web(args: argparse.Namespace, c: Client) -> int:
+    """The dashboard's address from the daemon's state folder (``web.json``, written when
+    the page started) and the token that logs the browser in (``thotd.web.secret``)."""
+    from pathlib import Path
+
+    from thotd.web import secret
+
+    st = c.call("status")
+    folder = Path(st["state"]).parent
+    where = secret.read_address(folder)
+    key = secret.token(folder, create=False)
+    if where is None or where.get("pid") != st["pid"] or key is None:
+        print("thotctl: the dashboard is not serving: [web] enabled is false, or its port "
+              "was taken (the daemon's log says which)", file=sys.stderr)
+        return exits.FAILURE
+    login = f"{where['url']}?token={key}"
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(login)
+    return _out(args, {"url": where["url"], "login": login}, [login])
+
+
 HANDLERS = {
     "status": status, "add": add, "remove": remove, "pause": pause, "resume": pause,
     "runs": runs, "logs": logs, "why": why, "plan": plan, "graph": graph, "rerun": rerun,
-    "wait": wait, "reload": reload, "reconcile": reconcile,
+    "wait": wait, "reload": reload, "reconcile": reconcile, "web": web,
 }
 
 

@@ -220,6 +220,20 @@ class TrustSection(_Section):
                                         config_path=config_path)
 
 
+class WebSection(_Section):
+    """``[web]``: the local dashboard (:mod:`thotd.web`), served from the daemon's loop."""
+
+    enabled: bool = Field(default=True, description="Serve the dashboard (`thotctl web` prints its URL).")
+    host: Literal["127.0.0.1", "localhost", "::1"] = Field(
+        default="127.0.0.1",
+        description="Loopback address to bind; other machines can never reach the page.",
+    )
+    port: int = Field(
+        default=8771, ge=0, le=65535,
+        description="TCP port; 0 picks a free one (the daemon logs and records the URL).",
+    )
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -229,6 +243,7 @@ class Config(_Section):
     log: LogSection = Field(default_factory=LogSection)
     run_logs: RunLogsSection = Field(default_factory=RunLogsSection)
     trust: TrustSection = Field(default_factory=TrustSection)
+    web: WebSection = Field(default_factory=WebSection)
     projects: list[Annotated[Path, Field(strict=False)]] = Field(
         default_factory=list,
         description="Project folders registered when the daemon starts. Relative paths are "

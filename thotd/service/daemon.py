@@ -198,6 +198,11 @@ class Daemon:
             self.server.register(name, handler)
         await self.server.start(self.socket_path)
         cleanup.push_async_callback(self.server.close)
+        from thotd.service import dashboard  # [web]: the page, on this loop (or a warning)
+
+        close_web = await dashboard.start(self)
+        if close_web is not None:
+            cleanup.push_async_callback(close_web)
         self._schedule_jobs()
         self.timetable.start()
         self._tasks = [asyncio.create_task(self._dispatch_loop()),
