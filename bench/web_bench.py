@@ -123,7 +123,7 @@ def bench(groups: int, samples: int) -> dict[str, Any]:
             res["rss_off_mb"] = proc_memory(d.pid)["VmRSS"] / 1024
             res["idle_off_pct"] = idle_cpu(d.pid)
             d.stop()
-        with make_daemon(Path(tmp), "on", web={"port": 0}) as d:
+        with make_daemon(Path(tmp), "on", web={"enabled": True, "port": 0}) as d:
             start(d, root)
             info = d.ctl_json("web")
             opener = urllib.request.build_opener(

@@ -158,6 +158,9 @@ class Daemon:
         base: dict[str, dict[str, Any]] = {
             "daemon": {"settle_ms": 50, "shutdown_grace_s": 2},
             "pool": {"workers": 2},
+            # No page unless a test asks for one: test daemons would fight over the default
+            # port (and a user's own daemon's), and each would import the web stack.
+            "web": {"enabled": False},
         }
         for name, values in sections.items():
             base.setdefault(name, {}).update(values)

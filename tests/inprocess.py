@@ -35,9 +35,10 @@ READY_TIMEOUT_S = 60.0
 
 
 def small_config(**sections: dict[str, Any]) -> Config:
-    """A config for tests: short settle, two workers, no fork server unless asked for."""
+    """A config for tests: short settle, two workers, no fork server or page unless asked for."""
     data: dict[str, Any] = {"daemon": {"settle_ms": 50, "shutdown_grace_s": 5.0},
-                            "pool": {"workers": 2, "fork": False}}
+                            "pool": {"workers": 2, "fork": False},
+                            "web": {"enabled": False}}  # as daemonkit: no page unless asked
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return Config.model_validate(data)

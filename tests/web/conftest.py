@@ -25,7 +25,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     base = tmp_path_factory.mktemp("dash")
     root = make_project(base / "work")
     shots = tmp_path_factory.mktemp("screenshots")
-    with make_daemon(base, web={"port": 0}) as d:
+    with make_daemon(base, web={"enabled": True, "port": 0}) as d:
         d.start()
         d.add(root)
         info = d.ctl_json("web")

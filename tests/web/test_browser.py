@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corekit import make_tree, wait_for
-from webkit import Dash, body_text, sample, shot, wait_js
+from webkit import Dash, body_text, sample, shot, wait_js, wait_live
 
 PLOT_IMG = "document.querySelector('.plots img')"
 
@@ -33,8 +33,7 @@ def test_the_token_url_logs_in_and_leaves_the_address_bar(browser: Any, dash: Da
 
 def test_project_page_shows_the_tree_states_and_the_plot(browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}project?root={q(dash.root)}")
-    wait_js(browser, "return document.getElementById('live').textContent.includes('live')",
-            what="the event stream to connect")
+    wait_live(browser)
     states = browser.execute_script(
         "return Array.from(document.querySelectorAll('#tree li.node'), "
         "li => [li.dataset.node, li.className])")
@@ -48,8 +47,7 @@ def test_project_page_shows_the_tree_states_and_the_plot(browser: Any, dash: Das
 
 def test_a_dropped_sample_updates_runs_and_plot_without_reload(browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}project?root={q(dash.root)}")
-    wait_js(browser, "return document.getElementById('live').textContent.includes('live')",
-            what="the event stream to connect")
+    wait_live(browser)
     # A marker a reload would wipe, and the time the new plot shows (browser clock, ms).
     browser.execute_script("""
         window.__same_page = true;
@@ -78,6 +76,7 @@ def test_a_dropped_sample_updates_runs_and_plot_without_reload(browser: Any, das
     shot(browser, dash, "project-after-drop")
 
     browser.get(f"{dash.url}runs")
+    wait_live(browser)
     browser.execute_script("window.__same_page = true")
     first = browser.execute_script("return document.querySelectorAll('tr.run').length")
     make_tree(dash.root / "s4", sample("s4", "1 1 1"))
@@ -91,8 +90,7 @@ def test_a_dropped_sample_updates_runs_and_plot_without_reload(browser: Any, das
 
 def test_a_failing_script_turns_its_container_red_with_the_log_tail(browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}project?root={q(dash.root)}")
-    wait_js(browser, "return document.getElementById('live').textContent.includes('live')",
-            what="the event stream to connect")
+    wait_live(browser)
     node = dash.root / "calib"
     (node / "value" / "value.txt").write_text("bad")
     find = f"Array.from(document.querySelectorAll('#tree li.node')).find(li => li.dataset.node === {str(node)!r})"
@@ -114,8 +112,7 @@ def test_a_failing_script_turns_its_container_red_with_the_log_tail(browser: Any
 def test_a_collapsed_subtree_shows_the_worst_state_below_and_opens_on_demand(
         browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}project?root={q(dash.root)}")
-    wait_js(browser, "return document.getElementById('live').textContent.includes('live')",
-            what="the event stream to connect")
+    wait_live(browser)
     check = {"_scripts.json": [{"script": "root:/../analysis/check.py"}],
              "value": {"_asset.json": {"name": "value", "file": "value.txt"}, "value.txt": "bad"}}
     make_tree(dash.root / "batch", {
@@ -137,6 +134,7 @@ def test_a_collapsed_subtree_shows_the_worst_state_below_and_opens_on_demand(
 
 def test_a_running_run_shows_its_log_growing(browser: Any, dash: Dash) -> None:
     browser.get(f"{dash.url}runs")
+    wait_live(browser)
     make_tree(dash.root / "slow", {"_container.json": {"name": "slow"},
                                    "_scripts.json": [{"script": "root:/../analysis/slow.py"}]})
     link = "Array.from(document.querySelectorAll('tr.run')).find(tr => tr.textContent.includes('slow.py') && tr.textContent.includes('running'))"

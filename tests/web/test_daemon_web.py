@@ -53,7 +53,7 @@ def test_page_lives_and_dies_with_the_daemon(in_daemon: Any) -> None:
 
         assert await asyncio.to_thread(fetch) == 403
 
-    in_daemon(body, config=small_config(web={"port": 0}))
+    in_daemon(body, config=small_config(web={"enabled": True, "port": 0}))
     assert refused(seen["url"])  # stopped with the daemon
     assert secret.read_address(seen["folder"]) is None
 
@@ -71,7 +71,7 @@ def test_a_taken_port_is_a_warning_and_the_daemon_runs_on(tmp_path: Path) -> Non
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with make_daemon(tmp_path, web={"port": port}) as d:
+        with make_daemon(tmp_path, web={"enabled": True, "port": port}) as d:
             d.start()
             assert d.status()["healthy"]
             out = d.output()
@@ -81,7 +81,7 @@ def test_a_taken_port_is_a_warning_and_the_daemon_runs_on(tmp_path: Path) -> Non
 
 
 def test_thotctl_web_prints_the_real_address_with_the_token(tmp_path: Path) -> None:
-    with make_daemon(tmp_path, web={"port": 0}) as d:
+    with make_daemon(tmp_path, web={"enabled": True, "port": 0}) as d:
         d.start()
         res = d.ctl("web")
         assert res.returncode == 0, res.stderr
@@ -100,7 +100,7 @@ def test_thotctl_web_open_hands_the_login_url_to_the_browser(tmp_path: Path) -> 
     opened = tmp_path / "opened.txt"
     fake = tmp_path / "fake-browser.py"
     fake.write_text(f"import sys; open({str(opened)!r}, 'w').write(sys.argv[1])\n")
-    with make_daemon(tmp_path, web={"port": 0}) as d:
+    with make_daemon(tmp_path, web={"enabled": True, "port": 0}) as d:
         d.start()
         res = d.ctl("web", "--open", env={"BROWSER": f"{sys.executable} {fake} %s"})
         assert res.returncode == 0, res.stderr

@@ -142,3 +142,10 @@ def runs_of(dash: Dash) -> list[dict[str, Any]]:
 
 def wait_js(drv: Any, script: str, timeout: float = 30, what: str = "page condition") -> Any:
     return wait_for(lambda: drv.execute_script(script), timeout, what, interval=0.05)
+
+
+def wait_live(drv: Any) -> None:
+    """Until the page's event stream is connected: a change made before would have its
+    events sent to nobody, and the page would learn of it only with the next one."""
+    wait_js(drv, "return document.getElementById('live').textContent.includes('live')",
+            what="the event stream to connect")
