@@ -16,6 +16,7 @@ index answers (walks, views, ``find_*``) is :mod:`thotd.project.queries`.
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import os
 from collections.abc import Iterable, Mapping
@@ -166,7 +167,21 @@ class Index(Queries):
                            self._skipped)
 
     def _load_subtree(self, folder: str, parent: str | None, meta: Mapping[str, Any]) -> list[str]:
-        """Load ``folder`` and everything below it; returns the ids added (preorder)."""
+        """Load ``folder`` and everything below it; returns the ids added (preorder).
+
+        The cyclic garbage collector is paused meanwhile: a load allocates tens of thousands
+        of dicts and lists that all stay alive, and the collections they trigger (each
+        walking everything allocated so far) were a third of a cold load. Nothing here
+        makes reference cycles, so nothing is left for the collector afterwards."""
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            return self._load_walk(folder, parent, meta)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _load_walk(self, folder: str, parent: str | None, meta: Mapping[str, Any]) -> list[str]:
         added: list[str] = []
         stack: list[tuple[str, str | None, Mapping[str, Any]]] = [(folder, parent, meta)]
         while stack:
