@@ -9,6 +9,14 @@ of this script, on one machine).
 
     python bench/scale_bench.py --full-run            # 10x10 and 100x100
     python bench/scale_bench.py --full-run --big      # and 300x100 (slow: 30,301 runs)
+
+``--memory`` (issue 12, goal 4) measures what the daemon holds per project: after a full
+``thot run`` of each size, a fresh child loads the index and the engine as ``thotd`` does at
+start (``Index.load``, ``Engine``, the plan, every run checked, so every record is decoded)
+and reports RSS and bytes per object and per run; the 300x100 RSS is extrapolated from the
+largest size measured (PASS when <= 250 MB). See :func:`memory_main`.
+
+    python bench/scale_bench.py --memory              # 10x10 and 100x100
 """
 
 from __future__ import annotations
@@ -75,12 +83,17 @@ def steady(state: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full-run", action="store_true", required=True,
-                    help="per-run overhead of the initial full run (the only mode so far)")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--full-run", action="store_true",
+                      help="per-run overhead of the initial full run")
+    mode.add_argument("--memory", action="store_true",
+                      help="the daemon's memory per object and per run (goal 4)")
     ap.add_argument("--big", action="store_true", help=f"add {BIG[0]}x{BIG[1]}")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     sizes = SIZES + ([BIG] if args.big else [])
+    if args.memory:
+        return memory_main(sizes, args.jobs)
     rows = []
     # (a fork server may still be closing its files as the folder goes)
     with tempfile.TemporaryDirectory(prefix="thotd-scale-", ignore_cleanup_errors=True) as tmp:
@@ -99,6 +112,89 @@ def main(argv: list[str] | None = None) -> int:
     (g, s), _ = rows[-1]
     print(f"{verdict}: steady per-run overhead at {g}×{s} is {ratio:.2f}x that at "
           f"{rows[0][0][0]}×{rows[0][0][1]} (flat within {FLAT}x)")
+    return 0 if verdict == "PASS" else 1
+
+
+# ---------------------------------------------------------------------- --memory (goal 4)
+
+#: Idle memory the daemon may hold at 300x100 (issue 12, goal 4).
+MEMORY_GOAL_MB = 250.0
+
+_MEMORY_CHILD = r"""
+import gc, json, sys
+from pathlib import Path
+
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+from thotd.engine.staleness import Engine
+from thotd.engine.state import Store
+from thotd.project.index import Index
+root, state = sys.argv[1], sys.argv[2]
+gc.collect()
+base = rss_mb()
+index = Index.load(root)
+gc.collect()
+loaded = rss_mb()
+engine = Engine(index, Store(Path(state)))
+plan = engine.plan()
+stale = engine.stale(plan)  # what the start-up catch-up does: every record is decoded
+gc.collect()
+checked = rss_mb()
+print(json.dumps({"base_mb": base, "index_mb": loaded - base, "engine_mb": checked - loaded,
+                  "rss_mb": checked, "objects": len(index.nodes), "runs": len(plan),
+                  "stale": len(stale)}))
+"""
+
+
+def memory_size(work: Path, groups: int, samples: int, jobs: int) -> dict[str, float]:
+    """One size: generate, ``thot run`` it in full (real scripts: their records are what
+    the daemon keeps), then measure a fresh child that loads it as the daemon does."""
+    tree = work / f"mem-g{groups}x{samples}"
+    project = gen.make_gs(tree, groups, samples)
+    state = work / f"mem-state-{groups}x{samples}" / "thot.db"
+    state.parent.mkdir(parents=True)
+    env = {**clean_env(), "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run",
+                          "--root", str(project), "-j", str(jobs), "--json"],
+                         capture_output=True, text=True, env=env, check=False)
+    if run.returncode != 0:
+        raise SystemExit(f"{groups}x{samples}: thot run failed:\n{run.stderr[-2000:]}")
+    child = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(project), str(state)],
+                           capture_output=True, text=True, env=env, check=False)
+    if child.returncode != 0:
+        raise SystemExit(f"{groups}x{samples}: measuring failed:\n{child.stderr[-2000:]}")
+    out: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    return out
+
+
+def memory_main(sizes: list[tuple[int, int]], jobs: int) -> int:
+    """``--memory``: the table, bytes per object and per run, and the goal's verdict from
+    the largest size measured, extrapolated linearly to 300x100."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="thotd-mem-", ignore_cleanup_errors=True) as tmp:
+        for g, s in sizes:
+            print(f"{g}x{s}: full run, then measuring ...", flush=True)
+            rows.append(((g, s), memory_size(Path(tmp), g, s, jobs)))
+            print(f"  {rows[-1][1]}", flush=True)
+    print("| G×S | objects | runs | interpreter + modules MB | index MB | engine MB | RSS MB "
+          "| index B/object | engine B/run |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (g, s), r in rows:
+        print(f"| {g}×{s} | {r['objects']:.0f} | {r['runs']:.0f} | {r['base_mb']:.1f} "
+              f"| {r['index_mb']:.1f} | {r['engine_mb']:.1f} | {r['rss_mb']:.1f} "
+              f"| {r['index_mb'] * 2**20 / r['objects']:.0f} "
+              f"| {r['engine_mb'] * 2**20 / r['runs']:.0f} |")
+    (g, s), big = rows[-1]
+    scale = (BIG[0] * BIG[1]) / (g * s)
+    projected = big["base_mb"] + scale * (big["index_mb"] + big["engine_mb"])
+    verdict = "PASS" if projected <= MEMORY_GOAL_MB else "FAIL"
+    how = "measured" if (g, s) == BIG else f"extrapolated x{scale:.0f} from {g}×{s}"
+    print(f"{verdict}: index + engine at {BIG[0]}×{BIG[1]}: {projected:.0f} MB ({how}; goal "
+          f"<= {MEMORY_GOAL_MB:.0f} MB; the daemon adds its watches, socket and loop)")
     return 0 if verdict == "PASS" else 1
 
 
