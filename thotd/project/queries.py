@@ -124,26 +124,35 @@ class Queries:
         return node._view
 
     def _build_view(self, node: Node) -> ThotObject:
+        """A new view of ``node`` (see :meth:`view`). Built in place, without the
+        intermediate dict a ``ThotObject(data)`` would copy: ``find_*`` over a whole
+        project builds one per object."""
         props = node.props
-        data: dict[str, Any] = (
-            {k: v for k, v in props.items() if k not in _VIEW_RESERVED}
-            if not _VIEW_RESERVED_SET.isdisjoint(props) else dict(props))
+        data = ThotObject(props)
+        for key in _VIEW_RESERVED_SET.intersection(props):
+            del data[key]
         data["_id"] = node.id
-        data["name"] = node.props.get("name") or os.path.basename(node.id)
+        data["name"] = props.get("name") or os.path.basename(node.id)
         data["metadata"] = dict(node.metadata)
-        data["notes"] = [dict(n) for n in node.notes]
+        data["notes"] = [dict(n) for n in node.notes] if node.notes else []
         data["parent"] = node.parent
         if node.kind == "container":
-            kids = [self.nodes[c] for c in node.entries if c in self.nodes]
-            data["children"] = [k.id for k in kids if k.kind == "container" and k.valid]
-            data["assets"] = [k.id for k in kids if k.kind == "asset" and k.valid]
+            nodes = self.nodes
+            children: list[str] = []
+            assets: list[str] = []
+            for c in node.entries:
+                kid = nodes.get(c)
+                if kid is not None and not kid.errors:
+                    (children if kid.kind == "container" else assets).append(c)
+            data["children"] = children
+            data["assets"] = assets
             data["scripts"] = [  # in file order, as the original Thot listed them
                 {k: v for k, v in s.items() if k != "order"}
                 for s in sorted(node.scripts, key=lambda s: s["order"])
-            ]
+            ] if node.scripts else []
         else:
             data["file"] = node.file
-        return ThotObject(data)
+        return data
 
     def fingerprint(self, node_id: str) -> str:
         """A digest of what a script sees of the object, minus the lists of its children:
