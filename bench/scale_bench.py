@@ -171,12 +171,13 @@ def daemon_idle_mb(home: Path, project: Path, env: dict[str, str]) -> dict[str, 
 
     def ctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "thotd.cli.thotctl", *args], env=env,
-                              capture_output=True, text=True, timeout=1800, check=False)
+                              capture_output=True, text=True, timeout=1800, check=False,
+                              cwd=REPO)  # -m puts the working folder first on sys.path
 
     with open(home / "daemon.out", "ab") as out:
         daemon = subprocess.Popen([sys.executable, "-m", "thotd.cli.thotd", "start",
                                    "--foreground"], env=env, stdout=out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
     try:
         deadline = time.monotonic() + 120
         while ctl("status").returncode not in (0, 1):
@@ -217,11 +218,11 @@ def memory_size(work: Path, groups: int, samples: int, jobs: int) -> dict[str, f
     env = {**clean_env(), "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run",
                           "--root", str(project), "-j", str(jobs), "--json"],
-                         capture_output=True, text=True, env=env, check=False)
+                         capture_output=True, text=True, env=env, check=False, cwd=REPO)
     if run.returncode != 0:
         raise SystemExit(f"{groups}x{samples}: thot run failed:\n{run.stderr[-2000:]}")
     child = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(project), str(state)],
-                           capture_output=True, text=True, env=env, check=False)
+                           capture_output=True, text=True, env=env, check=False, cwd=REPO)
     if child.returncode != 0:
         raise SystemExit(f"{groups}x{samples}: measuring failed:\n{child.stderr[-2000:]}")
     out: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
