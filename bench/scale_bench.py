@@ -159,6 +159,26 @@ def _vm_mb(pid: int) -> dict[str, float]:
     return out
 
 
+def _rpc(sock_path: Path, method: str, params: dict[str, str]) -> dict[str, object]:
+    """One JSON-RPC call on the daemon's socket, waiting as long as it takes (loading a big
+    project on a loaded machine takes longer than ``thotctl``'s 30 s)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1800)
+        sock.connect(str(sock_path))
+        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                 "params": params}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, object] = json.loads(buf)
+    return reply
+
+
 def daemon_idle_mb(home: Path, project: Path, env: dict[str, str]) -> dict[str, float]:
     """A real ``thotd`` watching the project, whose runs the full run already recorded in
     the daemon's own state database: its RSS once ``thotctl wait`` says it is idle."""
@@ -185,9 +205,9 @@ def daemon_idle_mb(home: Path, project: Path, env: dict[str, str]) -> dict[str, 
                 raise SystemExit("thotd did not start:\n"
                                  + (home / "daemon.out").read_text(errors="replace")[-2000:])
             time.sleep(0.2)
-        added = ctl("add", str(project))
-        if added.returncode != 0:
-            raise SystemExit(f"thotctl add failed: {added.stdout}{added.stderr}")
+        added = _rpc(run / "thotd.sock", "add", {"path": str(project)})  # thotctl waits 30 s
+        if "error" in added:
+            raise SystemExit(f"add failed: {added['error']}")
         waited = ctl("wait", "--timeout", "1200")
         if waited.returncode != 0:
             raise SystemExit(f"thotctl wait failed: {waited.stdout}{waited.stderr}")
@@ -226,11 +246,13 @@ def memory_size(work: Path, groups: int, samples: int, jobs: int) -> dict[str, f
     if child.returncode != 0:
         raise SystemExit(f"{groups}x{samples}: measuring failed:\n{child.stderr[-2000:]}")
     out: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
-    idle = daemon_idle_mb(home, project, env)
-    out["daemon_rss_mb"], out["daemon_peak_mb"] = idle["VmRSS"], idle["VmHWM"]
     import shutil
 
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        idle = daemon_idle_mb(home, project, env)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    out["daemon_rss_mb"], out["daemon_peak_mb"] = idle["VmRSS"], idle["VmHWM"]
     return out
 
 
