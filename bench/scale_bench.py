@@ -9,6 +9,14 @@ of this script, on one machine).
 
     python bench/scale_bench.py --full-run            # 10x10 and 100x100
     python bench/scale_bench.py --full-run --big      # and 300x100 (slow: 30,301 runs)
+
+``--memory`` (issue 12, goal 4) measures what the daemon holds per project: after a full
+``thot run`` of each size, a fresh child loads the index and the engine as ``thotd`` does at
+start (``Index.load``, ``Engine``, the plan, every run checked, so every record is decoded)
+and reports RSS and bytes per object and per run; the 300x100 RSS is extrapolated from the
+largest size measured (PASS when <= 250 MB). See :func:`memory_main`.
+
+    python bench/scale_bench.py --memory              # 10x10 and 100x100
 """
 
 from __future__ import annotations
@@ -75,12 +83,17 @@ def steady(state: Path) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full-run", action="store_true", required=True,
-                    help="per-run overhead of the initial full run (the only mode so far)")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--full-run", action="store_true",
+                      help="per-run overhead of the initial full run")
+    mode.add_argument("--memory", action="store_true",
+                      help="the daemon's memory per object and per run (goal 4)")
     ap.add_argument("--big", action="store_true", help=f"add {BIG[0]}x{BIG[1]}")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     sizes = SIZES + ([BIG] if args.big else [])
+    if args.memory:
+        return memory_main(sizes, args.jobs)
     rows = []
     # (a fork server may still be closing its files as the folder goes)
     with tempfile.TemporaryDirectory(prefix="thotd-scale-", ignore_cleanup_errors=True) as tmp:
@@ -99,6 +112,179 @@ def main(argv: list[str] | None = None) -> int:
     (g, s), _ = rows[-1]
     print(f"{verdict}: steady per-run overhead at {g}×{s} is {ratio:.2f}x that at "
           f"{rows[0][0][0]}×{rows[0][0][1]} (flat within {FLAT}x)")
+    return 0 if verdict == "PASS" else 1
+
+
+# ---------------------------------------------------------------------- --memory (goal 4)
+
+#: Idle memory the daemon may hold at 300x100 (issue 12, goal 4).
+MEMORY_GOAL_MB = 250.0
+
+_MEMORY_CHILD = r"""
+import gc, json, sys
+from pathlib import Path
+
+def rss_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+from thotd.engine.staleness import Engine
+from thotd.engine.state import Store
+from thotd.project.index import Index
+root, state = sys.argv[1], sys.argv[2]
+gc.collect()
+base = rss_mb()
+index = Index.load(root)
+gc.collect()
+loaded = rss_mb()
+engine = Engine(index, Store(Path(state)))
+plan = engine.plan()
+stale = engine.stale(plan)  # what the start-up catch-up does: every record is decoded
+gc.collect()
+checked = rss_mb()
+print(json.dumps({"base_mb": base, "index_mb": loaded - base, "engine_mb": checked - loaded,
+                  "rss_mb": checked, "objects": len(index.nodes), "runs": len(plan),
+                  "stale": len(stale)}))
+"""
+
+
+def _vm_mb(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0]) / 1024
+    return out
+
+
+def _rpc(sock_path: Path, method: str, params: dict[str, str]) -> dict[str, object]:
+    """One JSON-RPC call on the daemon's socket, waiting as long as it takes (loading a big
+    project on a loaded machine takes longer than ``thotctl``'s 30 s)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1800)
+        sock.connect(str(sock_path))
+        sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                                 "params": params}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, object] = json.loads(buf)
+    return reply
+
+
+def daemon_idle_mb(home: Path, project: Path, env: dict[str, str]) -> dict[str, float]:
+    """A real ``thotd`` watching the project, whose runs the full run already recorded in
+    the daemon's own state database: its RSS once ``thotctl wait`` says it is idle."""
+    run = home / "run"
+    env = {**env, "XDG_RUNTIME_DIR": str(run), "XDG_STATE_HOME": str(home / "state"),
+           "XDG_CONFIG_HOME": str(home / "cfg"), "THOTD_SOCKET": str(run / "thotd.sock"),
+           "THOTD_CONFIG": str(home / "config.toml")}
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"):
+        env.pop(var, None)
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "thotd.cli.thotctl", *args], env=env,
+                              capture_output=True, text=True, timeout=1800, check=False,
+                              cwd=REPO)  # -m puts the working folder first on sys.path
+
+    with open(home / "daemon.out", "ab") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "thotd.cli.thotd", "start",
+                                   "--foreground"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while ctl("status").returncode not in (0, 1):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("thotd did not start:\n"
+                                 + (home / "daemon.out").read_text(errors="replace")[-2000:])
+            time.sleep(0.2)
+        added = _rpc(run / "thotd.sock", "add", {"path": str(project)})  # thotctl waits 30 s
+        if "error" in added:
+            raise SystemExit(f"add failed: {added['error']}")
+        waited = ctl("wait", "--timeout", "1200")
+        if waited.returncode != 0:
+            raise SystemExit(f"thotctl wait failed: {waited.stdout}{waited.stderr}")
+        status = json.loads(ctl("status", "--json").stdout or "{}")
+        runs = sum(len(p.get("running", [])) for p in status.get("projects", []))
+        objects = sum(p.get("objects", 0) for p in status.get("projects", []))
+        return {**_vm_mb(daemon.pid), "running": runs, "objects": objects}
+    finally:
+        daemon.terminate()  # SIGTERM: the daemon's own orderly stop
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+def memory_size(work: Path, groups: int, samples: int, jobs: int) -> dict[str, float]:
+    """One size: generate, ``thot run`` it in full (real scripts: their records are what
+    the daemon keeps) into the state database a daemon will use, then measure a fresh
+    child that loads it as the daemon does, and the daemon itself, idle."""
+    tree = work / f"mem-g{groups}x{samples}"
+    project = gen.make_gs(tree, groups, samples)
+    home = Path(tempfile.mkdtemp(prefix="thotd-mem-", dir="/tmp"))  # sun_path: 108 bytes
+    (home / "run").mkdir(mode=0o700)
+    (home / "config.toml").write_text("[daemon]\nshutdown_grace_s = 5\n")
+    state = home / "state" / "thotd" / "state.sqlite3"  # where the daemon looks
+    state.parent.mkdir(parents=True, mode=0o700)
+    env = {**clean_env(), "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "thotd.cli.thot", "--state", str(state), "run",
+                          "--root", str(project), "-j", str(jobs), "--json"],
+                         capture_output=True, text=True, env=env, check=False, cwd=REPO)
+    if run.returncode != 0:
+        raise SystemExit(f"{groups}x{samples}: thot run failed:\n{run.stderr[-2000:]}")
+    child = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(project), str(state)],
+                           capture_output=True, text=True, env=env, check=False, cwd=REPO)
+    if child.returncode != 0:
+        raise SystemExit(f"{groups}x{samples}: measuring failed:\n{child.stderr[-2000:]}")
+    out: dict[str, float] = json.loads(child.stdout.strip().splitlines()[-1])
+    import shutil
+
+    try:
+        idle = daemon_idle_mb(home, project, env)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    out["daemon_rss_mb"], out["daemon_peak_mb"] = idle["VmRSS"], idle["VmHWM"]
+    return out
+
+
+def memory_main(sizes: list[tuple[int, int]], jobs: int) -> int:
+    """``--memory``: the table, bytes per object and per run, and the goal's verdict from
+    the largest size measured, extrapolated linearly to 300x100."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="thotd-mem-", ignore_cleanup_errors=True) as tmp:
+        for g, s in sizes:
+            print(f"{g}x{s}: full run, then measuring ...", flush=True)
+            rows.append(((g, s), memory_size(Path(tmp), g, s, jobs)))
+            print(f"  {rows[-1][1]}", flush=True)
+    print("| G×S | objects | runs | in-process: modules MB | index MB | engine MB "
+          "| index B/object | engine B/run | thotd idle RSS / peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (g, s), r in rows:
+        print(f"| {g}×{s} | {r['objects']:.0f} | {r['runs']:.0f} | {r['base_mb']:.1f} "
+              f"| {r['index_mb']:.1f} | {r['engine_mb']:.1f} "
+              f"| {r['index_mb'] * 2**20 / r['objects']:.0f} "
+              f"| {r['engine_mb'] * 2**20 / r['runs']:.0f} "
+              f"| {r['daemon_rss_mb']:.1f} / {r['daemon_peak_mb']:.1f} |")
+    (g0, s0), small = rows[0]
+    (g, s), big = rows[-1]
+    if (g, s) == BIG:
+        projected, how = big["daemon_rss_mb"], "measured"
+    else:  # what grows with the project, from the two ends measured, carried to 300x100
+        per_sample = (big["daemon_rss_mb"] - small["daemon_rss_mb"]) / (g * s - g0 * s0)
+        projected = small["daemon_rss_mb"] + per_sample * (BIG[0] * BIG[1] - g0 * s0)
+        how = f"extrapolated linearly from {g0}×{s0} and {g}×{s}"
+    verdict = "PASS" if projected <= MEMORY_GOAL_MB else "FAIL"
+    print(f"{verdict}: thotd idle RSS at {BIG[0]}×{BIG[1]}: {projected:.0f} MB ({how}; "
+          f"goal <= {MEMORY_GOAL_MB:.0f} MB)")
     return 0 if verdict == "PASS" else 1
 
 

@@ -432,3 +432,34 @@ def test_random_edits_update_equals_fresh_load(edits: list[tuple[Any, ...]], bat
         if batched:
             index.update(pending)
             assert snapshot_index(index) == snapshot_index(Index.load(root))
+
+
+def test_object_files_of_every_size_and_kind_are_read_whole(tmp_path: Path) -> None:
+    """A cold load reads an object file its folder listing calls regular without an
+    ``fstat``; a file that fills the first read, a symlink to one, and a named pipe or
+    ``/dev/zero`` behind a symlink take the careful way (read whole, or refused)."""
+    from thotd.project import folder
+
+    big_meta = {f"key{i:05d}": "v" * 40 for i in range(3000)}  # ~190 KiB
+    root = make_tree(tmp_path / "p", {
+        "_container.json": {},
+        "big": {"_asset.json": {"file": "x", "metadata": big_meta}},
+        "edge": {"_asset.json": {"file": "x", "pad": "p" * (folder._FIRST_READ - 31)}},
+        "linked": {"_container.json": None},
+        "pipe": None,
+        "zero": None,
+    })
+    assert len((root / "edge" / "_asset.json").read_bytes()) == folder._FIRST_READ
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps({"type": "linked"}))
+    (root / "linked" / "_container.json").rmdir()
+    (root / "linked" / "_container.json").symlink_to(target)
+    os.mkfifo(root / "pipe" / "_asset.json")
+    (root / "zero" / "_asset.json").symlink_to("/dev/zero")
+    index = Index.load(root)
+    assert index.nodes[str(root / "big")].props["metadata"] == big_meta
+    assert len(index.nodes[str(root / "edge")].props["pad"]) == folder._FIRST_READ - 31
+    assert index.nodes[str(root / "linked")].props == {"type": "linked"}
+    for name in ("pipe", "zero"):
+        (err,) = index.nodes[str(root / name)].errors
+        assert "not a regular file" in err.reason

@@ -387,6 +387,68 @@ def test_enospc_falls_back_to_polling_with_the_fix(
     run(body, poll_fallback_s=0.2)
 
 
+def test_a_watch_cap_polls_the_projects_above_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``THOTD_MAX_WATCHES`` takes the polling fallback for real (no faked kernel error):
+    a project with more folders than the cap is polled, and the reason names the cap."""
+    big, small = tmp_path / "big", tmp_path / "small"
+    for i in range(3):
+        (big / f"d{i}").mkdir(parents=True)
+    small.mkdir()
+    monkeypatch.setenv(limits.CAP_VAR, "2")
+
+    async def body(w: Watcher, rec: Recorder) -> None:
+        w.add(str(big))
+        w.add(str(small))
+        st = w.status()[str(big)]
+        assert st["mode"] == "degraded"
+        assert f"{limits.CAP_VAR}=2" in st["reason"] and "4 folders" in st["reason"]
+        assert st["watch_cap"] == 2 and st["folders"] == 4
+        assert limits.CAP_VAR in st["fix"]
+        assert w.status()[str(small)]["mode"] == "inotify"  # 1 folder: under the cap
+        write(big / "d2" / "polled.csv")
+        await await_for(lambda: str(big / "d2" / "polled.csv") in rec.paths(), what="polled",
+                        timeout=DEADLINE_S)
+
+    run(body, poll_fallback_s=0.2)
+
+
+def test_the_limit_named_is_the_containers_inside_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a user namespace (a container) the inotify limit is the namespace's own, not
+    the host's ``sysctl``: the reason says which one was hit."""
+    host = tmp_path / "host_uid_map"
+    host.write_text("         0          0 4294967295\n")
+    container = tmp_path / "container_uid_map"
+    container.write_text("         0       1000          1\n")
+    monkeypatch.setattr(limits, "UID_MAP_FILE", str(host))
+    assert limits.limit_scope() == "the system's limit"
+    monkeypatch.setattr(limits, "UID_MAP_FILE", str(container))
+    assert "container" in limits.limit_scope()
+    assert limits.MAX_USER_WATCHES_FILE in limits.limit_scope()
+    (tmp_path / "p").mkdir()
+
+    async def body(w: Watcher, rec: Recorder) -> None:
+        def no_watches_left(*args: object, **kwargs: object) -> None:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+        assert w._native is not None
+        monkeypatch.setattr(w._native, "schedule", no_watches_left)
+        w.add(str(tmp_path / "p"))
+        reason = w.status()[str(tmp_path / "p")]["reason"]
+        assert "max_user_watches=" in reason and "this container's own limit" in reason
+
+    run(body, poll_fallback_s=0.2)
+
+
+def test_watch_cap_reads_whole_numbers_only() -> None:
+    assert limits.watch_cap({limits.CAP_VAR: "90000"}) == 90000
+    assert limits.watch_cap({limits.CAP_VAR: "many"}) is None
+    assert limits.watch_cap({}) is None
+
+
 def test_watch_limit_hit_below_the_root_is_detected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -209,6 +209,14 @@ def add(args: argparse.Namespace, c: Client) -> int:
         print(f"thotctl: {printable(str(path))} does not exist", file=sys.stderr)
         return exits.FAILURE
     res = c.call("add", path=path)
+    watch = res.get("watch") or {}
+    if watch.get("mode") in ("degraded", "polling") and not getattr(args, "json", False):
+        # Said where it is added, not only in status: a project polled because a limit was
+        # hit reacts slower, and the person who added it can fix the limit now.
+        print(printable(f"thotctl: {res['root']} is polled, not watched: {watch.get('reason')}"),
+              file=sys.stderr)
+        if watch.get("fix"):
+            print(printable(f"  fix: {watch['fix']}"), file=sys.stderr)
     return _out(args, res, [f"watching {res['root']} ({plural(res['objects'], 'object')}, "
                             f"{plural(res['runs'], 'run')})"])
 

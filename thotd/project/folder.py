@@ -32,6 +32,12 @@ from thotd.project.objects import ThotObject
 _MARKERS = frozenset((CONTAINER_FILE, ASSET_FILE, SCRIPTS_FILE, NOTES_DIR))
 
 
+#: Shared empties: an asset's entries (never added to: only containers have children) and
+#: the effective metadata of an object before the index sets it.
+_NO_ENTRIES: list[str] = []
+_NO_METADATA: dict[str, Any] = {}
+
+
 class Node:
     """One object (container or asset) and what the index derived for it.
 
@@ -50,12 +56,17 @@ class Node:
         self.kind = kind  # "container" | "asset"
         self.parent = parent
         self.props = props  # validated own properties, extras kept, defaults applied
-        self.scripts: list[dict[str, Any]] = []  # containers: resolved, ordered
-        self.notes: list[dict[str, Any]] = []
-        self.entries: list[str] = []  # child object ids, by folder name
-        self.metadata: dict[str, Any] = {}  # effective (inherited) metadata
-        self.errors: list[ObjectError] = []
-        self.warnings: list[str] = []
+        # Empty sequences are the shared empty tuple, not a list each: five empty lists were
+        # 280 bytes and five objects for the garbage collector to walk per object, and most
+        # objects have no scripts, notes, errors or warnings (assets never have entries).
+        # Code that adds to one assigns a new sequence.
+        self.scripts: Sequence[dict[str, Any]] = ()  # containers: resolved, ordered
+        self.notes: Sequence[dict[str, Any]] = ()
+        # Child object ids, by folder name; a container's is a list the index keeps sorted.
+        self.entries: list[str] = [] if kind == "container" else _NO_ENTRIES
+        self.metadata: dict[str, Any] = _NO_METADATA  # effective (inherited), never mutated
+        self.errors: Sequence[ObjectError] = ()
+        self.warnings: Sequence[str] = ()
         self.file: str | None = None  # assets: absolute data file
         # What the node was read from: the object files' (size, mtime_ns, ctime_ns, inode),
         # so a later load can reuse it without re-reading; None when that is not safe.
@@ -86,9 +97,11 @@ class Node:
 MAX_OBJECT_BYTES = 16 * 1024 * 1024
 
 
-def list_folder(folder: str) -> tuple[frozenset[str], list[str]]:
+def list_folder(folder: str, regular: set[str] | None = None) -> tuple[frozenset[str], list[str]]:
     """The marker names (object files, ``_notes``) a folder holds and its sub-folders
-    (sorted, ``_notes`` left out), from one listing; raises ``OSError``."""
+    (sorted, ``_notes`` left out), from one listing; raises ``OSError``. ``regular``, when
+    given, receives the marker names the listing says are regular files (no ``stat``: the
+    directory entry's type)."""
     names: set[str] = set()
     dirs: list[str] = []
     with os.scandir(folder) as it:
@@ -96,6 +109,9 @@ def list_folder(folder: str) -> tuple[frozenset[str], list[str]]:
             name = entry.name
             if name in _MARKERS:
                 names.add(name)
+                if regular is not None and entry.is_file(follow_symlinks=False):
+                    regular.add(name)
+                    continue
             if name != NOTES_DIR and entry.is_dir(follow_symlinks=False):
                 dirs.append(name)
     return frozenset(names), sorted(dirs)
@@ -108,9 +124,10 @@ def read_file(path: str) -> bytes:
 
 def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
     # O_NONBLOCK: a named pipe called _asset.json must not hang the reader; only regular
-    # files are read.
+    # files are read. Raw descriptors, not a file object: ``open()``'s buffered layer was a
+    # third of a cold load (20,000 files: 0.43 s against 0.18 s).
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as fh:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
@@ -120,7 +137,48 @@ def _read_stat(path: str) -> tuple[bytes, os.stat_result]:
                 f"{st.st_size / 2**20:.1f} MiB, over the {MAX_OBJECT_BYTES >> 20} MiB limit for "
                 "object files (they describe data; the data belongs in the asset's file)",
             )
-        return fh.read(), st
+        # One read of the size fstat gave, plus one byte: a file that grew meanwhile is
+        # read on to its end (up to the limit) instead of being cut.
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:
+            data += _read_rest(fd, MAX_OBJECT_BYTES + 1 - len(data))
+            if len(data) > MAX_OBJECT_BYTES:
+                raise OSError(errno.EFBIG, f"over the {MAX_OBJECT_BYTES >> 20} MiB limit for "
+                              "object files (it grew while being read)")
+        return data, st
+    finally:
+        os.close(fd)
+
+
+#: A first read this big finds the end of almost every object file, without an ``fstat``.
+_FIRST_READ = 1 << 16
+
+
+def _read_listed(path: str) -> bytes:
+    """An object file its folder's listing said is a regular file: read without the
+    ``fstat`` of :func:`_read_stat` (one system call of eight per object on a cold load).
+    A file that filled the first read, or that was swapped for something else since it
+    was listed, takes the careful way: nothing but a regular file is read to its end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _FIRST_READ)
+    finally:
+        os.close(fd)
+    if len(data) < _FIRST_READ:
+        return data
+    return _read_stat(path)[0]
+
+
+def _read_rest(fd: int, budget: int) -> bytes:
+    """What is left of a file that grew while it was read, at most ``budget`` bytes."""
+    parts: list[bytes] = []
+    while budget > 0:
+        chunk = os.read(fd, min(budget, 1 << 20))
+        if not chunk:
+            break
+        parts.append(chunk)
+        budget -= len(chunk)
+    return b"".join(parts)
 
 
 def _iso(timestamp: float) -> str:
@@ -175,21 +233,28 @@ def _unreadable(folder: str, parent: str | None, exc: OSError) -> Node | None:
 
 
 def _read_into(node: Node, path: str, name: str, root: str, racy_since: int | None,
-               errors: list[ObjectError]) -> Any:
+               errors: list[ObjectError], listed_regular: bool = False) -> Any:
     """Read one object file (``name`` at ``path``) into ``node``; returns its signature.
-    A file that does not parse keeps its signature: it is read again once it changes."""
+    A file that does not parse keeps its signature: it is read again once it changes.
+    ``listed_regular``: the folder's listing said it is a regular file."""
+    sig = None
     try:
-        data, st = _read_stat(path)
+        if racy_since is None and listed_regular:
+            data = _read_listed(path)
+        else:
+            data, st = _read_stat(path)
+            if racy_since is not None:
+                sig = trusted_key(st, racy_since)
     except OSError as exc:
         errors.append(ObjectError(path, None, f"cannot read: {exc.strerror or exc}"))
         return None
-    sig = trusted_key(st, racy_since) if racy_since is not None else None
     try:
         loaded, tolerated = objectfile.load_tolerant(name, data, path)
     except ObjectFileError as exc:
         errors.extend(exc.errors)
         return sig
-    node.warnings.extend(tolerated)
+    if tolerated:
+        node.warnings = [*node.warnings, *tolerated]
     if name == SCRIPTS_FILE:
         node.scripts = resolve_scripts(loaded, node.id, root)
     else:
@@ -198,13 +263,13 @@ def _read_into(node: Node, path: str, name: str, root: str, racy_since: int | No
 
 
 def _scripts_part(node: Node, path: str, root: str, racy_since: int | None,
-                  errors: list[ObjectError]) -> Any:
+                  errors: list[ObjectError], listed_regular: bool = False) -> Any:
     """Read a ``_scripts.json``; returns its part of the signature (1 in an asset, where
     only its presence matters: a warning)."""
     if node.kind == "asset":
-        node.warnings.append(f"{path}: scripts belong to containers; ignored in an asset")
+        node.warnings = [*node.warnings, f"{path}: scripts belong to containers; ignored in an asset"]
         return 1
-    return _read_into(node, path, SCRIPTS_FILE, root, racy_since, errors)
+    return _read_into(node, path, SCRIPTS_FILE, root, racy_since, errors, listed_regular)
 
 
 def object_files(folder: str, found: frozenset[str], parent: str | None,
@@ -239,7 +304,8 @@ def read_object(folder: str, parent: str | None, root: str,
     racy_since = racy_from() if plain is not None else None
     try:
         dsig = trusted_key(os.stat(folder), racy_since) if racy_since is not None else None
-        found, dirs = list_folder(folder)
+        regular: set[str] = set()
+        found, dirs = list_folder(folder, regular)
     except PermissionError as exc:
         return _unreadable(folder, parent, exc), []
     except OSError:
@@ -266,14 +332,17 @@ def read_object(folder: str, parent: str | None, root: str,
             "other: delete one of them",
         ))
     own_name = CONTAINER_FILE if has_c else ASSET_FILE
-    sigs = [_read_into(node, base + own_name, own_name, root, racy_since, errors), 0]
+    sigs = [_read_into(node, base + own_name, own_name, root, racy_since, errors,
+                       own_name in regular), 0]
     if kind == "asset" and isinstance(node.props.get("file"), str):
         node.file = resolve_path(node.props["file"], folder, root)
     if SCRIPTS_FILE in found:
-        sigs[1] = _scripts_part(node, base + SCRIPTS_FILE, root, racy_since, errors)
+        sigs[1] = _scripts_part(node, base + SCRIPTS_FILE, root, racy_since, errors,
+                                SCRIPTS_FILE in regular)
     if NOTES_DIR in found:
         node.notes = read_notes(base + NOTES_DIR)
-    node.errors = errors
+    if errors:
+        node.errors = errors
     if plain is not None and None not in sigs and not (has_a and has_c) and NOTES_DIR not in found:
         node.sig = (sigs[0], sigs[1])
     return node, subdirs

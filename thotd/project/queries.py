@@ -27,6 +27,7 @@ from thotd.project.objects import ThotObject
 from thotd.project.search import compile_search
 
 _VIEW_RESERVED = ("_id", "parent", "children", "assets", "scripts", "notes", "metadata", "file")
+_VIEW_RESERVED_SET = frozenset(_VIEW_RESERVED)
 
 # One encoder for every cache key: json.dumps with options builds a new encoder per call.
 _search_key = json.JSONEncoder(sort_keys=True, default=repr).encode
@@ -67,7 +68,11 @@ class Queries:
                 return False
             if test is None:
                 return True
-            return node.kind == kind and bool(test(self.view(node.id)))
+            if node.kind != kind:
+                return False
+            # A view is kept only once it is handed out (answer, find): a search walks
+            # every object, and keeping a view of each it rejects doubled an index's size.
+            return bool(test(node._view if node._view is not None else self._build_view(node)))
 
         # Iterative post-order (trees deeper than the recursion limit exist), descending
         # only into containers whose answer is not cached.
@@ -115,24 +120,39 @@ class Queries:
         node = self.nodes[node_id]
         if node._view is not None:
             return node._view
-        data: dict[str, Any] = {k: v for k, v in node.props.items() if k not in _VIEW_RESERVED}
+        node._view = self._build_view(node)
+        return node._view
+
+    def _build_view(self, node: Node) -> ThotObject:
+        """A new view of ``node`` (see :meth:`view`). Built in place, without the
+        intermediate dict a ``ThotObject(data)`` would copy: ``find_*`` over a whole
+        project builds one per object."""
+        props = node.props
+        data = ThotObject(props)
+        for key in _VIEW_RESERVED_SET.intersection(props):
+            del data[key]
         data["_id"] = node.id
-        data["name"] = node.props.get("name") or os.path.basename(node.id)
+        data["name"] = props.get("name") or os.path.basename(node.id)
         data["metadata"] = dict(node.metadata)
-        data["notes"] = [dict(n) for n in node.notes]
+        data["notes"] = [dict(n) for n in node.notes] if node.notes else []
         data["parent"] = node.parent
         if node.kind == "container":
-            kids = [self.nodes[c] for c in node.entries if c in self.nodes]
-            data["children"] = [k.id for k in kids if k.kind == "container" and k.valid]
-            data["assets"] = [k.id for k in kids if k.kind == "asset" and k.valid]
+            nodes = self.nodes
+            children: list[str] = []
+            assets: list[str] = []
+            for c in node.entries:
+                kid = nodes.get(c)
+                if kid is not None and not kid.errors:
+                    (children if kid.kind == "container" else assets).append(c)
+            data["children"] = children
+            data["assets"] = assets
             data["scripts"] = [  # in file order, as the original Thot listed them
                 {k: v for k, v in s.items() if k != "order"}
                 for s in sorted(node.scripts, key=lambda s: s["order"])
-            ]
+            ] if node.scripts else []
         else:
             data["file"] = node.file
-        node._view = ThotObject(data)
-        return node._view
+        return data
 
     def fingerprint(self, node_id: str) -> str:
         """A digest of what a script sees of the object, minus the lists of its children:
@@ -140,7 +160,10 @@ class Queries:
         not make the run that wrote them stale."""
         node = self.nodes[node_id]
         if node._fp is None:
-            view = {k: v for k, v in self.view(node_id).items() if k not in ("children", "assets")}
+            # A view built only for this is not kept: the daemon fingerprints every object,
+            # and keeping 30,000 views it never sends to a script was ~0.9 KB an object.
+            whole = node._view if node._view is not None else self._build_view(node)
+            view = {k: v for k, v in whole.items() if k not in ("children", "assets")}
             blob = json.dumps(view, sort_keys=True, default=str).encode()
             node._fp = blake2b(blob, digest_size=16).hexdigest()
         return node._fp

@@ -273,6 +273,18 @@ class Watcher:
                 max_user_instances=limits.read_int(limits.MAX_USER_INSTANCES_FILE),
             )
             return
+        cap = limits.watch_cap()
+        if cap is not None:
+            folders = limits.count_folders(project.root)
+            if folders > cap:
+                self._degrade(
+                    project,
+                    f"watch cap {limits.CAP_VAR}={cap} is below this project's {folders} "
+                    f"folders; polling every {self._poll_s:g} s instead",
+                    f"unset {limits.CAP_VAR} (or raise it) and restart thotd",
+                    watch_cap=cap, folders=folders,
+                )
+                return
         handler = EventHandler(self._post, project)
         try:
             watch = self._native.schedule(
@@ -307,8 +319,8 @@ class Watcher:
         folders = limits.count_folders(project.root)
         self._degrade(
             project,
-            f"{what} (fs.inotify.max_user_watches={limit}, this project has {folders} "
-            f"folders); polling every {self._poll_s:g} s instead",
+            f"{what} (fs.inotify.max_user_watches={limit}, {limits.limit_scope()}; this "
+            f"project has {folders} folders); polling every {self._poll_s:g} s instead",
             limits.watch_limit_fix(limit, folders),
             max_user_watches=limit,
             folders=folders,

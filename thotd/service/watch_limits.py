@@ -10,6 +10,13 @@ show, in ``thotctl status``, the reason and the ``sysctl`` command that lifts th
   more watch can still be added (:func:`watch_limit_reached`).
 * **Network filesystems** (NFS, SMB/CIFS, sshfs, 9p, …) do not report changes made by
   other machines: such roots are polled.
+* **Containers.** Since Linux 5.11 the inotify limits belong to the user namespace: inside a
+  container ``/proc/sys/fs/inotify/max_user_watches`` is the container's own limit, which
+  the host's ``sysctl`` does not show. The reason given names which one was hit
+  (:func:`limit_scope`).
+* **A cap of our own**: ``THOTD_MAX_WATCHES=N`` makes the daemon poll any project with more
+  than N folders instead of watching it (:func:`watch_cap`): to leave a shared account's
+  watches to its other programs, and for tests to take the fallback honestly.
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ import re
 import sys
 
 __all__ = [
-    "MAX_USER_INSTANCES_FILE", "MAX_USER_WATCHES_FILE", "MOUNTS_FILE", "SYSCTL_CONF",
-    "count_folders", "filesystem_type", "instance_limit_fix", "is_network_fs", "read_int",
-    "watch_limit_fix", "watch_limit_reached",
+    "CAP_VAR", "MAX_USER_INSTANCES_FILE", "MAX_USER_WATCHES_FILE", "MOUNTS_FILE", "SYSCTL_CONF",
+    "UID_MAP_FILE", "count_folders", "filesystem_type", "instance_limit_fix", "is_network_fs",
+    "limit_scope", "read_int", "watch_cap", "watch_limit_fix", "watch_limit_reached",
 ]
 
 # Filesystems whose changes made elsewhere (another host, the VM host, Windows) do
@@ -43,6 +50,9 @@ MOUNTS_FILE = "/proc/self/mounts"
 MAX_USER_WATCHES_FILE = "/proc/sys/fs/inotify/max_user_watches"
 MAX_USER_INSTANCES_FILE = "/proc/sys/fs/inotify/max_user_instances"
 SYSCTL_CONF = "/etc/sysctl.d/90-thotd-inotify.conf"
+UID_MAP_FILE = "/proc/self/uid_map"
+CAP_VAR = "THOTD_MAX_WATCHES"
+_INITIAL_UID_MAP = ["0", "0", "4294967295"]  # the host's own user namespace
 
 _IN_ATTRIB = 0x00000004
 _IN_CLOEXEC = 0o2000000
@@ -150,3 +160,24 @@ def instance_limit_fix(current: int | None) -> str:
         "if the open-files limit is the cause instead, raise LimitNOFILE= in the unit; "
         "then restart thotd (systemctl --user restart thotd)"
     )
+
+
+def limit_scope() -> str:
+    """Whose inotify limit ``/proc/sys/fs/inotify`` shows here: the host's, or (in a user
+    namespace: a container) the namespace's own, which the host's ``sysctl`` does not show."""
+    try:
+        with open(UID_MAP_FILE, encoding="ascii") as fh:
+            lines = fh.read().split("\n")
+    except OSError:
+        return "the system's limit"
+    if lines[0].split() == _INITIAL_UID_MAP:
+        return "the system's limit"
+    return ("this container's own limit (its user namespace's, read from "
+            f"{MAX_USER_WATCHES_FILE} inside it; the host's value may differ)")
+
+
+def watch_cap(environ: dict[str, str] | None = None) -> int | None:
+    """The ``THOTD_MAX_WATCHES`` cap, when set to a whole number (see the module's
+    docstring); anything else is no cap."""
+    raw = (os.environ if environ is None else environ).get(CAP_VAR, "").strip()
+    return int(raw) if raw.isdigit() else None
