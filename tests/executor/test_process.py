@@ -403,7 +403,9 @@ def test_cancelling_a_run_during_its_timeout_grace_kills_at_once(tmp_path: Path)
     grace = 60.0
 
     async def main() -> float:
-        spec = make_spec(tmp_path, script, timeout_s=0.2, grace_s=grace)
+        # The timeout must come after the script's handler is in place: 0.2 s was less than
+        # a loaded machine takes to start Python, and SIGTERM then ended it outright.
+        spec = make_spec(tmp_path, script, timeout_s=3.0, grace_s=grace)
         task = asyncio.create_task(run_async(spec))
         end = time.monotonic() + DEADLINE_S
         while not (tmp_path / "got-term").exists():  # timed out: the grace has begun
