@@ -103,13 +103,16 @@ def _not_utf8(*paths: str) -> str | None:
 class Engine:
     """Staleness and records for one project's runs, against one index and one store."""
 
-    def __init__(self, index: Index, store: Store, log_root: Path | None = None) -> None:
+    def __init__(self, index: Index, store: Store, log_root: Path | None = None,
+                 rows: dict[RunKey, RunRow] | None = None) -> None:
+        """``rows``: the project's run rows, when the caller read them already (a daemon
+        builds its engine in a worker thread, where the store's connection may not go)."""
         self.index = index
         self.store = store
         self.project = index.root
         self.hasher = Hasher()
         self.log_root = log_root or store.path.parent / "runs"
-        self.rows: dict[RunKey, RunRow] = store.runs(self.project)
+        self.rows: dict[RunKey, RunRow] = store.runs(self.project) if rows is None else rows
         self._plan_cache: tuple[tuple[Any, ...], list[Planned]] | None = None
         self.history_ids: dict[RunKey, int] = {}  # running runs' history rows
         # Runs known to be up to date without looking (see thotd.engine.snapshot.clean_runs), by
