@@ -18,6 +18,7 @@ control call never waits for more than one slice.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,13 @@ __all__ = ["CATCH_UP_SLICE", "Loaded", "Loading", "read_project"]
 
 #: Runs checked per turn of the loop during a catch-up: ~10-30 ms of work each.
 CATCH_UP_SLICE = 200
+
+#: Test hook: seconds the loading thread waits before it reads a project. The tests of the
+#: loading phase (status says so, events and calls are kept for after, a kill in the middle)
+#: need it to last on any machine: a tree big enough to be slow everywhere would cost the
+#: suite minutes and still be a race on a fast machine. Read once per load, never set by
+#: the daemon itself.
+SLOW_LOAD_VAR = "THOTD_TEST_SLOW_LOAD_S"
 
 
 @dataclass
@@ -80,6 +88,10 @@ def read_project(root: str, store: Store, rows: dict[RunKey, RunRow], state_dir:
                  progress: snapshot.Progress) -> Loaded:
     """Worker thread: the index (from the snapshot where it can be), the engine, the plan.
     Raises :class:`~thotd.project.index.NotAProject` or ``OSError`` as a load does."""
+    delay = float(os.environ.get(SLOW_LOAD_VAR) or 0)
+    if delay > 0:
+        progress.phase = f"held by {SLOW_LOAD_VAR} (a test)"
+        time.sleep(delay)
     index, changes, runs = snapshot.load(root, state_dir, progress)
     # The daemon's own index keeps a broken object's last good properties (what the
     # snapshot's restore turned off: that one must end exactly where a fresh load would).
