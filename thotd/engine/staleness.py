@@ -281,6 +281,11 @@ class Engine:
         """The runs of ``plan`` that can see a change: those of the changed ``containers``
         and their ancestors, and, for a container in ``subtree_of`` (metadata flows down),
         its whole subtree."""
+        wanted = self.reach(containers, subtree_of)
+        return [p for p in plan if p.container in wanted]
+
+    def reach(self, containers: Iterable[str | None], subtree_of: Iterable[str] = ()) -> set[str]:
+        """The containers whose runs can see a change (see :meth:`candidates`)."""
         index = self.index
         wanted: set[str] = set()
         for c in containers:
@@ -296,7 +301,7 @@ class Engine:
                 ids = [n.id for n in index.walk(c, include_invalid=True) if n.kind == "container"]
                 walked.update(ids)
                 wanted.update(ids)
-        return [p for p in plan if p.container in wanted]
+        return wanted
 
     def autorun(self, key: RunKey) -> bool:
         """Whether the run's association (still) says it runs by itself."""
