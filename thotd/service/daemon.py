@@ -108,6 +108,7 @@ class Project:
     untrusted: dict[RunKey, Refusal] = field(default_factory=dict)  # refused at their last start
     loading: Loading | None = None  # set while it loads (see thotd.service.loading)
     snapshot_mark: tuple[int, int] | None = None  # (generation, completed) of the last snapshot
+    last_status: dict[str, Any] | None = None  # shown while a batch is applied (methods.py)
 
     @property
     def index(self) -> Index | None:
@@ -153,10 +154,12 @@ class Daemon:
         self._reload_asked = False
         self._kick = asyncio.Event()
         self._applying = 0
+        self._batches: set[asyncio.Future[None]] = set()  # batches being applied
         self._snapshot_at = time.monotonic()
         # Content hashing happens in worker threads, never on the loop.
         self.hashes = OffLoopHashes(self.check_runs, self.emit,
-                                    lambda proj: self.projects.get(proj.root) is proj)
+                                    lambda proj: self.projects.get(proj.root) is proj,
+                                    self.until_loaded)
         self._cleanup = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
@@ -243,11 +246,13 @@ class Daemon:
         """Until ``proj`` (every project, when None) is loaded: the control calls that need
         a project wait for it rather than find it empty."""
         for p in [proj] if proj is not None else list(self.projects.values()):
-            if p.loading is not None:
+            while p.loading is not None:  # (the batches kept meanwhile may start another)
                 await p.loading.done.wait()
 
     def loading(self) -> bool:
-        return any(p.loading is not None for p in self.projects.values())
+        """A project is being loaded (not a batch being applied)."""
+        return any(p.loading is not None and not p.loading.index_busy
+                   for p in self.projects.values())
 
     async def main_loop(self) -> None:
         """Wait for signals and stop requests; act on them here, not in the handlers."""
@@ -382,6 +387,7 @@ class Daemon:
 
     async def _load(self, proj: Project, loading: Loading) -> None:
         root = proj.root
+        loading.progress.phase = "watching its folders"
         try:
             # Watched before it is read: what changes while it is read is an event.
             await self.watcher.add_off_loop(root)
@@ -489,10 +495,29 @@ class Daemon:
                 return
             asyncio.ensure_future(self.open_project(root, paused=proj.paused))
             return
+        loading = proj.loading = Loading(claimed=True, index_busy=True)
+        loading.progress.phase = (f"applying a batch of {plural(len(batch.paths), 'path')}, "
+                                  f"{plural(len(batch.rescan), 'folder')} to rescan")
+        loading.progress.index = proj.engine.index
         self._applying += 1
+        task = asyncio.ensure_future(self._apply_batch(proj, batch, loading))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _apply_batch(self, proj: Project, batch: Batch, loading: Loading) -> None:
+        """Apply a batch to the index in a worker thread, so a huge one (a 1,500-level
+        tree, thousands of folders copied in) never holds the loop: meanwhile the project
+        shows the batch in ``status``, later batches wait in ``loading.pending`` and the
+        calls that need its index wait (:meth:`until_loaded`). Then its runs are checked
+        on the loop as before."""
+        root = proj.root
         try:
+            assert proj.engine is not None
             index = proj.engine.index
-            changes = index.update(batch.paths, batch.rescan)
+            changes = await asyncio.to_thread(index.update, batch.paths, batch.rescan)
+            loading.index_busy = False
+            if self.projects.get(root) is not proj or proj.engine is None:
+                return
             if not changes:
                 # Data files and scripts outside the index can still be inputs.
                 affected = {index.owner_container(p) for p in batch.paths} - {None}
@@ -506,9 +531,19 @@ class Daemon:
                 self._watch_scripts(proj)
                 self._schedule_jobs()
             keys = self._candidates(proj, affected, subtree_of=changes.modified | changes.added)
+            proj.loading = None
             self.check_runs(proj, keys, trigger="files changed")
+        except Exception:  # noqa: BLE001 - one bad batch must not stop the project
+            log.exception("applying a batch failed", project=root)
         finally:
             self._applying -= 1
+            if proj.loading is loading:
+                proj.loading = None
+            loading.done.set()
+            for planned, trigger in loading.recheck:
+                self.check_runs(proj, planned, trigger)
+            for later in loading.pending:
+                self.on_batch(root, later)
 
     def _candidates(self, proj: Project, containers: set[str | None],
                     subtree_of: set[str] | frozenset[str] = frozenset()) -> list[Planned]:
@@ -524,6 +559,9 @@ class Daemon:
     def check_runs(self, proj: Project, planned: list[Planned], trigger: str) -> None:
         """Queue the stale ones among ``planned``; a change cannot make anything else stale."""
         if proj.engine is None:
+            return
+        if proj.loading is not None and proj.loading.index_busy:
+            proj.loading.recheck.append((planned, trigger))  # after the batch is in
             return
         for p in planned:
             if p.key not in proj.plan:
@@ -581,6 +619,8 @@ class Daemon:
         for proj in self.projects.values():
             if proj.paused or proj.engine is None or not proj.queue or self.stopping:
                 continue
+            if proj.loading is not None and proj.loading.index_busy:
+                continue  # its index is being changed in a worker thread; kicked after
             ready = ready_queue_for(proj.engine, manual=True)
             moved = proj.queue.moved() | proj.running.moved()
             if ready is proj.synced:
@@ -655,10 +695,12 @@ class Daemon:
             # Still counted as running while its record is read and the files it names are
             # hashed, both in worker threads: the loop reads no file's content.
             rec = await asyncio.to_thread(read_record, record)
+            await self.until_loaded(proj)  # its index is not being changed right now
             if proj.engine is not None and self.projects.get(proj.root) is proj:
                 prefetch = self.hashes.start(proj, paths=proj.engine.files_to_hash(p.key, rec))
                 if prefetch is not None:
                     await asyncio.shield(prefetch)
+            await self.until_loaded(proj)
             proj.running.pop(p.key, None)
             self.forks.retire_if_disabled()
             if proj.engine is None or self.projects.get(proj.root) is not proj:
@@ -687,6 +729,7 @@ class Daemon:
             index = proj.engine.index
             owners = {index.owner_container(o) for o in outputs} | {p.container}
             again = await self.hashes.reasons_once_hashed(proj, p)
+            await self.until_loaded(proj)
             if self.projects.get(proj.root) is not proj:
                 return
             if again and res.status == "ok":

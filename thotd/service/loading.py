@@ -46,7 +46,8 @@ SLOW_LOAD_VAR = "THOTD_TEST_SLOW_LOAD_S"
 
 @dataclass
 class Loading:
-    """A project being loaded: how far it is, and the batches that arrived meanwhile."""
+    """A project being loaded, or a batch being applied to its index in a worker thread
+    (``index_busy``): how far it is, and the batches that arrived meanwhile."""
 
     progress: snapshot.Progress = field(default_factory=snapshot.Progress)
     started: float = field(default_factory=time.monotonic)
@@ -55,6 +56,10 @@ class Loading:
     checked: int = 0  # runs checked so far by the catch-up
     to_check: int | None = None  # runs the catch-up must check (None before it starts)
     claimed: bool = False  # a load is under way (a second caller waits for it)
+    # A worker thread is changing the project's index (a batch being applied): nothing on
+    # the loop may read it meanwhile. The checks asked for meanwhile are done after.
+    index_busy: bool = False
+    recheck: list[tuple[list[Planned], str]] = field(default_factory=list)
 
     def status(self) -> dict[str, Any]:
         """For ``thotctl status``: the phase, objects done of total, runs checked of total."""

@@ -89,7 +89,20 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
         # While it loads: phase, objects done of total, runs checked (thotd.service.loading)
         "loading": proj.loading.status() if proj.loading is not None else None,
     }
-    if proj.engine is None:
+    out["queued"] = [
+        {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
+        for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
+    ]
+    out["running"] = [
+        {"container": k[0], "script": k[1], "since": r.started, "log": r.log, "reasons": r.reasons}
+        for k, r in proj.running.items()
+    ]
+    if proj.engine is None or proj.loading is not None:
+        # Not loaded yet, or its index is being changed in a worker thread: not read now.
+        # A batch being applied shows what the index said before it.
+        busy = proj.loading is not None and proj.loading.index_busy
+        if busy and proj.last_status is not None:
+            return {**proj.last_status, **{k: out[k] for k in _LIVE}}
         if proj.loading is not None:
             out["objects"] = proj.loading.progress.objects
         return out
@@ -105,14 +118,6 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     # their stat alone (thotd.fingerprint).
     out["unreadable"] = [{"file": f, "why": why}
                          for f, why in sorted(proj.engine.hasher.refused.items())]
-    out["queued"] = [
-        {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
-        for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
-    ]
-    out["running"] = [
-        {"container": k[0], "script": k[1], "since": r.started, "log": r.log, "reasons": r.reasons}
-        for k, r in proj.running.items()
-    ]
     out["blocked"] = [
         {"container": k[0], "script": k[1], "reason": p.blocked}
         for k, p in proj.plan.items() if p.blocked
@@ -140,7 +145,12 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
                 "tail": tail(row.log, TAIL_LINES),
             })
     out["counts"] = counts
+    proj.last_status = out
     return out
+
+
+#: What a project's status says without its index (see project_status).
+_LIVE = ("root", "paused", "error", "watch", "queued", "running", "runs", "loading")
 
 
 # ---------------------------------------------------------------------------- the methods
