@@ -139,20 +139,27 @@ class Engine:
         out: list[Planned] = []
         root_depth = self.index.root.count(os.sep)
         blocked_by = self.index.blocked_by()
+        scripts: dict[str, str | None] = {}  # script -> why it cannot run (checked once each)
         for node in self.index.containers_postorder(start):
+            if not node.scripts:
+                continue
             invalid = blocked_by.get(node.id)
-            blocked = f"waiting for a fix: {invalid}" if invalid else None
+            blocked = f"waiting for a fix: {invalid}" if invalid else _not_utf8(node.id)
+            depth = node.id.count(os.sep) - root_depth
             for assoc in node.scripts:
                 if not assoc["autorun"] and not manual:
                     continue
+                script = assoc["script"]
+                if script not in scripts:
+                    scripts[script] = _not_utf8(script)
                 out.append(
                     Planned(
-                        key=(node.id, assoc["script"]),
+                        key=(node.id, script),
                         priority=assoc["priority"],
                         order=len(out),
-                        depth=node.id.count(os.sep) - root_depth,
+                        depth=depth,
                         schedule=assoc.get("schedule"),
-                        blocked=blocked or _not_utf8(node.id, assoc["script"]),
+                        blocked=blocked or scripts[script],
                     )
                 )
         return out

@@ -100,6 +100,8 @@ class Project:
     running: Tracked[RunKey, Running] = field(default_factory=Tracked)
     synced: ReadyQueue | None = None  # the ready queue the dispatch pass last told everything
     plan: dict[RunKey, Planned] = field(default_factory=dict)
+    planned: list[Planned] | None = None  # the engine's plan list ``plan`` was made from
+    scripts: frozenset[str] = frozenset()  # the scripts of ``plan``
     reruns: dict[RunKey, int] = field(default_factory=dict)  # consecutive self-caused reruns
     attempts: dict[RunKey, int] = field(default_factory=dict)  # failures, for retry backoff
     script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
@@ -118,9 +120,13 @@ class Project:
         """Refresh the plan; True when it changed (the engine caches it by index shape)."""
         assert self.engine is not None
         plan = self.engine.plan(manual=True)
+        if plan is self.planned:
+            return False  # the engine's cached plan: nothing moved (no O(plan) comparison)
+        self.planned = plan
         if self.plan and list(self.plan.values()) == plan:
             return False
         self.plan = {p.key: p for p in plan}
+        self.scripts = frozenset(p.key[1] for p in plan)
         return True
 
 
@@ -439,7 +445,7 @@ class Daemon:
     def _watch_scripts(self, proj: Project) -> None:
         """Scripts usually live beside the project (``root:/../analysis``): watch those
         folders too, so editing a script reruns its runs without waiting for a rescan."""
-        dirs = {os.path.dirname(k[1]) for k in proj.plan} - {proj.root}
+        dirs = {os.path.dirname(script) for script in proj.scripts} - {proj.root}
         dirs = {d for d in dirs if not d.startswith(proj.root + os.sep) and os.path.isdir(d)}
         for d in dirs - proj.script_dirs:
             if d in self.extra_roots or d in self.projects:
