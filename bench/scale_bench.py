@@ -1,4 +1,28 @@
-"""Does the initial full run slow down as the project grows? (issue 12, goal 3)
+"""Does thotd's own cost grow with the project, or with the change? (issue 12)
+
+Three modes, each over 10x10 and 100x100 (300x100 with ``--big``), with ratios between the
+sizes of one run of this script, on one machine:
+
+* ``--full-run`` (goal 3): per-run overhead of the initial full run, below.
+* ``--start`` (goal 2): a real ``thotd`` on a project some ``thot run`` left (state and index
+  snapshot): start -> the socket answers (``hello``), -> loaded, -> quiet; then a clean stop,
+  5 samples' data changed, start again: -> the socket answers, -> the 5 changed samples'
+  runs queued or started (the catch-up found them), -> quiet, and whether exactly the
+  expected runs ran. PASS: the socket answers within 0.5 s at every size (and says
+  ``loading`` while it loads); the catch-up finds the runs within 3 s at the largest size.
+* ``--react`` (goal 1): the same daemon, ``--drops`` new samples copied in one by one (file
+  by file, ``bench/gen.py add_sample``): last byte written -> the sample's run started, minus
+  the settle period (the daemon's share), and -> the summary file rewritten (p50, p95). PASS:
+  the share at the largest size within 1.5x of the smallest's; summary p50 <= 0.2 s at the
+  largest size.
+
+The projects and their first full run (real scripts: minutes at 100x100) are kept under
+``--work`` (default ``bench/work/scale``) and reused by later runs.
+
+    python bench/scale_bench.py --start --react        # 10x10 and 100x100
+    python bench/scale_bench.py --start --big          # and 300x100 (slow: 60,301 folders)
+
+The ``--full-run`` mode:
 
 ``--full-run`` generates ``bench/gen.py`` G×S projects, replaces their three scripts with a
 trivial one (``pass``: what is left of a run's time is thotd's own overhead), runs ``thot run``
@@ -33,12 +57,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import gen  # noqa: E402
-from bench.common import REPO, clean_env  # noqa: E402
+from bench.common import REPO, WORK, clean_env  # noqa: E402
 
 #: The largest size's per-run overhead may be this many times the smallest's.
 FLAT = 1.5
 SIZES = [(10, 10), (100, 100)]
 BIG = (300, 100)
+SOCKET_S = 0.5  # goal 2: start -> the socket answers, at every size
+CATCH_UP_S = 3.0  # goal 2: restart catch-up at the largest size
+SUMMARY_S = 0.2  # goal 1: drop -> summary p50 at the largest size
 
 
 def full_run(work: Path, groups: int, samples: int, jobs: int) -> dict[str, float]:
@@ -81,19 +108,7 @@ def steady(state: Path) -> dict[str, float]:
             "last_ms": per_run(0.7, 0.9)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--full-run", action="store_true",
-                      help="per-run overhead of the initial full run")
-    mode.add_argument("--memory", action="store_true",
-                      help="the daemon's memory per object and per run (goal 4)")
-    ap.add_argument("--big", action="store_true", help=f"add {BIG[0]}x{BIG[1]}")
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args(argv)
-    sizes = SIZES + ([BIG] if args.big else [])
-    if args.memory:
-        return memory_main(sizes, args.jobs)
+def _full_run_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
     rows = []
     # (a fork server may still be closing its files as the folder goes)
     with tempfile.TemporaryDirectory(prefix="thotd-scale-", ignore_cleanup_errors=True) as tmp:
@@ -112,7 +127,93 @@ def main(argv: list[str] | None = None) -> int:
     (g, s), _ = rows[-1]
     print(f"{verdict}: steady per-run overhead at {g}×{s} is {ratio:.2f}x that at "
           f"{rows[0][0][0]}×{rows[0][0][1]} (flat within {FLAT}x)")
-    return 0 if verdict == "PASS" else 1
+    return verdict == "PASS"
+
+
+def _start_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
+    from bench.scale_daemon import start_mode
+
+    rows = []
+    for g, s in sizes:
+        print(f"{g}x{s}: start, stop, change {5} samples, start ...", flush=True)
+        rows.append(((g, s), start_mode(args.work, g, s)))
+        print(f"  {rows[-1][1]}", flush=True)
+    print("| G×S | first start: socket / loaded / quiet | restart: socket | said loading "
+          "| catch-up found the 5 | loaded | quiet | runs (exact) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (g, s), r in rows:
+        said = "yes" if r["loading"] else "no (loaded already)"
+        print(f"| {g}×{s} | {r['first_socket_s']:.2f} / {r['first_loaded_s']:.2f} / "
+              f"{r['first_quiet_s']:.1f} s | {r['socket_s']:.2f} s | {said} | "
+              f"{r['catch_up_s']:.2f} s | {r['loaded_s']:.2f} s | {r['quiet_s']:.2f} s "
+              f"| {r['runs']} ({'yes' if r['exact'] else 'NO'}) |")
+    socket_ok = all(max(r["socket_s"], r["first_socket_s"]) <= SOCKET_S for _, r in rows)
+    (g, s), last = rows[-1]
+    catch_ok = last["catch_up_s"] <= CATCH_UP_S and all(r["exact"] for _, r in rows)
+    worst = max(max(r["socket_s"], r["first_socket_s"]) for _, r in rows)
+    print(f"{'PASS' if socket_ok else 'FAIL'}: the socket answers within {worst:.2f} s at every "
+          f"size (goal {SOCKET_S} s)")
+    print(f"{'PASS' if catch_ok else 'FAIL'}: restart catch-up at {g}×{s} found the changed "
+          f"runs in {last['catch_up_s']:.2f} s (goal {CATCH_UP_S} s), exactly the expected runs ran")
+    return socket_ok and catch_ok
+
+
+def _react_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
+    from bench.scale_daemon import react_mode
+
+    rows = []
+    for g, s in sizes:
+        print(f"{g}x{s}: {args.drops} drops ...", flush=True)
+        rows.append(((g, s), react_mode(args.work, g, s, args.drops)))
+        print(f"  {rows[-1][1]}", flush=True)
+    print("| G×S | copy -> first run (p50) | daemon's share (minus settle) | drop -> summary p50 / p95 |")
+    print("|---|---|---|---|")
+    for (g, s), r in rows:
+        print(f"| {g}×{s} | {r['first_p50_s'] * 1000:.0f} ms | {r['share_p50_s'] * 1000:.0f} ms "
+              f"| {r['summary_p50_s']:.3f} / {r['summary_p95_s']:.3f} s |")
+    (g, s), last = rows[-1]
+    ratio = last["share_p50_s"] / max(rows[0][1]["share_p50_s"], 1e-3)
+    share_ok = ratio <= FLAT
+    summ_ok = last["summary_p50_s"] <= SUMMARY_S
+    print(f"{'PASS' if share_ok else 'FAIL'}: the daemon's share at {g}×{s} is {ratio:.2f}x "
+          f"that at {rows[0][0][0]}×{rows[0][0][1]} (within {FLAT}x)")
+    print(f"{'PASS' if summ_ok else 'FAIL'}: drop -> summary p50 at {g}×{s} is "
+          f"{last['summary_p50_s']:.3f} s (goal {SUMMARY_S} s)")
+    return share_ok and summ_ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full-run", action="store_true",
+                    help="per-run overhead of the initial full run (goal 3)")
+    ap.add_argument("--start", action="store_true",
+                    help="start -> socket answers; restart catch-up (goal 2)")
+    ap.add_argument("--react", action="store_true",
+                    help="copy -> first run; drop -> summary (goal 1)")
+    ap.add_argument("--memory", action="store_true",
+                    help="the daemon's memory per object and per run (goal 4)")
+    ap.add_argument("--big", action="store_true", help=f"add {BIG[0]}x{BIG[1]}")
+    ap.add_argument("--sizes", default=None, help="e.g. 10x10,100x100 (instead of the default)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--drops", type=int, default=10)
+    ap.add_argument("--work", type=Path, default=WORK / "scale",
+                    help="where the projects and their first run are kept (reused)")
+    args = ap.parse_args(argv)
+    if not (args.full_run or args.start or args.react or args.memory):
+        ap.error("choose at least one of --full-run, --start, --react, --memory")
+    sizes = SIZES + ([BIG] if args.big else [])
+    if args.sizes:
+        sizes = [(int(a), int(b)) for a, b in (x.split("x") for x in args.sizes.split(","))]
+    ok = True
+    if args.full_run:
+        ok &= _full_run_mode(args, sizes)
+    if args.start:
+        ok &= _start_mode(args, sizes)
+    if args.react:
+        ok &= _react_mode(args, sizes)
+    if args.memory:
+        ok &= memory_main(sizes, args.jobs) == 0
+    return 0 if ok else 1
 
 
 # ---------------------------------------------------------------------- --memory (goal 4)

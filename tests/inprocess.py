@@ -60,6 +60,9 @@ async def running_daemon(home: Path, run_dir: Path, config: Config | None = None
         ready.cancel()
         await task  # start-up failed: its exception is the test's failure
         raise AssertionError("the daemon stopped during start-up")
+    # The socket answers before the projects load (thotd.service.loading); a test body
+    # starts with its configured projects loaded, as a person waiting for `thotctl wait`.
+    await asyncio.wait_for(d.until_loaded(), READY_TIMEOUT_S)
     try:
         yield d
     finally:

@@ -170,6 +170,9 @@ def _project_lines(p: dict[str, Any], blocked: list[str]) -> list[str]:
         lines.append(f"  watch: {watch.get('mode')}: {watch.get('reason')}")
         if watch.get("fix"):
             lines.append(f"    fix: {watch['fix']}")
+    loading = p.get("loading")
+    if loading:
+        lines.append("  " + _loading_line(loading))
     lines.append(f"  {plural(p['objects'], 'object')}, {plural(p['runs'], 'run')}: {counts}")
     lines.append(f"  {len(p['running'])} running, {len(p['queued'])} queued, {len(p['blocked'])} blocked")
     for r in p["running"]:
@@ -189,6 +192,18 @@ def _project_lines(p: dict[str, Any], blocked: list[str]) -> list[str]:
         lines.append(f"  {f['status']} {f['script']} in {f['container']} ({_ago(f['finished'])}), log {f['log']}")
         lines += [f"    | {t}" for t in f["tail"][-5:]]
     return lines
+
+
+def _loading_line(loading: dict[str, Any]) -> str:
+    """``loading: checking what moved since the snapshot, 1200 of 20298 objects, ...``"""
+    total = loading.get("total")
+    text = f"loading: {loading['phase']}, {loading['objects']}"
+    text += f" of {total} objects" if total is not None else " objects so far"
+    if loading.get("runs_to_check") is not None:
+        text += f", {loading['runs_checked']} of {loading['runs_to_check']} runs checked"
+    if loading.get("pending_batches"):
+        text += f", {plural(loading['pending_batches'], 'batch', 'batches')} of changes waiting"
+    return text + f" ({loading['elapsed_s']:.1f}s)"
 
 
 def _schedule_lines(schedules: list[dict[str, Any]]) -> list[str]:

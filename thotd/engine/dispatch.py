@@ -209,6 +209,24 @@ class ReadyQueue:
             self.queue(key)
         return fresh
 
+    def update(self, keys: Iterable[RunKey], queued: Container[RunKey],
+               started: Container[RunKey]) -> set[RunKey]:
+        """:meth:`sync` for the runs ``keys`` only (those that moved in ``queued`` or
+        ``started`` since the last call): a pass costs what moved, not the queue. Returns
+        the runs newly queued."""
+        fresh: set[RunKey] = set()
+        for key in keys:
+            if key in started:
+                if key not in self._skeys:
+                    self.start(key)
+            elif key in queued:
+                if key not in self._qkeys:
+                    self.queue(key)
+                    fresh.add(key)
+            elif key in self._qkeys or key in self._skeys:
+                self.discard(key)
+        return fresh
+
     def queue(self, key: RunKey) -> None:
         """``key`` waits to start (again, once it has finished)."""
         self._qkeys.add(key)

@@ -21,6 +21,7 @@ import marshal
 import operator
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,26 +76,66 @@ def path_for(state_dir: Path, root: str) -> Path:
     return state_dir / "snapshots" / f"{digest}.index"
 
 
-def load(root: str, state_dir: Path) -> tuple[Index, Changes | None, dict[str, Any] | None]:
+class Progress:
+    """How far a load is, for a daemon that answers ``status`` while it loads (written by
+    the loading thread, read by the loop: plain attributes, each write atomic)."""
+
+    def __init__(self) -> None:
+        self.phase = "waiting"
+        self.index: Index | None = None  # the index being read: its size is the progress
+        self.total: int | None = None  # objects expected (the snapshot's count), if known
+
+    @property
+    def objects(self) -> int:
+        index = self.index
+        return len(index.nodes) if index is not None else 0
+
+
+def _full_load(root: str, progress: Progress | None) -> Index:
+    """A cold load, seen from ``progress`` while it runs (the index it fills is made by a
+    subclass that hands itself over as soon as it exists)."""
+    if progress is None:
+        return Index.load(root, signatures=True)
+    seen_by = progress
+
+    class Seen(Index):
+        def __init__(self, root: str) -> None:
+            super().__init__(root)
+            seen_by.index = self
+
+    progress.phase = "reading every object file"
+    return Seen.load(root, signatures=True)
+
+
+def load(root: str, state_dir: Path, progress: Progress | None = None,
+         ) -> tuple[Index, Changes | None, dict[str, Any] | None]:
     """The project's index, from the snapshot where it can be, what changed since, and what
     the snapshot knew of the runs (for :func:`clean_runs`); ``None`` changes when there was
-    no usable snapshot (everything was read)."""
+    no usable snapshot (everything was read). ``progress`` follows it from another thread."""
     root = norm(root)
     try:
+        if progress is not None:
+            progress.phase = "reading the snapshot"
         with open(path_for(state_dir, root), "rb") as fh:
             saved: dict[str, Any] = marshal.loads(fh.read())  # load(fh) reads piecemeal: 8x slower
         if saved.get("header") != _HEADER or saved.get("root") != root:
             raise ValueError("another format or project")
+        if progress is not None:
+            progress.total = len(saved["nodes"])
         nodes = {row[0]: _unpack(row) for row in saved["nodes"]}
         # Files too fresh to trust when it was written are trusted once written again.
         racy = any(n.sig is None or n.dsig is None for n in nodes.values())
         plain, answers, runs = saved["plain"], saved["answers"], saved.get("runs")
     except Exception:  # noqa: BLE001 - a cache: whatever is wrong with it, read the tree
-        full = Index.load(root, signatures=True)
+        full = _full_load(root, progress)
         full.keep_last_good = False  # as restore(): the snapshot must say what files say
         return full, None, None
+    if progress is not None:
+        progress.phase = "checking what moved since the snapshot"
     index, changes = Index.restore(root, nodes, plain, answers)
     index.generation = 0 if not changes and not racy else 1
+    if progress is not None:
+        progress.index = index
     return index, changes, runs
 
 
@@ -137,22 +178,27 @@ def clean_runs(engine: Engine, changes: Changes, runs: dict[str, Any]) -> dict[s
     return out
 
 
-def _runs_info(engine: Engine) -> dict[str, Any]:
+def _runs_info(engine: Engine, known_stale: Iterable[RunKey] | None = None) -> dict[str, Any]:
     """What :func:`clean_runs` needs next time. The files' signatures are taken *before* the
-    runs are checked, so a change that slips in between shows next time as a changed file."""
+    runs are checked, so a change that slips in between shows next time as a changed file.
+    ``known_stale``: a caller that knows which runs are stale (a quiet daemon: what it holds
+    queued or back) says so, and no run is checked here."""
     index = engine.index
     racy_since = racy_from()
     data = {f: path_key(f, racy_since) for f in index.by_file}
     plan = engine.plan()
     scripts = {p.script: path_key(p.script, racy_since) for p in plan}
-    engine.known_clean = {}
-    stale = [p.key for p in plan if engine.reasons(p.key)]
+    if known_stale is not None:
+        stale = list(known_stale)
+    else:
+        engine.known_clean = {}
+        stale = [p.key for p in plan if engine.reasons(p.key)]
     stamps = {key: (row.status, row.finished) for key, row in engine.rows.items()}
     return {"data": data, "scripts": scripts, "stale": stale, "stamps": stamps}
 
 
 def save(index: Index, state_dir: Path, *, engine: Engine | None = None,
-         detach: bool = False) -> None:
+         detach: bool = False, known_stale: Iterable[RunKey] | None = None) -> None:
     """Write the snapshot unless it would say what the one on disk says (best effort: a
     failure costs the next run its shortcut, nothing else).
 
@@ -169,14 +215,15 @@ def save(index: Index, state_dir: Path, *, engine: Engine | None = None,
 
         if fork_and_forget(lambda: _write(index, state_dir, engine)):
             return
-    _write(index, state_dir, engine)
+    _write(index, state_dir, engine, known_stale)
 
 
-def _write(index: Index, state_dir: Path, engine: Engine | None) -> None:
+def _write(index: Index, state_dir: Path, engine: Engine | None,
+           known_stale: Iterable[RunKey] | None = None) -> None:
     target = path_for(state_dir, index.root)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        runs = _runs_info(engine) if engine is not None else None
+        runs = _runs_info(engine, known_stale) if engine is not None else None
         blob = marshal.dumps({
             "header": _HEADER, "root": index.root,
             "nodes": [_pack(n) for n in index.nodes.values()],

@@ -103,13 +103,16 @@ def _not_utf8(*paths: str) -> str | None:
 class Engine:
     """Staleness and records for one project's runs, against one index and one store."""
 
-    def __init__(self, index: Index, store: Store, log_root: Path | None = None) -> None:
+    def __init__(self, index: Index, store: Store, log_root: Path | None = None,
+                 rows: dict[RunKey, RunRow] | None = None) -> None:
+        """``rows``: the project's run rows, when the caller read them already (a daemon
+        builds its engine in a worker thread, where the store's connection may not go)."""
         self.index = index
         self.store = store
         self.project = index.root
         self.hasher = Hasher()
         self.log_root = log_root or store.path.parent / "runs"
-        self.rows: dict[RunKey, RunRow] = store.runs(self.project)
+        self.rows: dict[RunKey, RunRow] = store.runs(self.project) if rows is None else rows
         self._plan_cache: tuple[tuple[Any, ...], list[Planned]] | None = None
         self.history_ids: dict[RunKey, int] = {}  # running runs' history rows
         # Runs known to be up to date without looking (see thotd.engine.snapshot.clean_runs), by
@@ -136,20 +139,27 @@ class Engine:
         out: list[Planned] = []
         root_depth = self.index.root.count(os.sep)
         blocked_by = self.index.blocked_by()
+        scripts: dict[str, str | None] = {}  # script -> why it cannot run (checked once each)
         for node in self.index.containers_postorder(start):
+            if not node.scripts:
+                continue
             invalid = blocked_by.get(node.id)
-            blocked = f"waiting for a fix: {invalid}" if invalid else None
+            blocked = f"waiting for a fix: {invalid}" if invalid else _not_utf8(node.id)
+            depth = node.id.count(os.sep) - root_depth
             for assoc in node.scripts:
                 if not assoc["autorun"] and not manual:
                     continue
+                script = assoc["script"]
+                if script not in scripts:
+                    scripts[script] = _not_utf8(script)
                 out.append(
                     Planned(
-                        key=(node.id, assoc["script"]),
+                        key=(node.id, script),
                         priority=assoc["priority"],
                         order=len(out),
-                        depth=node.id.count(os.sep) - root_depth,
+                        depth=depth,
                         schedule=assoc.get("schedule"),
-                        blocked=blocked or _not_utf8(node.id, assoc["script"]),
+                        blocked=blocked or scripts[script],
                     )
                 )
         return out
@@ -278,6 +288,11 @@ class Engine:
         """The runs of ``plan`` that can see a change: those of the changed ``containers``
         and their ancestors, and, for a container in ``subtree_of`` (metadata flows down),
         its whole subtree."""
+        wanted = self.reach(containers, subtree_of)
+        return [p for p in plan if p.container in wanted]
+
+    def reach(self, containers: Iterable[str | None], subtree_of: Iterable[str] = ()) -> set[str]:
+        """The containers whose runs can see a change (see :meth:`candidates`)."""
         index = self.index
         wanted: set[str] = set()
         for c in containers:
@@ -293,7 +308,7 @@ class Engine:
                 ids = [n.id for n in index.walk(c, include_invalid=True) if n.kind == "container"]
                 walked.update(ids)
                 wanted.update(ids)
-        return [p for p in plan if p.container in wanted]
+        return wanted
 
     def autorun(self, key: RunKey) -> bool:
         """Whether the run's association (still) says it runs by itself."""

@@ -415,6 +415,12 @@ class Store:
             db.execute("UPDATE history SET status=?, exit_code=?, finished=? WHERE id=?",
                        (status, exit_code, finished, history_id))
 
+    def running_logs(self) -> list[str]:
+        """The logs of runs left 'running' (by a daemon that died), every project's."""
+        rows = self.db.execute(
+            "SELECT log FROM runs WHERE status = 'running' AND log IS NOT NULL").fetchall()
+        return [r[0] for r in rows]
+
     def interrupt_stale(self) -> int:
         """History rows left 'running' by a process that died: they were interrupted."""
         with self.tx() as db:

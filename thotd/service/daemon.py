@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from thotd import exits, paths
-from thotd.engine.dispatch import ReadyQueue, Untrusted, launch, ready_queue_for
+from thotd.engine import snapshot
+from thotd.engine.dispatch import ReadyQueue, Untrusted, dispatcher_for, launch, ready_queue_for
 from thotd.engine.record import read_record
-from thotd.engine.staleness import Engine, Planned, RunKey
+from thotd.engine.staleness import INTERRUPTED, Engine, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.executor.process import RunSpec, end_leftovers, run_async
 from thotd.project.index import Index, NotAProject, norm
@@ -49,9 +50,11 @@ from thotd.service.control import ControlServer, Handler
 from thotd.service.fanout import Fanout
 from thotd.service.forking import ForkServerKeeper
 from thotd.service.hashing import OffLoopHashes
+from thotd.service.loading import CATCH_UP_SLICE, Loading, read_project
 from thotd.service.lock import acquire_lock
 from thotd.service.signals import RELOAD_SIGNALS, captured_signals
 from thotd.service.timetable import Timetable, schedule_job_id
+from thotd.service.tracked import Tracked
 from thotd.service.watch import Batch, Watcher
 from thotd.words import plural
 
@@ -66,6 +69,9 @@ log = structlog.get_logger("thotd")
 MethodTable = Callable[["Daemon"], Mapping[str, Handler]]
 
 __all__ = ["Daemon", "MethodTable", "Project", "Running", "schedule_job_id"]
+
+#: Seconds between two snapshot writes of a running daemon (one is always written at a stop).
+SNAPSHOT_EVERY_S = 600.0
 
 #: Triggers that queue a run whatever its staleness; a file event must not undo them.
 FORCED_TRIGGERS = ("rerun", "schedule", "retry")
@@ -89,15 +95,22 @@ class Project:
     engine: Engine | None = None
     error: str | None = None
     paused: bool = False
-    queue: dict[RunKey, tuple[list[str], str]] = field(default_factory=dict)  # key -> (reasons, trigger)
-    running: dict[RunKey, Running] = field(default_factory=dict)
+    # key -> (reasons, trigger); both remember what moved, for the dispatch pass
+    queue: Tracked[RunKey, tuple[list[str], str]] = field(default_factory=Tracked)
+    running: Tracked[RunKey, Running] = field(default_factory=Tracked)
+    synced: ReadyQueue | None = None  # the ready queue the dispatch pass last told everything
     plan: dict[RunKey, Planned] = field(default_factory=dict)
+    planned: list[Planned] | None = None  # the engine's plan list ``plan`` was made from
+    scripts: frozenset[str] = frozenset()  # the scripts of ``plan``
     reruns: dict[RunKey, int] = field(default_factory=dict)  # consecutive self-caused reruns
     attempts: dict[RunKey, int] = field(default_factory=dict)  # failures, for retry backoff
     script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
     schedule_errors: dict[RunKey, str] = field(default_factory=dict)  # bad crontab lines
     cycles: dict[RunKey, Any] = field(default_factory=dict)  # runs that rewrite their inputs
     untrusted: dict[RunKey, Refusal] = field(default_factory=dict)  # refused at their last start
+    loading: Loading | None = None  # set while it loads (see thotd.service.loading)
+    snapshot_mark: tuple[int, int] | None = None  # (generation, completed) of the last snapshot
+    last_status: dict[str, Any] | None = None  # shown while a batch is applied (methods.py)
 
     @property
     def index(self) -> Index | None:
@@ -107,9 +120,13 @@ class Project:
         """Refresh the plan; True when it changed (the engine caches it by index shape)."""
         assert self.engine is not None
         plan = self.engine.plan(manual=True)
+        if plan is self.planned:
+            return False  # the engine's cached plan: nothing moved (no O(plan) comparison)
+        self.planned = plan
         if self.plan and list(self.plan.values()) == plan:
             return False
         self.plan = {p.key: p for p in plan}
+        self.scripts = frozenset(p.key[1] for p in plan)
         return True
 
 
@@ -143,9 +160,12 @@ class Daemon:
         self._reload_asked = False
         self._kick = asyncio.Event()
         self._applying = 0
+        self._batches: set[asyncio.Future[None]] = set()  # batches being applied
+        self._snapshot_at = time.monotonic()
         # Content hashing happens in worker threads, never on the loop.
         self.hashes = OffLoopHashes(self.check_runs, self.emit,
-                                    lambda proj: self.projects.get(proj.root) is proj)
+                                    lambda proj: self.projects.get(proj.root) is proj,
+                                    self.until_loaded)
         self._cleanup = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
@@ -182,6 +202,7 @@ class Daemon:
         self.store = Store(self.store_path, verify=True)
         cleanup.callback(self.store.close)
         self.store.interrupt_stale()
+        await self._end_cut_off_runs()
         self.watcher = Watcher(self.loop, self.on_batch, settle_s=self.config.daemon.settle_ms / 1000,
                                stable_checks=self.config.daemon.stable_checks)
         cleanup.callback(self.watcher.close)
@@ -189,10 +210,11 @@ class Daemon:
                                    retry=self._retry)
         cleanup.callback(self.timetable.close)
         registered = self.store.projects()
-        roots = {p["root"] for p in registered} | {str(p) for p in self.config.projects}
+        roots = {norm(p["root"]) for p in registered} | {norm(str(p)) for p in self.config.projects}
         for root in sorted(roots):
-            paused = any(p["root"] == root and p["paused"] for p in registered)
-            await self.open_project(root, paused=paused)
+            paused = any(norm(p["root"]) == root and p["paused"] for p in registered)
+            # Listed as loading from the first answer on (status, wait, methods that wait).
+            self.projects[root] = Project(root=root, paused=paused, loading=Loading())
         self.server = ControlServer()
         for name, handler in self.methods(self).items():
             self.server.register(name, handler)
@@ -206,10 +228,42 @@ class Daemon:
         self._schedule_jobs()
         self.timetable.start()
         self._tasks = [asyncio.create_task(self._dispatch_loop()),
-                       asyncio.create_task(self._health_loop())]
+                       asyncio.create_task(self._health_loop()),
+                       asyncio.create_task(self._load_all(sorted(roots)))]
         self.ready.set()
         notify.ready(self.status_line())
-        log.info("thotd ready", socket=str(self.socket_path), projects=len(self.projects))
+        log.info("thotd ready, loading projects", socket=str(self.socket_path),
+                 projects=len(self.projects))
+
+    async def _end_cut_off_runs(self) -> None:
+        """End the scripts of runs the last daemon never saw finish (``kill -9``), before
+        the socket answers: whoever sees this daemon up must not see the last one's
+        scripts still running (their runs are run again by the catch-up)."""
+        cut = [log + ".record" for log in self.store.running_logs()]
+        ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
+        if ended:
+            log.warning("ended the processes of runs cut off by the last stop", groups=ended)
+
+    async def _load_all(self, roots: list[str]) -> None:
+        """Load the registered projects one after the other, after READY."""
+        for root in roots:
+            proj = self.projects.get(root)
+            if proj is not None and not self.stopping:
+                await self.open_project(root, paused=proj.paused)
+        log.info("projects loaded", projects=len(self.projects),
+                 seconds=round(time.time() - self.started, 3))
+
+    async def until_loaded(self, proj: Project | None = None) -> None:
+        """Until ``proj`` (every project, when None) is loaded: the control calls that need
+        a project wait for it rather than find it empty."""
+        for p in [proj] if proj is not None else list(self.projects.values()):
+            while p.loading is not None:  # (the batches kept meanwhile may start another)
+                await p.loading.done.wait()
+
+    def loading(self) -> bool:
+        """A project is being loaded (not a batch being applied)."""
+        return any(p.loading is not None and not p.loading.index_busy
+                   for p in self.projects.values())
 
     async def main_loop(self) -> None:
         """Wait for signals and stop requests; act on them here, not in the handlers."""
@@ -234,6 +288,7 @@ class Daemon:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self._drain_running(self.config.daemon.shutdown_grace_s)
+            self.save_snapshots(force=True)
         finally:
             await self._cleanup.aclose()
         log.info("stopped")
@@ -317,20 +372,52 @@ class Daemon:
     # ------------------------------------------------------------------ projects
 
     async def open_project(self, root: str, *, paused: bool = False) -> Project:
+        """Load a project (or wait for the load under way): watch it, then read it (in a
+        worker thread: :mod:`thotd.service.loading`), then check the runs the snapshot
+        cannot vouch for; the batches that arrived meanwhile are applied after."""
         root = norm(root)
         proj = self.projects.get(root)
         if proj is not None and proj.engine is not None:
             return proj  # already loaded: a second engine would miss the first one's records
+        if proj is not None and proj.loading is not None and proj.loading.claimed:
+            await proj.loading.done.wait()  # being loaded right now: one load, not two
+            return proj
         proj = proj or Project(root=root, paused=paused)
         self.projects[root] = proj
+        loading = proj.loading = proj.loading or Loading()
+        loading.claimed = True
         try:
-            index = await asyncio.to_thread(Index.load, root)
+            await self._load(proj, loading)
+        finally:
+            proj.loading = None
+            loading.done.set()
+        if self.projects.get(root) is proj and proj.engine is not None:
+            for batch in loading.pending:
+                self.on_batch(root, batch)
+        return proj
+
+    async def _load(self, proj: Project, loading: Loading) -> None:
+        root = proj.root
+        loading.progress.phase = "watching its folders"
+        try:
+            # Watched before it is read: what changes while it is read is an event.
+            await self.watcher.add_off_loop(root)
+        except OSError as exc:
+            proj.error = f"cannot watch: {exc}"
+        rows = self.store.runs(root)
+        try:
+            loaded = await asyncio.to_thread(read_project, root, self.store, rows,
+                                             self.store_path.parent, loading.progress)
         except (NotAProject, OSError) as exc:
             proj.error, proj.engine = str(exc), None
+            self.watcher.remove(root)
             log.error("project cannot load", project=root, error=str(exc))
-            return proj
-        proj.error = None
-        proj.engine = Engine(index, self.store)
+            return
+        if self.projects.get(root) is not proj:
+            return  # removed while it loaded
+        if not (proj.error or "").startswith("cannot watch"):
+            proj.error = None  # (a watch that failed stays said: the load worked, it did not)
+        proj.engine = loaded.engine
         proj.engine.retention = self.config.run_logs.retention()
         proj.engine.hasher.read = False  # no content read on the loop: see OffLoopHashes
         cut = [row.log + ".record" for row in proj.engine.rows.values()
@@ -339,23 +426,31 @@ class Daemon:
         if ended:
             log.warning("ended the processes of runs cut off by the last stop", project=root)
         proj.replan()
-        try:
-            self.watcher.add(root)
-        except OSError as exc:
-            proj.error = f"cannot watch: {exc}"
         self._watch_scripts(proj)
         if not any(p["root"] == root for p in self.store.projects()):
             self.store.add_project(root)
         if self.timetable.running:
             self._schedule_jobs()
-        self.emit("project", project=root, state="loaded", objects=len(index.nodes))
-        self.check_runs(proj, list(proj.plan.values()), trigger="catch-up after start")
-        return proj
+        index = proj.engine.index
+        self.emit("project", project=root, state="loaded", objects=len(index.nodes),
+                  snapshot=loaded.from_snapshot, to_check=len(loaded.to_check))
+        await self._catch_up(proj, loading, loaded.to_check)
+
+    async def _catch_up(self, proj: Project, loading: Loading, todo: list[Planned]) -> None:
+        """Check the runs that may have gone stale while the daemon was down, a slice per
+        turn of the loop (status answers in between)."""
+        loading.to_check = len(todo)
+        for i in range(0, len(todo), CATCH_UP_SLICE):
+            if self.projects.get(proj.root) is not proj or proj.engine is None:
+                return
+            self.check_runs(proj, todo[i:i + CATCH_UP_SLICE], trigger="catch-up after start")
+            loading.checked = min(len(todo), i + CATCH_UP_SLICE)
+            await asyncio.sleep(0)
 
     def _watch_scripts(self, proj: Project) -> None:
         """Scripts usually live beside the project (``root:/../analysis``): watch those
         folders too, so editing a script reruns its runs without waiting for a rescan."""
-        dirs = {os.path.dirname(k[1]) for k in proj.plan} - {proj.root}
+        dirs = {os.path.dirname(script) for script in proj.scripts} - {proj.root}
         dirs = {d for d in dirs if not d.startswith(proj.root + os.sep) and os.path.isdir(d)}
         for d in dirs - proj.script_dirs:
             if d in self.extra_roots or d in self.projects:
@@ -369,6 +464,8 @@ class Daemon:
 
     async def remove_project(self, root: str) -> bool:
         root = norm(root)
+        if root in self.projects:
+            await self.until_loaded(self.projects[root])
         proj = self.projects.pop(root, None)
         if proj is None:
             removed = self.store.remove_project(root)
@@ -399,6 +496,9 @@ class Daemon:
         proj = self.projects.get(root)
         if proj is None:
             return
+        if proj.loading is not None:
+            proj.loading.pending.append(batch)  # applied once it is loaded
+            return
         if proj.engine is None or not os.path.isdir(root):
             if not os.path.isdir(root):
                 proj.error = f"project folder {root} is gone (deleted or moved); it is kept registered"
@@ -406,10 +506,29 @@ class Daemon:
                 return
             asyncio.ensure_future(self.open_project(root, paused=proj.paused))
             return
+        loading = proj.loading = Loading(claimed=True, index_busy=True)
+        loading.progress.phase = (f"applying a batch of {plural(len(batch.paths), 'path')}, "
+                                  f"{plural(len(batch.rescan), 'folder')} to rescan")
+        loading.progress.index = proj.engine.index
         self._applying += 1
+        task = asyncio.ensure_future(self._apply_batch(proj, batch, loading))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _apply_batch(self, proj: Project, batch: Batch, loading: Loading) -> None:
+        """Apply a batch to the index in a worker thread, so a huge one (a 1,500-level
+        tree, thousands of folders copied in) never holds the loop: meanwhile the project
+        shows the batch in ``status``, later batches wait in ``loading.pending`` and the
+        calls that need its index wait (:meth:`until_loaded`). Then its runs are checked
+        on the loop as before."""
+        root = proj.root
         try:
+            assert proj.engine is not None
             index = proj.engine.index
-            changes = index.update(batch.paths, batch.rescan)
+            changes = await asyncio.to_thread(index.update, batch.paths, batch.rescan)
+            loading.index_busy = False
+            if self.projects.get(root) is not proj or proj.engine is None:
+                return
             if not changes:
                 # Data files and scripts outside the index can still be inputs.
                 affected = {index.owner_container(p) for p in batch.paths} - {None}
@@ -423,19 +542,37 @@ class Daemon:
                 self._watch_scripts(proj)
                 self._schedule_jobs()
             keys = self._candidates(proj, affected, subtree_of=changes.modified | changes.added)
+            proj.loading = None
             self.check_runs(proj, keys, trigger="files changed")
+        except Exception:  # noqa: BLE001 - one bad batch must not stop the project
+            log.exception("applying a batch failed", project=root)
         finally:
             self._applying -= 1
+            if proj.loading is loading:
+                proj.loading = None
+            loading.done.set()
+            for planned, trigger in loading.recheck:
+                self.check_runs(proj, planned, trigger)
+            for later in loading.pending:
+                self.on_batch(root, later)
 
     def _candidates(self, proj: Project, containers: set[str | None],
                     subtree_of: set[str] | frozenset[str] = frozenset()) -> list[Planned]:
         """Runs that can see a change (see :meth:`Engine.candidates`)."""
         assert proj.engine is not None
-        return proj.engine.candidates(proj.plan.values(), containers, subtree_of)
+        # Looked up by container in the dispatcher's table: what the change reaches, not
+        # a scan of the plan (10,000 runs at 100x100) for every batch and finished run.
+        table = dispatcher_for(proj.engine, manual=True)
+        reached = proj.engine.reach(containers, subtree_of)
+        orders = sorted(o for c in reached for o in table.runs_at.get(c, ()))
+        return [table.at(o) for o in orders]
 
     def check_runs(self, proj: Project, planned: list[Planned], trigger: str) -> None:
         """Queue the stale ones among ``planned``; a change cannot make anything else stale."""
         if proj.engine is None:
+            return
+        if proj.loading is not None and proj.loading.index_busy:
+            proj.loading.recheck.append((planned, trigger))  # after the batch is in
             return
         for p in planned:
             if p.key not in proj.plan:
@@ -493,8 +630,16 @@ class Daemon:
         for proj in self.projects.values():
             if proj.paused or proj.engine is None or not proj.queue or self.stopping:
                 continue
+            if proj.loading is not None and proj.loading.index_busy:
+                continue  # its index is being changed in a worker thread; kicked after
             ready = ready_queue_for(proj.engine, manual=True)
-            for key in ready.sync(proj.queue, proj.running) | (ready.strays & proj.queue.keys()):
+            moved = proj.queue.moved() | proj.running.moved()
+            if ready is proj.synced:
+                fresh = ready.update(moved, proj.queue, proj.running)
+            else:  # a new plan, a new ready queue: told everything once
+                fresh = ready.sync(proj.queue, proj.running)
+                proj.synced = ready
+            for key in fresh | (ready.strays & proj.queue.keys()):
                 if key not in proj.plan or not self._autorun_or_forced(proj, key):
                     proj.queue.pop(key, None)  # the association is gone: obsolete
                     ready.discard(key)
@@ -561,10 +706,12 @@ class Daemon:
             # Still counted as running while its record is read and the files it names are
             # hashed, both in worker threads: the loop reads no file's content.
             rec = await asyncio.to_thread(read_record, record)
+            await self.until_loaded(proj)  # its index is not being changed right now
             if proj.engine is not None and self.projects.get(proj.root) is proj:
                 prefetch = self.hashes.start(proj, paths=proj.engine.files_to_hash(p.key, rec))
                 if prefetch is not None:
                     await asyncio.shield(prefetch)
+            await self.until_loaded(proj)
             proj.running.pop(p.key, None)
             self.forks.retire_if_disabled()
             if proj.engine is None or self.projects.get(proj.root) is not proj:
@@ -593,6 +740,7 @@ class Daemon:
             index = proj.engine.index
             owners = {index.owner_container(o) for o in outputs} | {p.container}
             again = await self.hashes.reasons_once_hashed(proj, p)
+            await self.until_loaded(proj)
             if self.projects.get(proj.root) is not proj:
                 return
             if again and res.status == "ok":
@@ -657,6 +805,8 @@ class Daemon:
         for proj in list(self.projects.values()):
             if root is not None and proj.root != norm(root):
                 continue
+            if proj.loading is not None:
+                continue  # its load checks it anyway
             if proj.engine is None:
                 await self.open_project(proj.root, paused=proj.paused)
                 continue
@@ -689,12 +839,45 @@ class Daemon:
                     proj.error = (f"project folder {proj.root} is gone (deleted or moved); "
                                   "it is kept registered")
                     log.error("project folder missing", project=proj.root)
+            if self.quiet():
+                self.save_snapshots()
             notify.status(self.status_line())
+
+    # ------------------------------------------------------------------ snapshots
+
+    def save_snapshots(self, *, force: bool = False) -> None:
+        """Write each loaded project's index snapshot (:mod:`thotd.engine.snapshot`), from
+        which the next start checks only what moved. Only when the daemon has seen every
+        event (a file changed but not yet delivered would be taken as known) and no hash is
+        pending (a run waiting for one is neither queued nor clean). ``force`` (at a stop)
+        skips the time between writes; a write costs ~0.2 s of the loop at 20,000 objects,
+        so it is done at most every :data:`SNAPSHOT_EVERY_S` seconds otherwise."""
+        watcher = getattr(self, "watcher", None)  # None: start-up failed before it
+        if watcher is None or not watcher.quiet() or self._applying or self.hashes.busy():
+            return
+        now = time.monotonic()
+        if not force and now - self._snapshot_at < SNAPSHOT_EVERY_S:
+            return
+        self._snapshot_at = now
+        for proj in self.projects.values():
+            engine = proj.engine
+            if engine is None or proj.loading is not None:
+                continue
+            mark = (engine.index.generation, engine.completed)
+            if mark == proj.snapshot_mark or engine.index.errors():
+                continue  # unchanged; or a broken object's last good version is kept
+            stale = {*proj.queue, *proj.running, *proj.untrusted, *proj.cycles}
+            stale |= {k for k, p in proj.plan.items() if p.blocked or not engine.autorun(k)}
+            # cut off by this very stop, or never run: stale whatever the queue says
+            stale |= {k for k in proj.plan if (row := engine.rows.get(k)) is None
+                      or row.status in INTERRUPTED or row.record is None}
+            snapshot.save(engine.index, self.store_path.parent, engine=engine, known_stale=stale)
+            proj.snapshot_mark = mark
 
     # ------------------------------------------------------------------ status
 
     def quiet(self) -> bool:
-        if not self.watcher.quiet() or self._applying or self.hashes.busy():
+        if not self.watcher.quiet() or self._applying or self.hashes.busy() or self.loading():
             return False
         for proj in self.projects.values():
             if proj.running:
@@ -710,6 +893,8 @@ class Daemon:
         queued = sum(len(p.queue) for p in self.projects.values())
         broken = sum(1 for p in self.projects.values() if p.error)
         text = f"{plural(len(self.projects), 'project')}, {running} running, {queued} queued"
+        loading = sum(1 for p in self.projects.values() if p.loading is not None)
+        text += f", {loading} loading" if loading else ""
         return text + (f", {broken} degraded" if broken else "")
 
     def emit(self, kind: str, **data: Any) -> None:

@@ -14,7 +14,7 @@ them) and the runs waiting, with the trigger each was checked for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -35,10 +35,12 @@ class OffLoopHashes:
     """The daemon's hashing in flight: tasks, files being hashed, runs waiting for them."""
 
     def __init__(self, recheck: Recheck, emit: Emit,
-                 current: Callable[[Project], bool]) -> None:
+                 current: Callable[[Project], bool],
+                 idle: Callable[[Project], Awaitable[None]] | None = None) -> None:
         self._recheck = recheck  # Daemon.check_runs
         self._emit = emit
         self._current = current  # is this still a registered project (not removed)?
+        self._idle = idle  # until no worker thread changes the project's index
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: dict[str, set[HashKey]] = {}  # by project root
         self._waiting: dict[str, dict[RunKey, str]] = {}  # by project root: run -> trigger
@@ -75,6 +77,8 @@ class OffLoopHashes:
             hashing = [task] if task is not None else list(self._tasks)
             if hashing:
                 await asyncio.wait(hashing)  # never cancels them
+            if self._idle is not None:
+                await self._idle(proj)
         reasons = engine.reasons(p.key)
         engine.hasher.take_wanted()
         return reasons

@@ -86,8 +86,25 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
         "watch": daemon.watcher.status().get(proj.root),
         "queued": [], "running": [], "blocked": [], "invalid": [], "failures": [],
         "objects": 0, "runs": len(proj.plan),
+        # While it loads: phase, objects done of total, runs checked (thotd.service.loading)
+        "loading": proj.loading.status() if proj.loading is not None else None,
     }
-    if proj.engine is None:
+    out["queued"] = [
+        {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
+        for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
+    ]
+    out["running"] = [
+        {"container": k[0], "script": k[1], "since": r.started, "log": r.log, "reasons": r.reasons}
+        for k, r in proj.running.items()
+    ]
+    if proj.engine is None or proj.loading is not None:
+        # Not loaded yet, or its index is being changed in a worker thread: not read now.
+        # A batch being applied shows what the index said before it.
+        busy = proj.loading is not None and proj.loading.index_busy
+        if busy and proj.last_status is not None:
+            return {**proj.last_status, **{k: out[k] for k in _LIVE}}
+        if proj.loading is not None:
+            out["objects"] = proj.loading.progress.objects
         return out
     index = proj.engine.index
     out["objects"] = len(index.nodes)
@@ -101,14 +118,6 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     # their stat alone (thotd.fingerprint).
     out["unreadable"] = [{"file": f, "why": why}
                          for f, why in sorted(proj.engine.hasher.refused.items())]
-    out["queued"] = [
-        {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
-        for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
-    ]
-    out["running"] = [
-        {"container": k[0], "script": k[1], "since": r.started, "log": r.log, "reasons": r.reasons}
-        for k, r in proj.running.items()
-    ]
     out["blocked"] = [
         {"container": k[0], "script": k[1], "reason": p.blocked}
         for k, p in proj.plan.items() if p.blocked
@@ -136,7 +145,12 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
                 "tail": tail(row.log, TAIL_LINES),
             })
     out["counts"] = counts
+    proj.last_status = out
     return out
+
+
+#: What a project's status says without its index (see project_status).
+_LIVE = ("root", "paused", "error", "watch", "queued", "running", "runs", "loading")
 
 
 # ---------------------------------------------------------------------------- the methods
@@ -153,7 +167,7 @@ async def status(daemon: Daemon, params: Params) -> Any:
         "pid": os.getpid(), "uptime_s": time.time() - daemon.started,
         "socket": str(daemon.socket_path), "state": str(daemon.store_path),
         "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
-        "quiet": daemon.quiet(), "fork": daemon.fork_status(),
+        "quiet": daemon.quiet(), "fork": daemon.fork_status(), "loading": daemon.loading(),
         "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
         "recovered": daemon.store.recovered,  # the state database was damaged, moved aside
         "healthy": not problems, "problems": problems,
@@ -283,12 +297,14 @@ async def why(daemon: Daemon, params: Params) -> Any:
     from thotd.engine.explain import why_info
 
     path = _param(params, "path", str)
+    await daemon.until_loaded(_project_for(daemon, path))
     return why_info(_loaded(_project_for(daemon, path)), path)
 
 
 async def plan(daemon: Daemon, params: Params) -> Any:
     out = []
     for proj in _targets(daemon, _param(params, "path", str, None)):
+        await daemon.until_loaded(proj)
         if proj.engine is None:
             continue
         for p in proj.engine.plan():
@@ -305,7 +321,9 @@ async def plan(daemon: Daemon, params: Params) -> Any:
 async def graph(daemon: Daemon, params: Params) -> Any:
     from thotd.engine.explain import graph_data, render_graph
 
-    engine = _loaded(_project_for(daemon, _param(params, "path", str)))
+    proj = _project_for(daemon, _param(params, "path", str))
+    await daemon.until_loaded(proj)
+    engine = _loaded(proj)
     fmt = _param(params, "format", str, "json")
     data = graph_data(engine)
     return {"graph": data, "text": render_graph(engine, data, fmt)}
@@ -315,6 +333,7 @@ async def rerun(daemon: Daemon, params: Params) -> Any:
     path = _param(params, "path", str, None)
     queued = []
     for proj in _targets(daemon, path):
+        await daemon.until_loaded(proj)  # a rerun asked during loading is done after it
         start = norm(path) if path else proj.root
         for key, p in proj.plan.items():
             inside = key[0] == start or key[0].startswith(start + os.sep) or key[1] == start
@@ -373,6 +392,7 @@ async def query(daemon: Daemon, params: Params) -> Any:
     start = norm(_param(params, "start", str))
     kind = _param(params, "kind", str)
     proj = daemon.projects.get(root) or _project_for(daemon, start)
+    await daemon.until_loaded(proj)
     if proj.engine is None:
         raise RpcError(INVALID_PARAMS, f"{proj.root} is not loaded: {proj.error}")
     try:

@@ -173,6 +173,30 @@ class Watcher:
             raise
         log.info("watching project", root=root, mode=project.mode, reason=project.reason)
 
+    async def add_off_loop(self, root: str) -> None:
+        """:meth:`add`, with the recursive watch set up in a worker thread: watchdog adds
+        one inotify watch per folder, ~3 s at 20,000 folders, which the loop must not wait
+        for. The project is registered on the loop first, so events that arrive while the
+        watches go up are delivered as usual."""
+        if self._closed:
+            raise RuntimeError("Watcher is closed")
+        root = os.path.abspath(root)
+        if root in self._projects or not os.path.isdir(root):
+            self.add(root)  # a no-op, or the error that names the path
+            return
+        project = _Project(root)
+        self._projects[root] = project
+        try:
+            await asyncio.to_thread(self._start_watch, project)
+        except BaseException:
+            if self._projects.get(root) is project:
+                del self._projects[root]
+            raise
+        if self._projects.get(root) is not project:  # removed meanwhile
+            self._unschedule(project)
+            return
+        log.info("watching project", root=root, mode=project.mode, reason=project.reason)
+
     def remove(self, root: str) -> None:
         """Stop watching ``root``; pending, undelivered changes are dropped."""
         project = self._projects.pop(os.path.abspath(root), None)
