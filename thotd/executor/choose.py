@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     import asyncio
     import threading
 
-    from thotd.executor.forkserver.client import ForkServer
     from thotd.executor.runspec import ProcResult, RunSpec
 
 __all__ = [
@@ -106,7 +105,7 @@ def _amount(name: str, value: Any) -> float:
             if not unit:
                 return number
             base = 1024 if m.group(3) else 1000
-            return number * base ** ("kmgtp".index(unit) + 1)
+            return number * float(base ** ("kmgtp".index(unit) + 1))
     raise ValueError(f"resource {name!r}: {value!r} is not a number or a size like '8GB'")
 
 

@@ -137,15 +137,16 @@ class DaskExecutor:
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     async def _connect(self) -> None:
-        from distributed import Client
+        import distributed
 
+        client_cls: Any = distributed.Client  # untyped
         if self.cluster_kind:
             self._cluster = await self._start_cluster()
             self.address = self._cluster.scheduler_address
             target: Any = self._cluster
         else:
             target = self.scheduler
-        self._client = await Client(target, asynchronous=True, timeout=self.connect_timeout_s,
+        self._client = await client_cls(target, asynchronous=True, timeout=self.connect_timeout_s,
                                     set_as_default=False)
         self._client.subscribe_topic(LOG_TOPIC, self._on_log)
 
@@ -155,6 +156,7 @@ class DaskExecutor:
         name = CLUSTERS.get(str(self.cluster_kind))
         if name is None:
             raise ValueError(f"unknown cluster {self.cluster_kind!r}; one of {sorted(CLUSTERS)}")
+        cls: Any
         if name == "LocalCluster":
             import distributed
 
@@ -221,7 +223,7 @@ class DaskExecutor:
 
     def _on_log(self, event: Any) -> None:
         _when, msg = event
-        sink = self._sinks.get(msg.get("run")) if isinstance(msg, dict) else None
+        sink = self._sinks.get(str(msg.get("run"))) if isinstance(msg, dict) else None
         if sink is not None:
             with contextlib.suppress(OSError):
                 sink.append(int(msg["offset"]), bytes(msg["data"]))
@@ -339,7 +341,8 @@ class DaskExecutor:
         try:
             while True:
                 try:
-                    return fut.result(timeout=0.2)
+                    result: ProcResult = fut.result(timeout=0.2)
+                    return result
                 except concurrent.futures.TimeoutError:
                     if cancel is not None and cancel.is_set():
                         self._cancel(run_id)

@@ -59,7 +59,7 @@ def _current() -> tuple[Any, str | None]:
     """This task's worker and key (``None`` outside a worker: then nothing is watched)."""
     try:
         from distributed import get_worker
-        from distributed.worker import thread_state
+        from distributed.worker import thread_state  # type: ignore[attr-defined]
 
         return get_worker(), getattr(thread_state, "key", None)
     except (ImportError, ValueError):
