@@ -244,6 +244,12 @@ class ExecutorOptions(_Section):
         default=10.0, gt=0, le=3600, allow_inf_nan=False,
         description="Time allowed for one connection attempt to the scheduler.")
 
+    @field_validator("scheduler", "cluster", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """``""`` (what the example file says) means "none"."""
+        return None if value == "" else value
+
     @model_validator(mode="after")
     def _dask_needs_a_target(self) -> ExecutorOptions:
         if self.kind == "dask" and not (self.scheduler or self.cluster):
