@@ -162,9 +162,7 @@ class DaskExecutor:
 
             cls = distributed.LocalCluster
         else:
-            import dask_jobqueue
-
-            cls = getattr(dask_jobqueue, name)
+            cls = getattr(_import_jobqueue(), name)
         cluster = await cls(asynchronous=True, **self.cluster_options)
         lo, hi = self.adapt
         cluster.adapt(minimum=lo, maximum=hi)
@@ -388,6 +386,26 @@ class DaskExecutor:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _import_jobqueue() -> Any:
+    """``dask_jobqueue``, imported from this (non-main) thread.
+
+    Its ``runner`` module calls ``signal.signal(SIGINT, ...)`` at import: from a thread that
+    raises ``ValueError``, and from the main thread it would replace the daemon's own SIGINT
+    handling with ``sys.exit``. So the call is made a no-op for the import's duration."""
+    import signal
+    import sys
+
+    if "dask_jobqueue" in sys.modules:
+        return sys.modules["dask_jobqueue"]
+    real = signal.signal
+    signal.signal = lambda *_args, **_kw: None  # type: ignore[assignment]
+    try:
+        import dask_jobqueue
+    finally:
+        signal.signal = real
+    return dask_jobqueue
 
 
 async def _settled(future: Any) -> None:
