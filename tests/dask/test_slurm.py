@@ -39,7 +39,7 @@ def test_slurm_cluster_runs_scripts_in_slurm_jobs(tmp_path: Path, slurm: slurmki
     work = tmp_path / "work"
     project = make_gs(work / "gs", 1, 2)
     summary = project.parent / "analysis" / "summary.py"  # says which job it ran in
-    summary.write_text("import os\nprint('SLURM_JOB_ID', os.environ['SLURM_JOB_ID'])\n"
+    summary.write_text("import os\nprint('SLURM_JOB_ID', os.environ.get('SLURM_JOB_ID'))\n"
                        + summary.read_text())
     options = {
         "cores": 1, "processes": 1, "memory": "500MB", "walltime": "00:20:00",
@@ -63,6 +63,7 @@ def test_slurm_cluster_runs_scripts_in_slurm_jobs(tmp_path: Path, slurm: slurmki
         for r in runs:
             assert " in Slurm job " in Path(r["log"]).read_text(), r["log"]
         (top,) = [r for r in runs if Path(r["script"]).name == "summary.py"]
+        assert "SLURM_JOB_ID None" not in Path(top["log"]).read_text()
         assert "SLURM_JOB_ID " in Path(top["log"]).read_text()
         assert derived_assets(project) == oracle(work, os.path.relpath(project, work),
                                                  tmp_path / "oracle")
