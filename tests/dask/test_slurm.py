@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import slurmkit
 from corekit import derived_assets, make_gs, oracle
 from daemonkit import make_daemon
 from daskkit import REPO
-
-import slurmkit
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -97,8 +97,11 @@ class _Watch(threading.Thread):
         except OSError:
             return
         if data:
-            self.worker.log_event(LOG_TOPIC, {"run": self.run_id, "offset": self.offset,
-                                              "data": data})
+            # From the worker's own loop: its batched stream to the scheduler is not
+            # thread-safe, and this is not the task's thread.
+            self.worker.loop.add_callback(
+                self.worker.log_event, LOG_TOPIC,
+                {"run": self.run_id, "offset": self.offset, "data": data})
             self.offset += len(data)
 
     def run(self) -> None:
