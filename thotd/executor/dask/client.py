@@ -400,7 +400,7 @@ def _import_jobqueue() -> Any:
     if "dask_jobqueue" in sys.modules:
         return sys.modules["dask_jobqueue"]
     real = signal.signal
-    signal.signal = lambda *_args, **_kw: None  # type: ignore[assignment]
+    signal.signal = lambda *_args, **_kw: None
     try:
         import dask_jobqueue
     finally:
