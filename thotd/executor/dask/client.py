@@ -264,6 +264,7 @@ class DaskExecutor:
                         allowed = self.allowed.get(job.project)
                         if allowed is None or allowed:
                             return allowed or []
+                        self.reason = f"no Dask worker can see {job.project}: its runs wait"
                 await _first(asyncio.sleep(_TICK_S / 4), cancel.wait())
             return None
         finally:
