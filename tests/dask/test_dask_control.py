@@ -53,7 +53,8 @@ def test_stopping_a_remote_run_kills_its_script(tmp_path: Path, two_workers: Clu
         pid = int(pidfile.read_text())
         # the log streams in while the run lasts (thotctl logs -f reads this file)
         run = wait_for(lambda: next(iter(d.rpc("runs", {"limit": 5})["runs"]), None), 30, "run row")
-        wait_for(lambda: "started" in Path(run["log"]).read_text(errors="replace"), 30,
+        log = Path(run["log"])
+        wait_for(lambda: log.exists() and "started" in log.read_text(errors="replace"), 30,
                  "the remote log to stream in")
         assert alive(pid)
         if how == "remove":

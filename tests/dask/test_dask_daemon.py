@@ -146,3 +146,4 @@ def test_worker_that_cannot_see_the_project_is_reported_and_unused(
             assert hidden in out.stdout and str(project) in out.stdout, out.stdout
     finally:
         two_workers.stop_worker("hidden")
+

@@ -61,6 +61,8 @@ _BACKOFF_MAX_S = 30.0
 _RESUBMITS = 3
 #: How often the connection and the worker set are looked at.
 _TICK_S = 1.0
+#: Deadline of one look at the workers, and of one probe of a project on all of them.
+_PROBE_S = 30.0
 
 
 class _Sink:
@@ -200,7 +202,7 @@ class DaskExecutor:
 
     async def _refresh_workers(self) -> None:
         client = self._client
-        info = await client.scheduler.identity()
+        info = await asyncio.wait_for(client.scheduler.identity(), _PROBE_S)
         self.workers = sorted(info.get("workers", {}))
         state = (frozenset(self.workers), frozenset(self._projects))
         if state != self._probed:
@@ -214,8 +216,13 @@ class DaskExecutor:
             digest = await asyncio.to_thread(_digest, root)
             if digest is None:
                 continue  # the daemon cannot read it either: its own status says so
-            answers = await self._client.run(probe_project, root, digest)
-            bad = {w: why for w, why in answers.items() if why is not None}
+            # A worker dying meanwhile must not hold the probe (and every run) forever: its
+            # error is its answer, and the whole probe has a deadline (tried again next tick).
+            answers = await asyncio.wait_for(
+                self._client.run(probe_project, root, digest, on_error="return"), _PROBE_S)
+            bad: dict[str, str] = {
+                w: why if isinstance(why, str) else f"probe failed: {type(why).__name__}: {why}"
+                for w, why in answers.items() if why is not None}
             self.excluded[root] = bad
             self.allowed[root] = sorted(w for w in answers if w not in bad)
 
@@ -292,7 +299,9 @@ class DaskExecutor:
         try:
             out = await future
         except KilledWorker as exc:
-            return _result("failed", f"worker lost: {exc}", started)
+            message = f"worker lost: {exc}"
+            await asyncio.to_thread(self._note, job, payload["run"], message)
+            return _result("failed", message, started)
         except (asyncio.CancelledError, concurrent.futures.CancelledError):
             if self._closing:
                 raise
@@ -304,6 +313,12 @@ class DaskExecutor:
         await asyncio.to_thread(self._deliver, job, payload["run"], out)
         return ProcResult(out["exit_code"], out["status"], out["started"], out["finished"],
                           out["duration_s"], out["signal"], out["message"], out["log_truncated"])
+
+    def _note(self, job: Job, run_id: str, message: str) -> None:
+        """End the log of a run that gave no result with why (a worker thread)."""
+        sink = self._sinks.get(run_id) or _Sink(str(job.spec.log_path))
+        with contextlib.suppress(OSError):
+            sink.append(sink.written, f"# thotd: {message}\n".encode(errors="replace"))
 
     def _deliver(self, job: Job, run_id: str, out: dict[str, Any]) -> None:
         """Write the log and the record where the engine reads them (a worker thread)."""
