@@ -215,7 +215,7 @@ def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
 def _toml_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
     out = set()
     for name, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:  # an empty table ({}) is a value
             out |= _toml_keys(value, f"{prefix}{name}.")
         else:
             out.add(prefix + name)

@@ -125,6 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     for option in RUN_POOL_OPTIONS:
         option.add_to(run)
     run.add_argument("--json", action="store_true", help="machine-readable report")
+    run.add_argument("--executor", choices=("local", "dask"), default="local",
+                     help="where scripts run: this machine (default) or a Dask cluster")
+    run.add_argument("--scheduler", default=None,
+                     help="the Dask scheduler's address for --executor dask (tcp://host:8786)")
     run.add_argument("--trust-anyone", action="store_true",  # thotd.engine.trust.OVERRIDE_FLAG
                      help="for this run only, also run scripts that other accounts own or "
                      "can write (refused by default: see [trust] in thotd's config)")
@@ -315,6 +319,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             engine.store.close()
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    """``--executor dask --scheduler ADDR``: the remote executor (None: run here)."""
+    if args.executor == "local":
+        return None
+    from thotd.executor.choose import load
+
+    return load(args.executor)(scheduler=args.scheduler)
+
+
 def _run(args: argparse.Namespace, engine: Any, server: Any, trust: Any) -> int:
     from thotd.engine.oneshot import Progress, dry_run, format_dry_run, format_report, run_project
 
@@ -325,11 +338,23 @@ def _run(args: argparse.Namespace, engine: Any, server: Any, trust: Any) -> int:
         print(json.dumps(plan, indent=2) if args.json else format_dry_run(plan, engine))
         return exits.OK
     t0 = time.monotonic()
-    report = run_project(
-        engine, changed=args.changed, jobs=args.jobs, timeout_s=args.timeout,
-        progress=Progress(0, enabled=None if not args.json else False), forkserver=server,
-        trust=trust,
-    )
+    if args.executor == "dask" and not args.scheduler:
+        print("thot: --executor dask needs --scheduler tcp://host:port", file=sys.stderr)
+        return exits.USAGE
+    try:
+        executor = _executor(args)
+    except RuntimeError as exc:  # the [dask] extra is not installed
+        print(f"thot: {exc}", file=sys.stderr)
+        return exits.FAILURE
+    try:
+        report = run_project(
+            engine, changed=args.changed, jobs=args.jobs, timeout_s=args.timeout,
+            progress=Progress(0, enabled=None if not args.json else False), forkserver=server,
+            trust=trust, executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     elapsed = time.monotonic() - t0
     if args.json:
         print(json.dumps({

@@ -153,11 +153,27 @@ def status(args: argparse.Namespace, c: Client) -> int:
     blocked = [p for p in st.get("problems", []) if p["kind"] == "blocked"]
     for p in st["projects"]:
         lines += _project_lines(p, [b["message"] for b in blocked if b["project"] == p["root"]])
+    lines += _executor_lines(st.get("executors", []))
     problems = st.get("problems", [])
     if problems:
         lines.append(f"\nnot healthy: {plural(len(problems), 'problem')}")
     _out(args, st, lines)
     return exits.FAILURE if problems else exits.OK
+
+
+def _executor_lines(executors: list[dict[str, Any]]) -> list[str]:
+    """Remote executors: connected or why not, and workers that cannot see a project."""
+    lines = []
+    for ex in executors:
+        where = ex.get("scheduler") or ex.get("cluster") or "?"
+        state = "connected" if ex.get("connected") else "not connected"
+        lines += ["", f"executor {ex['kind']} {where}: {state}, "
+                  f"{plural(len(ex.get('workers', [])), 'worker')}, {ex.get('waiting', 0)} waiting"]
+        if ex.get("reason"):
+            lines.append(f"  {ex['reason']}")
+        for e in ex.get("excluded", []):
+            lines.append(f"  not used for {e['project']}: worker {e['worker']}: {e['reason']}")
+    return lines
 
 
 def _project_lines(p: dict[str, Any], blocked: list[str]) -> list[str]:

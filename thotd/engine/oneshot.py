@@ -29,8 +29,9 @@ from thotd.slotted import Slotted
 if TYPE_CHECKING:
     from thotd.engine.queryserver import QueryServer
     from thotd.engine.trust import TrustPolicy
+    from thotd.executor.choose import Executor, Job
     from thotd.executor.forkserver.client import ForkServer
-    from thotd.executor.process import ProcResult
+    from thotd.executor.process import ProcResult, RunSpec
 
 
 class Outcome(Slotted):
@@ -121,8 +122,9 @@ class _OneShot:
     def __init__(self, engine: Engine, plan: list[Planned], report: Report, progress: Progress, *,
                  changed: bool, jobs: int, timeout_s: float | None, log_cap_bytes: int,
                  trigger: str, forkserver: Callable[[], ForkServer | None] | None,
-                 trust: TrustPolicy) -> None:
+                 trust: TrustPolicy, executor: Executor | None = None) -> None:
         self.engine = engine
+        self.executor = executor
         self.report = report
         self.progress = progress
         self.changed = changed
@@ -197,6 +199,13 @@ class _OneShot:
             return
         from thotd.executor.process import run_sync
 
+        def remote_job(spec: RunSpec) -> Job:
+            from thotd.executor.choose import Job, association, job_resources
+
+            node = self.engine.index.nodes.get(p.container)
+            assoc = association(node.scripts, p.script) if node is not None else None
+            return Job(spec, self.engine.index.root, job_resources(assoc), f"{p.container}::{p.script}")
+
         try:
             run = launch(self.engine, p, reasons, self.trigger, trust=self.trust,
                          started_in=os.getcwd(), query_socket=self.query_socket(),
@@ -208,14 +217,30 @@ class _OneShot:
         server = self.forkserver() if self.forkserver is not None else None
         self.progress.show(f"running {os.path.basename(p.script)} in {self.engine.rel(p.container)}")
 
+        remote = self._remote(p)
+
         def wait_for_it() -> None:
             try:
+                if remote is not None:
+                    self.results.put((p.order, remote.run_sync(remote_job(run.spec), self.cancel)))
+                    return
                 self.results.put((p.order, run_sync(run.spec, self.cancel, server)))
             except BaseException as exc:  # noqa: BLE001 - handed to the main thread
                 self.results.put((p.order, exc))
 
         self.running[p.order] = (p, reasons, run.log, run.record)
         threading.Thread(target=wait_for_it, name=f"thot-run-{p.order}", daemon=True).start()
+
+    def _remote(self, p: Planned) -> Executor | None:
+        """The remote executor of ``p``, or None to run it here (none was asked for, or its
+        ``_scripts.json`` entry says ``"executor": "local"``)."""
+        if self.executor is None:
+            return None
+        from thotd.executor.choose import association
+
+        node = self.engine.index.nodes.get(p.container)
+        assoc = association(node.scripts, p.script) if node is not None else None
+        return None if assoc is not None and assoc.get("executor") == "local" else self.executor
 
     def collect(self) -> None:
         order, res = self.results.get()
@@ -246,6 +271,7 @@ def run_project(
     trigger: str = "thot run",
     forkserver: Callable[[], ForkServer | None] | None = None,
     trust: TrustPolicy | None = None,  # whose files may run; by default only yours and root's
+    executor: Executor | None = None,  # a remote executor (thot run --executor dask)
 ) -> Report:
     """Run every autorun script (or, with ``changed``, only the stale ones), bottom-up.
 
@@ -262,7 +288,7 @@ def run_project(
     progress.total = len(plan)
     runs = _OneShot(engine, plan, report, progress, changed=changed, jobs=jobs,
                     timeout_s=timeout_s, log_cap_bytes=log_cap_bytes, trigger=trigger,
-                    forkserver=forkserver, trust=trust)
+                    forkserver=forkserver, trust=trust, executor=executor)
     runs.run()
     if changed:
         # A run stale again right after it ran feeds itself through another run: report the

@@ -58,7 +58,9 @@ class RunSpec(Slotted):
     caps the whole log file, header included.
 
     The last three fields are optional resource limits set by the trampoline; ``None``
-    inherits the daemon's.  ``max_file_bytes`` is ``RLIMIT_FSIZE`` and applies to *every*
+    inherits the daemon's.  ``die_with_parent`` has the kernel kill the script when the
+    process that started it dies (a Dask worker killed with -9 must not leave its runs
+    writing into the project while the scheduler reruns them elsewhere).  ``max_file_bytes`` is ``RLIMIT_FSIZE`` and applies to *every*
     file the script writes -- a disk guard, not a log cap (see :mod:`thotd.executor.process`).
 
     A plain class rather than a dataclass (``dataclasses`` costs ``thot run`` ~5 ms to
@@ -67,7 +69,7 @@ class RunSpec(Slotted):
 
     __slots__ = (
         "script", "cwd", "env", "log_path", "timeout_s", "log_cap_bytes", "grace_s",
-        "max_open_files", "cpu_limit_s", "max_file_bytes",
+        "max_open_files", "cpu_limit_s", "max_file_bytes", "die_with_parent",
     )
 
     def __init__(
@@ -82,6 +84,7 @@ class RunSpec(Slotted):
         max_open_files: int | None = None,
         cpu_limit_s: int | None = None,
         max_file_bytes: int | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.script = script
         self.cwd = cwd
@@ -93,6 +96,7 @@ class RunSpec(Slotted):
         self.max_open_files = max_open_files
         self.cpu_limit_s = cpu_limit_s
         self.max_file_bytes = max_file_bytes
+        self.die_with_parent = die_with_parent
 
 
 class ProcResult(Slotted):

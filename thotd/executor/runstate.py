@@ -57,6 +57,8 @@ def _trampoline_argv(spec: RunSpec, command: list[str], status_fd: int) -> list[
         opts.append(f"cpu={int(spec.cpu_limit_s)}")
     if spec.max_file_bytes is not None:
         opts.append(f"fsize={int(spec.max_file_bytes)}")
+    if spec.die_with_parent:
+        opts.append(f"parent={os.getpid()}")
     # Undo CPython's locale coercion in the trampoline (see the trampoline's docstring).
     if "LC_CTYPE" in spec.env:
         opts.append(f"setenv=LC_CTYPE={spec.env['LC_CTYPE']}")

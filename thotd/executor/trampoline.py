@@ -24,6 +24,10 @@ Options (each one argv word, before ``--``):
     could not be started" (status ``error``) from "the script exited 127".
 ``core=N`` / ``nofile=N`` / ``cpu=N`` / ``fsize=N``
     Resource limits; see ``apply_limit``.  ``fsize`` also ignores ``SIGXFSZ``.
+``parent=PID``
+    ``SIGKILL`` the script when its parent (``PID``) dies (``PR_SET_PDEATHSIG``, kept across
+    the exec); if the parent is already gone, exit 1 at once.  ``ctypes`` is imported only
+    for this option.
 ``unset=NAME`` / ``setenv=NAME=VALUE``
     Undo what the interpreter's own start-up did to the environment.  CPython's locale
     coercion (PEP 538) adds ``LC_CTYPE=C.UTF-8`` when the locale is C/POSIX, even with
@@ -88,6 +92,16 @@ def _reset_signals(ignore_xfsz: bool) -> None:
     _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
 
 
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send ``SIGKILL`` when the parent dies; leave if it already has."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, _signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     """Apply the options, then ``execvp`` the command; return only on failure."""
     sep = argv.index("--")
@@ -99,6 +113,8 @@ def main(argv: list[str]) -> int:
         if key == "status":
             status_fd = int(value)
             os.set_inheritable(status_fd, False)
+        elif key == "parent":
+            _die_with_parent(int(value))
         elif key == "unset":
             os.environ.pop(value, None)
         elif key == "setenv":

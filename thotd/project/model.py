@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -104,6 +104,16 @@ class ScriptAssociation(BaseModel):
     schedule: str | None = Field(
         default=None,
         description="thotd extension: a crontab line ('*/15 * * * *') to also run it on a timetable.",
+    )
+    resources: dict[str, int | float | str] | None = Field(
+        default=None,
+        description="thotd extension: resources a run needs on a Dask worker, e.g. "
+        "{'memory': '8GB', 'GPU': 1} (Dask resource restrictions; sizes in bytes).",
+    )
+    executor: Literal["local", "dask"] | None = Field(
+        default=None,
+        description="thotd extension: 'local' keeps this script on the daemon's machine even "
+        "when the project runs on a Dask cluster.",
     )
 
     _priority_default = field_validator("priority", mode="before")(_none_to(lambda: 0))

@@ -127,8 +127,15 @@ def _association(raw: Any) -> dict[str, Any]:
     elif type(autorun) is not bool:
         raise _Defer("autorun")
     _opt_str(raw, "schedule")
+    if raw.get("executor") not in (None, "local", "dask"):
+        raise _Defer("executor")
+    resources = raw.get("resources")
+    if resources is not None and not (isinstance(resources, dict) and all(
+            type(v) in (int, float, str) for v in resources.values())):
+        raise _Defer("resources")
     item: dict[str, Any] = {"script": script, "priority": priority, "autorun": autorun,
-                            "schedule": raw.get("schedule")}
+                            "schedule": raw.get("schedule"), "resources": resources,
+                            "executor": raw.get("executor")}
     for key, value in raw.items():
         if key not in item:
             item[key] = value

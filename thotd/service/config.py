@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from thotd import exits, paths
@@ -232,6 +233,73 @@ class WebSection(_Section):
         default=8771, ge=0, le=65535,
         description="TCP port; 0 picks a free one (the daemon logs and records the URL).",
     )
+ClusterKind = Literal["slurm", "pbs", "sge", "lsf", "htcondor", "oar", "moab", "local"]
+
+
+class ExecutorOptions(_Section):
+    """Where runs execute (see :mod:`thotd.executor.choose`): this machine, or a Dask cluster
+    given by its scheduler's address or started through ``dask-jobqueue``."""
+
+    kind: Literal["local", "dask"] = Field(
+        default="local", description='"local" (this machine) or "dask" (a Dask cluster).')
+    scheduler: str | None = Field(
+        default=None, description='Dask scheduler address, e.g. "tcp://host:8786".')
+    cluster: ClusterKind | None = Field(
+        default=None, description='Start a dask-jobqueue cluster instead: "slurm", "pbs", ... '
+        '("local": a LocalCluster on this machine).')
+    cluster_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of the cluster class "
+        "(e.g. queue, cores, memory, walltime, job_extra_directives).")
+    adapt_min: int = Field(default=0, ge=0, le=100_000, description="Adaptive scaling: fewest workers.")
+    adapt_max: int = Field(default=4, ge=1, le=100_000, description="Adaptive scaling: most workers.")
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, allow_inf_nan=False,
+        description="Time allowed for one connection attempt to the scheduler.")
+
+    @field_validator("scheduler", "cluster", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """``""`` (what the example file says) means "none"."""
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _dask_needs_a_target(self) -> ExecutorOptions:
+        if self.kind == "dask" and not (self.scheduler or self.cluster):
+            raise ValueError('kind = "dask" needs scheduler = "tcp://..." or cluster = "slurm"|...')
+        if self.scheduler and self.cluster:
+            raise ValueError("give scheduler or cluster, not both")
+        if self.adapt_min > self.adapt_max:
+            raise ValueError("adapt_min is larger than adapt_max")
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """What :class:`thotd.executor.choose.Executors` is handed (the local kind needs
+        no options)."""
+        if self.kind == "local":
+            return {"kind": "local"}
+        return self.model_dump(exclude={"root", "projects"})
+
+
+class ProjectExecutor(ExecutorOptions):
+    """One ``[[executor.projects]]`` table: the executor of one project."""
+
+    root: Annotated[Path, Field(strict=False)] = Field(
+        description="The project root; relative to the config file's directory, ~ expanded.")
+
+    _root = field_validator("root")(ProjectTrust._absolute_root.__func__)  # type: ignore[attr-defined]
+
+
+class ExecutorSection(ExecutorOptions):
+    """``[executor]``: the default executor, and per-project ones."""
+
+    projects: list[ProjectExecutor] = Field(
+        default_factory=list, description="Per-project executors: [[executor.projects]] tables.")
+
+    def for_project(self, root: str) -> dict[str, Any]:
+        for item in self.projects:
+            if os.path.normpath(str(item.root)) == os.path.normpath(root):
+                return item.settings()
+        return self.settings()
 
 
 class Config(_Section):
@@ -244,6 +312,7 @@ class Config(_Section):
     run_logs: RunLogsSection = Field(default_factory=RunLogsSection)
     trust: TrustSection = Field(default_factory=TrustSection)
     web: WebSection = Field(default_factory=WebSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
     projects: list[Annotated[Path, Field(strict=False)]] = Field(
         default_factory=list,
         description="Project folders registered when the daemon starts. Relative paths are "

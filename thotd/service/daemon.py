@@ -42,7 +42,9 @@ from thotd.engine.dispatch import ReadyQueue, Untrusted, dispatcher_for, launch,
 from thotd.engine.record import read_record
 from thotd.engine.staleness import INTERRUPTED, Engine, Planned, RunKey
 from thotd.engine.state import Store
-from thotd.executor.process import RunSpec, end_leftovers, run_async
+from thotd.executor.choose import Executor, Executors, Job, association, failed_start, job_resources
+from thotd.executor.local import LocalExecutor
+from thotd.executor.process import RunSpec, end_leftovers
 from thotd.project.index import Index, NotAProject, norm
 from thotd.service import notify
 from thotd.service.config import Config
@@ -170,6 +172,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
         self.forks = ForkServerKeeper(lambda: self.config.pool.fork, self._in_flight)
+        self.executors = Executors(lambda: LocalExecutor(self.forkserver_for_run))
         self.store: Store
         self.trust_policy: TrustPolicy = self._trust(config)
         self.watcher: Watcher
@@ -198,6 +201,7 @@ class Daemon:
         cleanup.callback(os.close, lock_fd)
         self.forks.for_run()  # boots while the projects load
         cleanup.push_async_callback(self.forks.close)
+        cleanup.push_async_callback(self.executors.aclose)
         # verify: a bad page is found now, not by the first query that trips on it
         self.store = Store(self.store_path, verify=True)
         cleanup.callback(self.store.close)
@@ -434,6 +438,8 @@ class Daemon:
         index = proj.engine.index
         self.emit("project", project=root, state="loaded", objects=len(index.nodes),
                   snapshot=loaded.from_snapshot, to_check=len(loaded.to_check))
+        with contextlib.suppress(RuntimeError, ValueError):  # said again at its first run
+            self.executor_for(proj)  # a remote executor connects and checks it sees the project
         await self._catch_up(proj, loading, loaded.to_check)
 
     async def _catch_up(self, proj: Project, loading: Loading, todo: list[Planned]) -> None:
@@ -610,6 +616,23 @@ class Daemon:
 
     # ------------------------------------------------------------------ the pool
 
+    def _association(self, proj: Project, key: RunKey) -> dict[str, Any] | None:
+        node = proj.engine.index.nodes.get(key[0]) if proj.engine is not None else None
+        return association(node.scripts, key[1]) if node is not None else None
+
+    def _resources(self, proj: Project, key: RunKey) -> dict[str, float]:
+        try:
+            return job_resources(self._association(proj, key))
+        except ValueError:
+            return {}  # refused by the object file's validation already
+
+    def executor_for(self, proj: Project, key: RunKey | None = None) -> Executor:
+        """The run's executor (``[executor]``, the project's table, the script's entry)."""
+        settings = self.config.executor.for_project(proj.root)
+        executor = self.executors.pick(settings, self._association(proj, key) if key else None)
+        executor.attach(proj.root)
+        return executor
+
     def _in_flight(self) -> int:
         return sum(len(p.running) for p in self.projects.values())
 
@@ -702,7 +725,13 @@ class Daemon:
                    reasons: list[str], trigger: str, log_path: str, record: str) -> None:
         with structlog.contextvars.bound_contextvars(project=proj.root, run=f"{p.container}::{p.script}"):
             log.info("run started", reasons=reasons)
-            res = await run_async(spec, cancel, self.forkserver_for_run())
+            try:
+                executor = self.executor_for(proj, p.key)
+            except (RuntimeError, ValueError) as exc:  # e.g. the [dask] extra is missing
+                res = failed_start(str(exc))
+            else:
+                res = await executor.run_async(Job(spec, proj.root, self._resources(proj, p.key),
+                                                   f"{p.container}::{p.script}"), cancel)
             # Still counted as running while its record is read and the files it names are
             # hashed, both in worker threads: the loop reads no file's content.
             rec = await asyncio.to_thread(read_record, record)
