@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "thotd" / "example"
@@ -91,6 +91,16 @@ def make_tree(root: Path, spec: Mapping[str, Any]) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(str(value), encoding="utf-8")
     return root
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip a test whose system parts are not installed, visibly; fail under ``CI=true``,
+    where ``.ci/run`` installs them and a skip would hide that they never ran."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 30.0, what: str = "condition",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import slurmkit
-from corekit import derived_assets, make_gs, oracle
+from corekit import derived_assets, make_gs, missing, oracle
 from daemonkit import make_daemon
 from daskkit import REPO
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(400)
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurmkit.Slurm]:
     gone = slurmkit.missing()
     if gone:
-        pytest.skip(f"Slurm is not installed ({', '.join(gone)}): apt-get install slurm-wlm munge")
+        missing(f"Slurm is not installed ({', '.join(gone)}): apt-get install slurm-wlm munge")
     if os.geteuid() != 0:
         pytest.skip("starting munged and slurmd needs root")
     s = slurmkit.Slurm(tmp_path_factory.mktemp("slurm"))
