@@ -7,7 +7,7 @@ Rooms, one way down (a module imports only from its own room or the ones below i
     service   the daemon: lifecycle, watcher, control socket, config, logs, systemd
     web       the dashboard: pages, live events, files (served from the daemon's loop)
     engine    runs and records: staleness, dispatch, explain, state, snapshot
-    executor  how a run happens: process control, the fork server
+    executor  how a run happens: process control, the fork server, local | dask executors
     project   what a project is: object files, model, index, search
 
 The modules beside this file (``paths``, ``slotted``, ``digest``, ``fingerprint``) are
