@@ -254,7 +254,9 @@ def demo_hint(dest: Path) -> str:
     return (f"Try:\n  cd {shlex.quote(printable(str(dest)))}\n"
             f"  cp -r project/batch-a/sample-1 project/batch-a/{new}\n"
             "  thotctl wait && cat project/summary/summary.csv\n"
-            "  thotctl runs\nStop with: thotd stop")
+            "  thotctl runs\n"
+            "  thotctl web --open   # the page: tree, runs, newest plots, live\n"
+            "Stop with: thotd stop")
 
 
 if __name__ == "__main__":
