@@ -30,6 +30,13 @@ def _blocks(title: str | None = None) -> list[tuple[str, str]]:
     return re.findall(r"```(\w+)\n(.*?)```", body.split("\n## ", 1)[0], re.S)
 
 
+def test_ci_runs_the_readmes_test_command_word_for_word() -> None:
+    install = _blocks()[0][1].splitlines()
+    readme = install[1].split("#", 1)[0].strip()
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci == readme
+
+
 @pytest.fixture
 def user(tmp_path: Path, run_dir: Path) -> Iterator[dict[str, str]]:
     """A new user's environment: own home, XDG folders and socket; the commands on PATH."""
