@@ -7,16 +7,15 @@ wave rolls up the tree. The control socket, APScheduler's jobs and signal handle
 on the same loop, so no lock guards any of this state.
 
 The lifecycle has uvicorn's shape: :meth:`Daemon.run` is :meth:`~Daemon.startup`, the main
-loop, and :meth:`~Daemon.shutdown` in a ``finally``; signal handlers only record the
-signal. Whoever builds a daemon hands it its control methods
-(:func:`thotd.service.methods.handlers`), so this module does not import them.
+loop, and :meth:`~Daemon.shutdown` in a ``finally``; signal handlers only record the signal.
+Its control methods are handed in (:func:`thotd.service.methods.handlers`), not imported.
 
-Why this file is over 500 lines: it is one idea, the state the loop owns (projects, queues,
+Why this file is long: it is one idea, the state the loop owns (projects, queues,
 running runs) and the flow through it, from a settled batch to a finished run. The parts
-with a life of their own are beside it: :mod:`~thotd.service.forking` (the fork server),
-:mod:`~thotd.service.timetable` (timed jobs), :mod:`~thotd.service.hashing` (content
-hashes, off the loop), :mod:`~thotd.service.signals`, :mod:`~thotd.service.lock` and
-:mod:`~thotd.service.methods`. Which queued run may start, and how its spec is built, is
+with a life of their own are beside it: :mod:`~thotd.service.registered` (a project's
+state), :mod:`~thotd.service.loading` (a project's load), :mod:`~thotd.service.forking`,
+:mod:`~thotd.service.timetable`, :mod:`~thotd.service.hashing`,
+:mod:`~thotd.service.signals`, :mod:`~thotd.service.lock` and :mod:`~thotd.service.methods`. Which queued run may start, and how its spec is built, is
 the engine's (:mod:`thotd.engine.dispatch`): ``dispatch`` and ``_start`` only ask it.
 """
 
@@ -30,7 +29,6 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +38,7 @@ from thotd import exits, paths
 from thotd.engine import snapshot
 from thotd.engine.dispatch import ReadyQueue, Untrusted, dispatcher_for, launch, ready_queue_for
 from thotd.engine.record import read_record
-from thotd.engine.staleness import INTERRUPTED, Engine, Planned, RunKey
+from thotd.engine.staleness import INTERRUPTED, Planned, RunKey
 from thotd.engine.state import Store
 from thotd.executor.choose import Executor, Executors, Job, association, failed_start, job_resources
 from thotd.executor.local import LocalExecutor
@@ -52,11 +50,11 @@ from thotd.service.control import ControlServer, Handler
 from thotd.service.fanout import Fanout
 from thotd.service.forking import ForkServerKeeper
 from thotd.service.hashing import OffLoopHashes
-from thotd.service.loading import CATCH_UP_SLICE, Loading, read_project
+from thotd.service.loading import Loading, open_project
 from thotd.service.lock import acquire_lock
+from thotd.service.registered import Project, Running
 from thotd.service.signals import RELOAD_SIGNALS, captured_signals
 from thotd.service.timetable import Timetable, schedule_job_id
-from thotd.service.tracked import Tracked
 from thotd.service.watch import Batch, Watcher
 from thotd.words import plural
 
@@ -70,68 +68,13 @@ log = structlog.get_logger("thotd")
 #: Passed in by whoever builds the daemon, so this module does not import the methods.
 MethodTable = Callable[["Daemon"], Mapping[str, Handler]]
 
-__all__ = ["Daemon", "MethodTable", "Project", "Running", "schedule_job_id"]
+__all__ = ["Daemon", "MethodTable", "schedule_job_id"]
 
 #: Seconds between two snapshot writes of a running daemon (one is always written at a stop).
 SNAPSHOT_EVERY_S = 600.0
 
 #: Triggers that queue a run whatever its staleness; a file event must not undo them.
 FORCED_TRIGGERS = ("rerun", "schedule", "retry")
-
-
-@dataclass
-class Running:
-    key: RunKey
-    task: asyncio.Task[Any]
-    cancel: asyncio.Event
-    started: float
-    reasons: list[str]
-    log: str
-
-
-@dataclass
-class Project:
-    """One registered project: its index and engine (None while it cannot load)."""
-
-    root: str
-    engine: Engine | None = None
-    error: str | None = None
-    paused: bool = False
-    # key -> (reasons, trigger); both remember what moved, for the dispatch pass
-    queue: Tracked[RunKey, tuple[list[str], str]] = field(default_factory=Tracked)
-    running: Tracked[RunKey, Running] = field(default_factory=Tracked)
-    synced: ReadyQueue | None = None  # the ready queue the dispatch pass last told everything
-    plan: dict[RunKey, Planned] = field(default_factory=dict)
-    planned: list[Planned] | None = None  # the engine's plan list ``plan`` was made from
-    scripts: frozenset[str] = frozenset()  # the scripts of ``plan``
-    reruns: dict[RunKey, int] = field(default_factory=dict)  # consecutive self-caused reruns
-    attempts: dict[RunKey, int] = field(default_factory=dict)  # failures, for retry backoff
-    script_dirs: set[str] = field(default_factory=set)  # watched script folders outside the root
-    schedule_errors: dict[RunKey, str] = field(default_factory=dict)  # bad crontab lines
-    cycles: dict[RunKey, Any] = field(default_factory=dict)  # runs that rewrite their inputs
-    untrusted: dict[RunKey, Refusal] = field(default_factory=dict)  # refused at their last start
-    loading: Loading | None = None  # set while it loads (see thotd.service.loading)
-    snapshot_mark: tuple[int, int] | None = None  # (generation, completed) of the last snapshot
-    last_status: dict[str, Any] | None = None  # shown while a batch is applied (methods.py)
-
-    @property
-    def index(self) -> Index | None:
-        return self.engine.index if self.engine else None
-
-    def replan(self) -> bool:
-        """Refresh the plan; True when it changed (the engine caches it by index shape)."""
-        assert self.engine is not None
-        plan = self.engine.plan(manual=True)
-        if plan is self.planned:
-            return False  # the engine's cached plan: nothing moved (no O(plan) comparison)
-        self.planned = plan
-        if self.plan and list(self.plan.values()) == plan:
-            return False
-        self.plan = {p.key: p for p in plan}
-        self.scripts = frozenset(p.key[1] for p in plan)
-        return True
-
-
 
 
 class Daemon:
@@ -229,7 +172,7 @@ class Daemon:
         close_web = await dashboard.start(self)
         if close_web is not None:
             cleanup.push_async_callback(close_web)
-        self._schedule_jobs()
+        self.schedule_jobs()
         self.timetable.start()
         self._tasks = [asyncio.create_task(self._dispatch_loop()),
                        asyncio.create_task(self._health_loop()),
@@ -358,7 +301,7 @@ class Daemon:
             refused = [proj.plan[k] for k in proj.untrusted if k in proj.plan]
             if refused:
                 self.check_runs(proj, refused, trigger="configuration reloaded")
-        self._schedule_jobs()
+        self.schedule_jobs()
         notify.ready(self.status_line())
         log.info("configuration reloaded")
         return {"reloaded": True}
@@ -376,84 +319,9 @@ class Daemon:
     # ------------------------------------------------------------------ projects
 
     async def open_project(self, root: str, *, paused: bool = False) -> Project:
-        """Load a project (or wait for the load under way): watch it, then read it (in a
-        worker thread: :mod:`thotd.service.loading`), then check the runs the snapshot
-        cannot vouch for; the batches that arrived meanwhile are applied after."""
-        root = norm(root)
-        proj = self.projects.get(root)
-        if proj is not None and proj.engine is not None:
-            return proj  # already loaded: a second engine would miss the first one's records
-        if proj is not None and proj.loading is not None and proj.loading.claimed:
-            await proj.loading.done.wait()  # being loaded right now: one load, not two
-            return proj
-        proj = proj or Project(root=root, paused=paused)
-        self.projects[root] = proj
-        loading = proj.loading = proj.loading or Loading()
-        loading.claimed = True
-        try:
-            await self._load(proj, loading)
-        finally:
-            proj.loading = None
-            loading.done.set()
-        if self.projects.get(root) is proj and proj.engine is not None:
-            for batch in loading.pending:
-                self.on_batch(root, batch)
-        return proj
+        return await open_project(self, root, paused=paused)  # see thotd.service.loading
 
-    async def _load(self, proj: Project, loading: Loading) -> None:
-        root = proj.root
-        loading.progress.phase = "watching its folders"
-        try:
-            # Watched before it is read: what changes while it is read is an event.
-            await self.watcher.add_off_loop(root)
-        except OSError as exc:
-            proj.error = f"cannot watch: {exc}"
-        rows = self.store.runs(root)
-        try:
-            loaded = await asyncio.to_thread(read_project, root, self.store, rows,
-                                             self.store_path.parent, loading.progress)
-        except (NotAProject, OSError) as exc:
-            proj.error, proj.engine = str(exc), None
-            self.watcher.remove(root)
-            log.error("project cannot load", project=root, error=str(exc))
-            return
-        if self.projects.get(root) is not proj:
-            return  # removed while it loaded
-        if not (proj.error or "").startswith("cannot watch"):
-            proj.error = None  # (a watch that failed stays said: the load worked, it did not)
-        proj.engine = loaded.engine
-        proj.engine.retention = self.config.run_logs.retention()
-        proj.engine.hasher.read = False  # no content read on the loop: see OffLoopHashes
-        cut = [row.log + ".record" for row in proj.engine.rows.values()
-               if row.status == "running" and row.log]
-        ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
-        if ended:
-            log.warning("ended the processes of runs cut off by the last stop", project=root)
-        proj.replan()
-        self._watch_scripts(proj)
-        if not any(p["root"] == root for p in self.store.projects()):
-            self.store.add_project(root)
-        if self.timetable.running:
-            self._schedule_jobs()
-        index = proj.engine.index
-        self.emit("project", project=root, state="loaded", objects=len(index.nodes),
-                  snapshot=loaded.from_snapshot, to_check=len(loaded.to_check))
-        with contextlib.suppress(RuntimeError, ValueError):  # said again at its first run
-            self.executor_for(proj)  # a remote executor connects and checks it sees the project
-        await self._catch_up(proj, loading, loaded.to_check)
-
-    async def _catch_up(self, proj: Project, loading: Loading, todo: list[Planned]) -> None:
-        """Check the runs that may have gone stale while the daemon was down, a slice per
-        turn of the loop (status answers in between)."""
-        loading.to_check = len(todo)
-        for i in range(0, len(todo), CATCH_UP_SLICE):
-            if self.projects.get(proj.root) is not proj or proj.engine is None:
-                return
-            self.check_runs(proj, todo[i:i + CATCH_UP_SLICE], trigger="catch-up after start")
-            loading.checked = min(len(todo), i + CATCH_UP_SLICE)
-            await asyncio.sleep(0)
-
-    def _watch_scripts(self, proj: Project) -> None:
+    def watch_scripts(self, proj: Project) -> None:
         """Scripts usually live beside the project (``root:/../analysis``): watch those
         folders too, so editing a script reruns its runs without waiting for a rescan."""
         dirs = {os.path.dirname(script) for script in proj.scripts} - {proj.root}
@@ -545,8 +413,8 @@ class Daemon:
                       added=len(changes.added), removed=len(changes.removed),
                       modified=len(changes.modified))
             if proj.replan():
-                self._watch_scripts(proj)
-                self._schedule_jobs()
+                self.watch_scripts(proj)
+                self.schedule_jobs()
             keys = self._candidates(proj, affected, subtree_of=changes.modified | changes.added)
             proj.loading = None
             self.check_runs(proj, keys, trigger="files changed")
@@ -817,7 +685,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ timed work
 
-    def _schedule_jobs(self) -> None:
+    def schedule_jobs(self) -> None:
         plans = {root: proj.plan for root, proj in self.projects.items()}
         errors = self.timetable.sync(self.config.daemon.reconcile_minutes, plans)
         for root, proj in self.projects.items():
@@ -850,7 +718,7 @@ class Daemon:
             before = len(proj.queue)
             self.check_runs(proj, list(proj.plan.values()), trigger="files changed")
             out[proj.root] = len(proj.queue) - before
-        self._schedule_jobs()
+        self.schedule_jobs()
         return out
 
     async def _health_loop(self) -> None:

@@ -23,7 +23,7 @@ from thotd.fingerprint import HashKey, HashResults, hash_files, hash_paths
 
 if TYPE_CHECKING:
     from thotd.engine.staleness import Planned, RunKey
-    from thotd.service.daemon import Project
+    from thotd.service.registered import Project
 
 log = structlog.get_logger("thotd")
 

@@ -18,20 +18,29 @@ control call never waits for more than one slice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from thotd.engine import snapshot
 from thotd.engine.staleness import Engine, Planned, RunKey
+from thotd.executor.process import end_leftovers
+from thotd.project.index import NotAProject, norm
+from thotd.service.registered import Project
 
 if TYPE_CHECKING:
     from thotd.engine.state import RunRow, Store
+    from thotd.service.daemon import Daemon
     from thotd.service.watch import Batch
 
-__all__ = ["CATCH_UP_SLICE", "Loaded", "Loading", "read_project"]
+__all__ = ["CATCH_UP_SLICE", "Loaded", "Loading", "open_project", "read_project"]
+
+log = structlog.get_logger("thotd")
 
 #: Runs checked per turn of the loop during a catch-up: ~10-30 ms of work each.
 CATCH_UP_SLICE = 200
@@ -113,3 +122,86 @@ def read_project(root: str, store: Store, rows: dict[RunKey, RunRow], state_dir:
     todo = [p for p in plan if p.key not in clean.get(p.container, ())]
     progress.phase = "checking runs"
     return Loaded(engine, todo, changes is not None)
+
+
+# ------------------------------------------------------------------ the load, on the loop
+
+async def open_project(daemon: Daemon, root: str, *, paused: bool = False) -> Project:
+    """Load a project (or wait for the load under way): watch it, then read it (in a
+    worker thread: :func:`read_project`), then check the runs the snapshot
+    cannot vouch for; the batches that arrived meanwhile are applied after."""
+    root = norm(root)
+    proj = daemon.projects.get(root)
+    if proj is not None and proj.engine is not None:
+        return proj  # already loaded: a second engine would miss the first one's records
+    if proj is not None and proj.loading is not None and proj.loading.claimed:
+        await proj.loading.done.wait()  # being loaded right now: one load, not two
+        return proj
+    proj = proj or Project(root=root, paused=paused)
+    daemon.projects[root] = proj
+    loading = proj.loading = proj.loading or Loading()
+    loading.claimed = True
+    try:
+        await _load(daemon, proj, loading)
+    finally:
+        proj.loading = None
+        loading.done.set()
+    if daemon.projects.get(root) is proj and proj.engine is not None:
+        for batch in loading.pending:
+            daemon.on_batch(root, batch)
+    return proj
+
+
+async def _load(daemon: Daemon, proj: Project, loading: Loading) -> None:
+    root = proj.root
+    loading.progress.phase = "watching its folders"
+    try:
+        # Watched before it is read: what changes while it is read is an event.
+        await daemon.watcher.add_off_loop(root)
+    except OSError as exc:
+        proj.error = f"cannot watch: {exc}"
+    rows = daemon.store.runs(root)
+    try:
+        loaded = await asyncio.to_thread(read_project, root, daemon.store, rows,
+                                         daemon.store_path.parent, loading.progress)
+    except (NotAProject, OSError) as exc:
+        proj.error, proj.engine = str(exc), None
+        daemon.watcher.remove(root)
+        log.error("project cannot load", project=root, error=str(exc))
+        return
+    if daemon.projects.get(root) is not proj:
+        return  # removed while it loaded
+    if not (proj.error or "").startswith("cannot watch"):
+        proj.error = None  # (a watch that failed stays said: the load worked, it did not)
+    proj.engine = loaded.engine
+    proj.engine.retention = daemon.config.run_logs.retention()
+    proj.engine.hasher.read = False  # no content read on the loop: see OffLoopHashes
+    cut = [row.log + ".record" for row in proj.engine.rows.values()
+           if row.status == "running" and row.log]
+    ended = await asyncio.to_thread(end_leftovers, cut) if cut else 0
+    if ended:
+        log.warning("ended the processes of runs cut off by the last stop", project=root)
+    proj.replan()
+    daemon.watch_scripts(proj)
+    if not any(p["root"] == root for p in daemon.store.projects()):
+        daemon.store.add_project(root)
+    if daemon.timetable.running:
+        daemon.schedule_jobs()
+    index = proj.engine.index
+    daemon.emit("project", project=root, state="loaded", objects=len(index.nodes),
+              snapshot=loaded.from_snapshot, to_check=len(loaded.to_check))
+    with contextlib.suppress(RuntimeError, ValueError):  # said again at its first run
+        daemon.executor_for(proj)  # a remote executor connects and checks it sees the project
+    await _catch_up(daemon, proj, loading, loaded.to_check)
+
+
+async def _catch_up(daemon: Daemon, proj: Project, loading: Loading, todo: list[Planned]) -> None:
+    """Check the runs that may have gone stale while the daemon was down, a slice per
+    turn of the loop (status answers in between)."""
+    loading.to_check = len(todo)
+    for i in range(0, len(todo), CATCH_UP_SLICE):
+        if daemon.projects.get(proj.root) is not proj or proj.engine is None:
+            return
+        daemon.check_runs(proj, todo[i:i + CATCH_UP_SLICE], trigger="catch-up after start")
+        loading.checked = min(len(todo), i + CATCH_UP_SLICE)
+        await asyncio.sleep(0)

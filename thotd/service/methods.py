@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from thotd.engine.runlog import tail
 from thotd.project.index import norm
-from thotd.service.daemon import Daemon, Project
+from thotd.service.daemon import Daemon
 from thotd.service.fanout import TooManySubscribers
+from thotd.service.registered import Project
 from thotd.service.rpc import INVALID_PARAMS, SERVER_BUSY, RpcError
 from thotd.words import plural
 
