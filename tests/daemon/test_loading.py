@@ -61,6 +61,7 @@ def test_status_says_loading_then_a_change_made_meanwhile_runs_after(daemon: Dae
     assert st["loading"] is True and st["quiet"] is False
     loading = _loading(daemon, gs)
     assert loading is not None and "phase" in loading and "objects" in loading
+    during = set(daemon.project(gs))  # the keys a --json reader meets while it loads
     text = daemon.ctl("status")
     assert "loading: " in text.stdout, text.stdout
     # A new sample while the project loads: its events are kept, applied once it is loaded.
@@ -68,6 +69,7 @@ def test_status_says_loading_then_a_change_made_meanwhile_runs_after(daemon: Dae
     assert _loading(daemon, gs) is not None, "the load ended before the change: hold longer"
     daemon.wait_quiet()  # waits through the loading
     assert _loading(daemon, gs) is None
+    assert during == set(daemon.project(gs))  # the same keys loaded or not
     new = {(os.path.basename(r["container"]), os.path.basename(r["script"]))
            for r in daemon.runs() if r["started"] and r["trigger"] != "rerun"}
     assert ("sample-007", "sample.py") in new

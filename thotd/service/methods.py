@@ -85,7 +85,9 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     out: dict[str, Any] = {
         "root": proj.root, "paused": proj.paused, "error": proj.error,
         "watch": daemon.watcher.status().get(proj.root),
+        # The same keys whether loaded or not (a --json reader never meets a missing one)
         "queued": [], "running": [], "blocked": [], "invalid": [], "failures": [],
+        "warnings": [], "unreadable": [], "schedules": [], "counts": {},
         "objects": 0, "runs": len(proj.plan),
         # While it loads: phase, objects done of total, runs checked (thotd.service.loading)
         "loading": proj.loading.status() if proj.loading is not None else None,
