@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -91,6 +92,18 @@ def make_tree(root: Path, spec: Mapping[str, Any]) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(str(value), encoding="utf-8")
     return root
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 15.0) -> None:
+    """End a server a test started (scheduler, worker, slurmd): SIGTERM, ``grace_s``, then
+    SIGKILL; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace_s)
 
 
 def missing(reason: str) -> NoReturn:

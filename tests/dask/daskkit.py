@@ -19,9 +19,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from corekit import wait_for
+from corekit import stop_process, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 DASK = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
@@ -112,11 +111,11 @@ class Cluster:
     def stop_worker(self, name: str) -> None:
         proc = self.workers.pop(name, None)
         if proc is not None:
-            _stop(proc)
+            stop_process(proc)
 
     def stop_scheduler(self) -> None:
         if self.scheduler is not None:
-            _stop(self.scheduler)
+            stop_process(self.scheduler)
             self.scheduler = None
 
     def close(self) -> None:
@@ -124,14 +123,3 @@ class Cluster:
             self.stop_worker(name)
         self.stop_scheduler()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(15)
-

@@ -17,7 +17,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from corekit import wait_for
+from corekit import stop_process, wait_for
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
 
@@ -94,13 +94,7 @@ class Slurm:
     def stop(self) -> None:
         subprocess.run(["scancel", "--user", "root"], env=self.env, capture_output=True)
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_process(proc, grace_s=20)
         if self.munged_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.munged_pid, signal.SIGTERM)
