@@ -52,8 +52,14 @@ def _parser() -> argparse.ArgumentParser:
         "invalid or is blocked")
     cmd("add", "register and watch a project").add_argument("path")
     cmd("remove", "stop watching a project").add_argument("path")
-    cmd("pause", "hold new runs (all projects, or one)").add_argument("path", nargs="?")
-    cmd("resume", "let runs start again").add_argument("path", nargs="?")
+    cmd("pause", "hold new runs: of every project, of one (PATH is its root), or of one "
+        "container and those under it (PATH is its folder); kept across restarts").add_argument(
+        "path", nargs="?", help="a project root or a container folder inside one (default: "
+        "every project)")
+    cmd("resume", "let held runs start again: every project, one project (its root), or a "
+        "container (its folder; also resumes the paused containers under it)").add_argument(
+        "path", nargs="?", help="a project root or a container folder inside one (default: "
+        "every project; paused containers stay paused)")
     runs = cmd("runs", "recent runs of the watched projects, newest first")
     runs.add_argument("project", nargs="?")
     runs.add_argument("-n", "--limit", type=int, default=20)
@@ -181,6 +187,9 @@ def _project_lines(p: dict[str, Any], blocked: list[str]) -> list[str]:
     lines = ["", p["root"] + (" [paused]" if p["paused"] else "")]
     if p["error"]:
         lines.append(f"  ERROR: {p['error']}")
+    for c in p.get("paused_containers") or []:
+        gone = " (folder gone: `thotctl resume` it to forget it)" if c.get("missing") else ""
+        lines.append(f"  paused container {c['container']}: {plural(c['held'], 'run')} held{gone}")
     watch = p.get("watch") or {}
     if watch.get("mode") not in (None, "inotify"):
         lines.append(f"  watch: {watch.get('mode')}: {watch.get('reason')}")
@@ -260,6 +269,14 @@ def remove(args: argparse.Namespace, c: Client) -> int:
 def pause(args: argparse.Namespace, c: Client) -> int:
     res = c.call(args.cmd, path=_abs(args.path))
     verb = "paused" if args.cmd == "pause" else "resumed"
+    if res.get("container"):
+        what = f"{verb} container {res[verb][0]} (project {res['project']})"
+        if not res.get("changed"):
+            what += "; it was paused already" if verb == "paused" else "; it was not paused"
+        lines = [what]
+        if res.get("held_by"):
+            lines.append(f"its runs stay held: {res['held_by']} is paused")
+        return _out(args, res, lines)
     return _out(args, res, [f"{verb} {r}" for r in res[verb]] or ["no projects"])
 
 

@@ -30,7 +30,8 @@ def path_for(database: str | os.PathLike[str]) -> Path:
 
 
 def load(database: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The projects saved beside ``database`` (``root``, ``paused``); ``[]`` when there is no
+    """The projects saved beside ``database`` (``root``, ``paused``, and
+    ``paused_containers`` when some are paused); ``[]`` when there is no
     usable file (a damaged one is logged and ignored: the database is the first source)."""
     path = path_for(database)
     try:
@@ -47,7 +48,11 @@ def load(database: str | os.PathLike[str]) -> list[dict[str, Any]]:
     out = []
     for item in items:
         if isinstance(item, dict) and isinstance(item.get("root"), str):
-            out.append({"root": item["root"], "paused": bool(item.get("paused", False))})
+            entry = {"root": item["root"], "paused": bool(item.get("paused", False))}
+            held = item.get("paused_containers")
+            if isinstance(held, list) and held:  # written only when there are some
+                entry["paused_containers"] = [c for c in held if isinstance(c, str)]
+            out.append(entry)
     return out
 
 
@@ -58,7 +63,9 @@ def save(database: str | os.PathLike[str], projects: list[dict[str, Any]]) -> No
     path = path_for(database)
     body = {
         "version": FORMAT_VERSION,
-        "projects": [{"root": p["root"], "paused": bool(p.get("paused", False))}
+        "projects": [{"root": p["root"], "paused": bool(p.get("paused", False)),
+                      **({"paused_containers": list(p["paused_containers"])}
+                         if p.get("paused_containers") else {})}
                      for p in projects],
     }
     data = (json.dumps(body, indent=1, ensure_ascii=False) + "\n").encode("utf-8", "surrogateescape")

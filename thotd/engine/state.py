@@ -55,6 +55,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX history_by_run ON history (project, container, script, id);
     """,
+    # 2: containers paused by path (``thotctl pause CONTAINER``), beside the project's flag
+    """
+    ALTER TABLE projects ADD COLUMN paused_containers TEXT NOT NULL DEFAULT '[]';
+    """,
 ]
 
 
@@ -108,6 +112,15 @@ class RunRow:
 
 #: SQLite's primary result codes that mean "the file is damaged", not "busy" or "no access".
 _CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _paths(text: str | None) -> list[str]:
+    """A JSON list of paths as stored; anything else (hand-edited, damaged) as none."""
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
@@ -290,13 +303,26 @@ class Store:
             db.execute("UPDATE projects SET paused = ? WHERE root = ?", (int(paused), root))
         self._mirror_projects()
 
+    def paused_containers(self, root: str) -> list[str]:
+        """The containers of project ``root`` paused by path (``[]`` when none)."""
+        row = self.db.execute("SELECT paused_containers FROM projects WHERE root = ?",
+                              (root,)).fetchone()
+        return _paths(row[0]) if row else []
+
+    def set_paused_containers(self, root: str, containers: list[str]) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE projects SET paused_containers = ? WHERE root = ?",
+                       (_compact(sorted(set(containers))), root))
+        self._mirror_projects()
+
     def _mirror_projects(self) -> None:
         """Keep the projects to watch in the file beside the database
         (:mod:`thotd.engine.projectfile`), so a database moved aside does not lose them."""
         from thotd.engine import projectfile
 
         try:
-            projectfile.save(self.path, self.projects())
+            projectfile.save(self.path, [{**p, "paused_containers": self.paused_containers(p["root"])}
+                                         for p in self.projects()])
         except OSError as exc:  # the database has them; the next change tries again
             logging.getLogger(__name__).error("cannot save the list of projects: %s", exc)
 
@@ -310,8 +336,10 @@ class Store:
             for item in projectfile.load(self.path):
                 if item["root"] in known:
                     continue
-                db.execute("INSERT INTO projects (root, added, paused) VALUES (?, ?, ?)",
-                           (item["root"], time.time(), int(item["paused"])))
+                db.execute("INSERT INTO projects (root, added, paused, paused_containers)"
+                           " VALUES (?, ?, ?, ?)",
+                           (item["root"], time.time(), int(item["paused"]),
+                            _compact(item.get("paused_containers", []))))
                 known.add(item["root"])
         self._mirror_projects()
 

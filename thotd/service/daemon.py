@@ -161,7 +161,8 @@ class Daemon:
         for root in sorted(roots):
             paused = any(norm(p["root"]) == root and p["paused"] for p in registered)
             # Listed as loading from the first answer on (status, wait, methods that wait).
-            self.projects[root] = Project(root=root, paused=paused, loading=Loading())
+            self.projects[root] = Project(root=root, paused=paused, loading=Loading(),
+                                          paused_containers=set(self.store.paused_containers(root)))
         self.server = ControlServer()
         for name, handler in self.methods(self).items():
             self.server.register(name, handler)
@@ -311,6 +312,21 @@ class Daemon:
         proj.paused = paused
         self.store.set_paused(proj.root, paused)
         self._kick.set()
+
+    def set_container_paused(self, proj: Project, container: str, paused: bool) -> list[str]:
+        """``thotctl pause``/``resume`` of a container: hold or release the runs of it and
+        of the containers under it (kept across restarts). Resuming a container also drops
+        the paused containers under it. Returns the paths whose entry changed."""
+        if paused:
+            changed = [] if container in proj.paused_containers else [container]
+            proj.paused_containers.add(container)
+        else:
+            changed = sorted(c for c in proj.paused_containers
+                             if c == container or c.startswith(container + os.sep))
+            proj.paused_containers.difference_update(changed)
+        self.store.set_paused_containers(proj.root, sorted(proj.paused_containers))
+        self._kick.set()  # the released runs start now
+        return changed
 
     def _trust(self, config: Config) -> TrustPolicy:
         """Whose files may run, from ``[trust]``; refusals name the config file to edit."""
@@ -549,8 +565,8 @@ class Daemon:
             proj.queue.pop(key, None)  # the association is gone: obsolete
             ready.discard(key)
             return
-        if p.blocked:
-            return
+        if p.blocked or proj.held_by(p.container) is not None:
+            return  # blocked, or its container is paused: stays queued
         reasons, trigger = proj.queue[key]
         if trigger not in FORCED_TRIGGERS:
             fresh = self.hashes.settled_reasons(proj, p, trigger)
@@ -781,9 +797,19 @@ class Daemon:
                 return False
             if proj.queue and not proj.paused:
                 runnable = [k for k in proj.queue if k in proj.plan and not proj.plan[k].blocked]
-                if runnable:
+                if runnable and self._startable(proj, runnable):
                     return False
         return True
+
+    @staticmethod
+    def _startable(proj: Project, keys: list[RunKey]) -> bool:
+        """Some of ``keys`` (queued, not blocked) may start some day without a resume: not
+        held by a paused container, nor a run above a held one (which waits for it)."""
+        if not proj.paused_containers:
+            return True
+        held = {k[0] for k in keys if proj.held_by(k[0]) is not None}
+        return any(k[0] not in held and not any(h.startswith(k[0] + os.sep) for h in held)
+                   for k in keys)
 
     def status_line(self) -> str:
         running = self._in_flight()

@@ -84,6 +84,9 @@ def _targets(daemon: Daemon, path: str | None) -> list[Project]:
 def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "root": proj.root, "paused": proj.paused, "error": proj.error,
+        # Paused by path: each with its queued runs held ("held") and whether its folder
+        # is still a container of the project ("missing" once removed or renamed)
+        "paused_containers": _paused_containers(proj),
         "watch": daemon.watcher.status().get(proj.root),
         # The same keys whether loaded or not (a --json reader never meets a missing one)
         "queued": [], "running": [], "blocked": [], "invalid": [], "failures": [],
@@ -93,7 +96,8 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
         "loading": proj.loading.status() if proj.loading is not None else None,
     }
     out["queued"] = [
-        {"container": k[0], "script": k[1], "reasons": r, "trigger": t}
+        {"container": k[0], "script": k[1], "reasons": r, "trigger": t,
+         "held": proj.held_by(k[0]) is not None}
         for k, (r, t) in sorted(proj.queue.items(), key=lambda kv: proj.plan[kv[0]].order if kv[0] in proj.plan else 0)
     ]
     out["running"] = [
@@ -152,8 +156,24 @@ def project_status(daemon: Daemon, proj: Project, *, detail: bool = True) -> dic
     return out
 
 
+def _paused_containers(proj: Project) -> list[dict[str, Any]]:
+    if not proj.paused_containers:
+        return []
+    nodes = proj.engine.index.nodes if proj.engine is not None and proj.loading is None else None
+    out = []
+    for path in sorted(proj.paused_containers):
+        held = sum(1 for k in proj.queue if k[0] == path or k[0].startswith(path + os.sep))
+        if nodes is not None:
+            node = nodes.get(path)
+            missing = node is None or node.kind != "container"
+        else:
+            missing = not os.path.isfile(os.path.join(path, "_container.json"))
+        out.append({"container": path, "held": held, "missing": missing})
+    return out
+
+
 #: What a project's status says without its index (see project_status).
-_LIVE = ("root", "paused", "error", "watch", "queued", "running", "runs", "loading")
+_LIVE = ("root", "paused", "paused_containers", "error", "watch", "queued", "running", "runs", "loading")
 
 
 # ---------------------------------------------------------------------------- the methods
@@ -237,19 +257,50 @@ async def remove(daemon: Daemon, params: Params) -> Any:
     return {"removed": path}
 
 
-def _set_paused(daemon: Daemon, params: Params, paused: bool) -> Any:
-    targets = _targets(daemon, _param(params, "path", str, None))
+async def _set_paused(daemon: Daemon, params: Params, paused: bool) -> Any:
+    """A project (its root, or every project without a path) or one container of a
+    registered project (its folder, with a ``_container.json``)."""
+    verb = "paused" if paused else "resumed"
+    path = _param(params, "path", str, None)
+    if path and norm(path) not in daemon.projects:
+        proj, container = await _container_for(daemon, path, paused)
+        changed = daemon.set_container_paused(proj, container, paused)
+        daemon.emit("pause", project=proj.root, container=container, paused=paused)
+        return {verb: [container], "project": proj.root, "container": True,
+                "changed": changed, "held_by": proj.held_by(container)}
+    targets = _targets(daemon, path)
     for proj in targets:
         daemon.set_paused(proj, paused)
-    return {"paused" if paused else "resumed": [p.root for p in targets]}
+        daemon.emit("pause", project=proj.root, paused=paused)
+    return {verb: [p.root for p in targets]}
+
+
+async def _container_for(daemon: Daemon, path: str, paused: bool) -> tuple[Project, str]:
+    """The project and container a pause or resume names; an error naming ``path`` when it
+    is in no project, or not one of its containers. A paused entry whose folder is gone
+    (removed, renamed) can still be resumed, which drops it."""
+    proj = _project_for(daemon, path)
+    target = norm(path)
+    if not paused and target in proj.paused_containers:
+        return proj, target
+    await daemon.until_loaded(proj)
+    node = proj.engine.index.nodes.get(target) if proj.engine is not None else None
+    if node is None and proj.engine is None:  # cannot load: what the folder says
+        if os.path.isfile(os.path.join(target, "_container.json")):
+            return proj, target
+    elif node is not None and node.kind == "container":
+        return proj, target
+    raise RpcError(INVALID_PARAMS, f"{target} is not a container of project {proj.root}: only "
+                   "a project or a container folder (one with a _container.json) can be "
+                   + ("paused" if paused else "resumed"))
 
 
 async def pause(daemon: Daemon, params: Params) -> Any:
-    return _set_paused(daemon, params, True)
+    return await _set_paused(daemon, params, True)
 
 
 async def resume(daemon: Daemon, params: Params) -> Any:
-    return _set_paused(daemon, params, False)
+    return await _set_paused(daemon, params, False)
 
 
 async def runs(daemon: Daemon, params: Params) -> Any:

@@ -7,6 +7,7 @@ hashing, loading) need not import the daemon itself.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,9 @@ class Project:
     engine: Engine | None = None
     error: str | None = None
     paused: bool = False
+    # Containers paused by path (``thotctl pause CONTAINER``): their runs, and the runs of
+    # the containers under them, stay queued. Kept in the store beside ``paused``.
+    paused_containers: set[str] = field(default_factory=set)
     # key -> (reasons, trigger); both remember what moved, for the dispatch pass
     queue: Tracked[RunKey, tuple[list[str], str]] = field(default_factory=Tracked)
     running: Tracked[RunKey, Running] = field(default_factory=Tracked)
@@ -57,6 +61,16 @@ class Project:
     loading: Loading | None = None  # set while it loads (see thotd.service.loading)
     snapshot_mark: tuple[int, int] | None = None  # (generation, completed) of the last snapshot
     last_status: dict[str, Any] | None = None  # shown while a batch is applied (methods.py)
+
+    def held_by(self, container: str) -> str | None:
+        """The paused container that holds the runs of ``container`` (itself or one above
+        it), or None."""
+        if not self.paused_containers:
+            return None
+        for paused in self.paused_containers:
+            if container == paused or container.startswith(paused + os.sep):
+                return paused
+        return None
 
     @property
     def index(self) -> Index | None:

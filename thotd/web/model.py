@@ -99,6 +99,20 @@ def degraded(project: dict[str, Any]) -> str | None:
     return None
 
 
+def paused(project: dict[str, Any]) -> set[str]:
+    """The containers paused by path (``thotctl pause CONTAINER``)."""
+    return {c["container"] for c in project.get("paused_containers") or []}
+
+
+def held_by(project: dict[str, Any], container: str) -> str | None:
+    """The paused container holding ``container``'s runs (itself or one above), or None;
+    the project itself when the whole project is paused."""
+    for path in sorted(paused(project)):
+        if container == path or container.startswith(path + os.sep):
+            return path
+    return str(project["root"]) if project.get("paused") else None
+
+
 def own_metadata(folder: str) -> dict[str, Any] | None:
     """The metadata written in the container's own ``_container.json`` (None if unreadable):
     the rest of its effective metadata is inherited."""

@@ -140,14 +140,17 @@ class Pages:
         node = request.query.get("node") or request.query.get("root", "")
         project, root = await self.project_of(node)
         st = await self.states(project)
-        tree = await self.tree_items(root, node, st)
+        tree = await self.tree_items(root, node, st, project)
         plots = [a for a in await self.assets(root, root) if a["kind"] == "image"]
         return self.html("project.html", project=project, root=root, node=node, tree=tree,
                          st=st, plots=plots, rel=model.rel)
 
-    async def tree_items(self, root: str, node: str, st: model.States) -> list[dict[str, Any]]:
+    async def tree_items(self, root: str, node: str, st: model.States,
+                         project: dict[str, Any]) -> list[dict[str, Any]]:
         kids, total = self.children(root, node, TREE_CHILDREN)
+        paused = model.paused(project)
         return [{"obj": k, "state": st.of(k["_id"], bool(k.get("scripts"))),
+                 "paused": k["_id"] in paused,
                  "below": st.subtree(k["_id"]), "tail": st.tails.get(k["_id"]),
                  "more": bool(k.get("children"))} for k in kids] + (
             [{"cut": total - len(kids)}] if total > len(kids) else [])
@@ -156,7 +159,8 @@ class Pages:
         node = request.query.get("node", "")
         project, root = await self.project_of(node)
         st = await self.states(project)
-        return self.html("_tree.html", root=root, tree=await self.tree_items(root, node, st),
+        return self.html("_tree.html", root=root,
+                         tree=await self.tree_items(root, node, st, project),
                          rel=model.rel)
 
     async def fragment_states(self, request: web.Request) -> web.Response:
@@ -184,7 +188,8 @@ class Pages:
         st = await self.states(project)
         return self.html("container.html", obj=obj, root=root, path=path, meta=meta,
                          assets=await self.assets(root, path), why=why, rel=model.rel,
-                         state=st.of(path, bool(obj.get("scripts"))), tail=st.tails.get(path))
+                         state=st.of(path, bool(obj.get("scripts"))), tail=st.tails.get(path),
+                         paused_by=model.held_by(project, path))
 
     async def fragment_assets(self, request: web.Request) -> web.Response:
         path = request.query.get("path", "")

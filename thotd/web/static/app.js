@@ -59,8 +59,8 @@
     es.onmessage = (msg) => {
       let ev;
       try { ev = JSON.parse(msg.data); } catch (e) { return; }
-      if (ev.event === "batch" && (ev.added || ev.removed)) treeDirty = true;
-      if (ev.event === "run" || ev.event === "project" || ev.event === "lagged" ||
+      if ((ev.event === "batch" && (ev.added || ev.removed)) || ev.event === "pause") treeDirty = true;
+      if (ev.event === "run" || ev.event === "project" || ev.event === "pause" || ev.event === "lagged" ||
           (ev.event === "batch" && (ev.added || ev.removed || ev.modified))) {
         soon();
       }
