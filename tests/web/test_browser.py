@@ -204,6 +204,46 @@ def test_pause_from_the_page_works(browser: Any, dash: Dash) -> None:
     wait_for(lambda: not dash.daemon.project(dash.root)["paused"], 30, "the project to resume")
 
 
+def _paused(dash: Dash) -> list[str]:
+    return [c["container"] for c in dash.daemon.project(dash.root)["paused_containers"]]
+
+
+def test_pause_and_resume_a_container_from_its_page(browser: Any, dash: Dash) -> None:
+    s1 = dash.root / "s1"
+    page = f"{dash.url}container?path={q(s1)}"
+    browser.get(page)
+    wait_live(browser)
+    assert browser.find_element("css selector", "form.container[action='/action/pause'] button"
+                                ).text == "Pause container"
+    browser.find_element("css selector", "form.container[action='/action/pause'] button").click()
+    wait_for(lambda: _paused(dash) == [str(s1)], 30, "s1 to pause")
+    assert not dash.daemon.project(dash.root)["paused"]  # the container, not the project
+    browser.get(page)  # (the form's redirect may still be under way: load it ourselves)
+    assert browser.execute_script("return document.querySelector('.tag.paused') !== null")
+
+    # new data for s1: its run is queued and held, the rest of the project runs on
+    before = {r["id"] for r in dash.daemon.runs()}
+    raw = s1 / "raw" / "data.csv"
+    raw.write_text(raw.read_text() + "4\n")
+    wait_for(lambda: any(x["held"] and x["container"] == str(s1)
+                         for x in dash.daemon.project(dash.root)["queued"]), 30, "s1's run held")
+    browser.get(f"{dash.url}project?root={q(dash.root)}")
+    wait_live(browser)
+    marked = dict(browser.execute_script(
+        "return Array.from(document.querySelectorAll('#tree li.node'), "
+        "li => [li.dataset.node, !!li.querySelector(':scope > .tag.paused')])"))
+    assert marked[str(s1)] and not any(v for k, v in marked.items() if k != str(s1)), marked
+    shot(browser, dash, "project-container-paused")
+
+    browser.get(page)
+    wait_live(browser)
+    browser.find_element("css selector", "form.container[action='/action/resume'] button").click()
+    wait_for(lambda: _paused(dash) == [], 30, "s1 to resume")
+    wait_for(lambda: any(r["id"] not in before and r["container"] == str(s1) and r["status"] == "ok"
+                         for r in dash.daemon.runs()), 60, "s1's held run to run")
+    dash.daemon.wait_quiet()
+
+
 def test_files_outside_the_project_are_refused(browser: Any, dash: Dash) -> None:
     plot = dash.root / "plot" / "plot.png"
     browser.get(f"{dash.url}file?path={q(plot)}")
