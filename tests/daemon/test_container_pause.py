@@ -125,3 +125,37 @@ def test_a_removed_paused_container_is_kept_and_said_missing_until_resumed(
     assert res.returncode == 0, res.stderr
     assert daemon.project(gs)["paused_containers"] == []
     assert daemon.alive()
+
+
+def test_paused_containers_survive_a_lost_database_and_an_old_schema(tmp_path: Path) -> None:
+    """Mirrored into the projects file (a database moved aside keeps them); a database of
+    schema 1 (before container pauses) opens with none paused."""
+    import sqlite3
+
+    from thotd.engine import projectfile
+    from thotd.engine.state import MIGRATIONS, Store
+
+    db = tmp_path / "state.sqlite3"
+    store = Store(db)
+    store.add_project("/data/p")
+    store.set_paused_containers("/data/p", ["/data/p/b", "/data/p/a"])
+    store.close()
+    assert projectfile.load(db) == [
+        {"root": "/data/p", "paused": False, "paused_containers": ["/data/p/a", "/data/p/b"]}
+    ]
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    store = Store(db)  # a fresh database, seeded from the file
+    assert store.paused_containers("/data/p") == ["/data/p/a", "/data/p/b"]
+    store.close()
+
+    old = tmp_path / "old.sqlite3"
+    con = sqlite3.connect(old)
+    con.executescript(MIGRATIONS[0] + "PRAGMA user_version=1;")
+    con.execute("INSERT INTO projects (root, added, paused) VALUES ('/data/q', 0, 1)")
+    con.commit()
+    con.close()
+    store = Store(old)
+    assert store.paused_containers("/data/q") == []
+    assert store.projects()[0]["paused"] is True
+    store.close()
