@@ -48,6 +48,7 @@ def test_a_paused_container_holds_its_runs_across_a_restart_until_resumed(
     assert st["paused_containers"] == [{"container": str(group1), "held": 1, "missing": False}]
     human = daemon.ctl("status").stdout
     assert f"paused container {group1}: 1 run held" in human, human
+    assert f"in {group1 / 'sample-000'} [paused]:" in human, human
 
     # Kept across a restart: the catch-up queues the stale run again, and it stays held.
     assert daemon.stop() == 0

@@ -94,12 +94,21 @@ def test_a_container_page_pauses_and_resumes_that_container(site: Any) -> None:
     s2 = lab / "s2"
     page = web.get(f"/container?path={q(s2)}")
     assert ">Pause container</button>" in page and ">Resume container</button>" in page
+    # a project page opened at s2: Rerun reruns s2's subtree, Pause holds the whole project
+    forms = dict(re.findall(r'action="/action/(\w+)"><input type="hidden" name="path" value="([^"]+)"',
+                            web.get(f"/project?node={q(s2)}")))
+    assert forms == {"rerun": str(s2), "pause": str(lab), "resume": str(lab)}
     assert ">Pause project</button>" in web.get(f"/project?root={q(lab)}")
     back = f"/container?path={q(s2)}"
     assert web.post("/action/pause", {"path": str(s2), "back": back}) == 200
     st = d.project(lab)
     assert not st["paused"] and [c["container"] for c in st["paused_containers"]] == [str(s2)]
     assert 'class="tag paused"' in web.get(back)
+    (s2 / "raw" / "data.csv").write_text("value\n4\n5\n")  # its run is queued, and held
+    wait_for(lambda: any(x["held"] for x in d.project(lab)["queued"]), 30, "s2's run held")
+    runs = web.get("/fragment/runs")
+    held = [r for r in re.findall(r"<tr class=\"st-queued\">.*?</tr>", runs, re.S) if "paused" in r]
+    assert len(held) == 1 and ">s2<" in held[0], runs
     tree = web.get(f"/fragment/tree?node={q(lab)}")
     marked = re.findall(r'data-node="([^"]+)">.*?</li>', tree, re.S)
     paused = [n for n, li in zip(marked, re.split(r"<li class=\"node", tree)[1:], strict=True)

@@ -203,7 +203,8 @@ def _project_lines(p: dict[str, Any], blocked: list[str]) -> list[str]:
     for r in p["running"]:
         lines.append(f"  running {r['script']} in {r['container']} ({_ago(r['since'])})")
     for r in p["queued"][:10]:
-        lines.append(f"  queued  {r['script']} in {r['container']}: {'; '.join(r['reasons'])}")
+        held = " [paused]" if r.get("held") else ""
+        lines.append(f"  queued  {r['script']} in {r['container']}{held}: {'; '.join(r['reasons'])}")
     for e in p["invalid"]:
         where = e["file"] + (f":{e['line']}:{e['column']}" if e.get("line") else "")
         lines.append(f"  invalid {where}: {(e['field'] + ': ') if e.get('field') else ''}{e['reason']}")
