@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -117,3 +118,14 @@ def test_a_container_page_pauses_and_resumes_that_container(site: Any) -> None:
     assert web.post("/action/resume", {"path": str(s2), "back": back}) == 200
     wait_for(lambda: d.project(lab)["paused_containers"] == [], 10, "the container to resume")
     assert 'class="tag paused"' not in web.get(f"/fragment/tree?node={q(lab)}")
+
+
+def test_an_action_the_daemon_refuses_is_a_400_that_says_why(site: Any) -> None:
+    """Pause of an asset folder: the page never offers it, a hand-made POST gets the reason."""
+    _d, lab, _tiny, web = site
+    asset = next(p.parent for p in lab.rglob("_asset.json"))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        web.post("/action/pause", {"path": str(asset), "back": "/"})
+    assert refused.value.code == 400
+    body = refused.value.read().decode()
+    assert "not a container" in body and str(asset) in body, body

@@ -257,7 +257,10 @@ class Pages:
         path = str(form.get("path") or "")
         if path:
             await self.project_of(path)  # only inside a watched project
-        await self.source.call(name, {"path": path} if path else {})
+        try:
+            await self.source.call(name, {"path": path} if path else {})
+        except Exception as exc:  # the daemon refused (e.g. pause of an asset): its message names why
+            raise web.HTTPBadRequest(text=f"400 {name}: {exc}\n") from None
         back = str(form.get("back") or "/")
         if not back.startswith("/") or back.startswith("//"):
             back = "/"
