@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corekit import wait_for
 from daemonkit import make_daemon
 from inprocess import small_config
 
@@ -62,6 +63,7 @@ def test_disabled_serves_nothing(in_daemon: Any) -> None:
     async def body(d: Daemon) -> None:
         assert secret.read_address(d.store_path.parent) is None
         assert not (d.store_path.parent / secret.TOKEN_NAME).exists()
+        assert d.web == "off"
 
     in_daemon(body, config=small_config(web={"enabled": False, "port": 0}))
 
@@ -72,8 +74,10 @@ def test_a_taken_port_is_a_warning_and_the_daemon_runs_on(tmp_path: Path) -> Non
         taken.listen()
         port = taken.getsockname()[1]
         with make_daemon(tmp_path, web={"enabled": True, "port": port}) as d:
-            d.start()
-            assert d.status()["healthy"]
+            d.start()  # the socket answers before the page is tried: wait for its verdict
+            wait_for(lambda: d.status()["web"] != "starting", what="the page's start to end")
+            st = d.status()
+            assert st["healthy"] and st["web"] == "not serving"
             out = d.output()
             assert f"port {port} is in use" in out and "[web] port" in out, out[-2000:]
             res = d.ctl("web")
@@ -82,9 +86,10 @@ def test_a_taken_port_is_a_warning_and_the_daemon_runs_on(tmp_path: Path) -> Non
 
 def test_thotctl_web_prints_the_real_address_with_the_token(tmp_path: Path) -> None:
     with make_daemon(tmp_path, web={"enabled": True, "port": 0}) as d:
-        d.start()
+        d.start()  # answers while the web stack still loads: thotctl web waits for the page
         res = d.ctl("web")
         assert res.returncode == 0, res.stderr
+        assert d.status()["web"] == "serving"
         login = res.stdout.strip()
         key = secret.token(d.state_dir, create=False)
         assert key and login.endswith(f"?token={key}") and ":0/" not in login

@@ -391,6 +391,10 @@ def web(args: argparse.Namespace, c: Client) -> int:
     from thotd.web import secret
 
     st = c.call("status")
+    deadline = time.monotonic() + 15  # just started: the page comes up a moment after the socket
+    while st.get("web") == "starting" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        st = c.call("status")
     folder = Path(st["state"]).parent
     where = secret.read_address(folder)
     key = secret.token(folder, create=False)

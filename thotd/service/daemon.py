@@ -98,6 +98,7 @@ class Daemon:
         self.extra_roots: dict[str, str] = {}  # watched script folder -> project root
         self.stopping = False
         self.started = time.time()
+        self.web = "off"  # the dashboard: off | starting | serving | not serving (dashboard.py)
         self.events: deque[dict[str, Any]] = deque(maxlen=500)
         self.subscribers = Fanout()  # the subscribe streams: bounded in number and backlog
         self.ready = asyncio.Event()  # set once start-up is complete and the socket listens

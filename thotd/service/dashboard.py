@@ -9,6 +9,7 @@ more than its page.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import Awaitable, Callable
@@ -68,11 +69,23 @@ class DaemonSource:
         return self._daemon.store_path.parent
 
 
+def _import_web() -> None:
+    import thotd.web.server  # noqa: F401 - aiohttp and Jinja2: ~0.25 s of imports
+
+
 async def start(daemon: Daemon) -> Callable[[], Awaitable[None]] | None:
-    """Serve the dashboard if enabled; the closer to call at shutdown (None if not serving)."""
+    """Serve the dashboard if enabled; the closer to call at shutdown (None if not serving).
+
+    ``daemon.web`` says where it stands ("off", "starting", "serving", "not serving"), so
+    ``thotctl web`` can wait for a page that is on its way instead of calling it missing."""
     cfg = daemon.config.web
     if not cfg.enabled:
+        daemon.web = "off"
         return None
+    daemon.web = "starting"
+    # The web stack is imported in a thread: the control socket already listens, and its
+    # loop answers (``hello``, ``status``) while aiohttp loads instead of a quarter second later.
+    await asyncio.to_thread(_import_web)
     from thotd.web import secret
     from thotd.web.server import WebServer
 
@@ -87,8 +100,10 @@ async def start(daemon: Daemon) -> Callable[[], Awaitable[None]] | None:
                     "; set [web] port in the config file (0 picks a free one) or [web] "
                     "enabled = false; the daemon runs on without it",
                     port=cfg.port, key="web.port")
+        daemon.web = "not serving"
         return None
     secret.write_address(source.state_dir, url, os.getpid())
+    daemon.web = "serving"
     log.info("dashboard ready", url=url, open_with="thotctl web --open")
 
     async def close() -> None:

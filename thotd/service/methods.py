@@ -191,7 +191,7 @@ async def status(daemon: Daemon, params: Params) -> Any:
         "socket": str(daemon.socket_path), "state": str(daemon.store_path),
         "workers": daemon.config.pool.workers, "settle_ms": round(daemon.watcher.settle_s * 1000),
         "quiet": daemon.quiet(), "fork": daemon.fork_status(), "loading": daemon.loading(),
-        "executors": daemon.executors.status(),
+        "executors": daemon.executors.status(), "web": daemon.web,
         "summary": daemon.status_line(), "watch_healthy": daemon.watcher.healthy(),
         "recovered": daemon.store.recovered,  # the state database was damaged, moved aside
         "healthy": not problems, "problems": problems,
