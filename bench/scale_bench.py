@@ -14,7 +14,10 @@ sizes of one run of this script, on one machine:
   by file, ``bench/gen.py add_sample``): last byte written -> the sample's run started, minus
   the settle period (the daemon's share), and -> the summary file rewritten (p50, p95). PASS:
   the share at the largest size within 1.5x of the smallest's; summary p50 <= 0.2 s at the
-  largest size.
+  largest size. Each drop is checked too: exactly its chain (sample, group, project) ran once
+  and, once quiet, the summary equals a fresh full run's (``engine_bench.expected_summary``,
+  an oracle independent of thotd); then ``--burst`` (200) new samples at once: each sample's
+  run exactly once, the summary equal to the oracle once quiet. A wrong result is a FAIL.
 
 The projects and their first full run (real scripts: minutes at 100x100) are kept under
 ``--work`` (default ``bench/work/scale``) and reused by later runs.
@@ -164,7 +167,7 @@ def _react_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
     rows = []
     for g, s in sizes:
         print(f"{g}x{s}: {args.drops} drops ...", flush=True)
-        rows.append(((g, s), react_mode(args.work, g, s, args.drops)))
+        rows.append(((g, s), react_mode(args.work, g, s, args.drops, args.burst)))
         print(f"  {rows[-1][1]}", flush=True)
     print("| G×S | copy -> first run (p50) | daemon's share (minus settle) | drop -> summary p50 / p95 |")
     print("|---|---|---|---|")
@@ -179,7 +182,15 @@ def _react_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
           f"that at {rows[0][0][0]}×{rows[0][0][1]} (within {FLAT}x)")
     print(f"{'PASS' if summ_ok else 'FAIL'}: drop -> summary p50 at {g}×{s} is "
           f"{last['summary_p50_s']:.3f} s (goal {SUMMARY_S} s)")
-    return share_ok and summ_ok
+    right = all(r["exact"] and r["oracle"] and r.get("burst_exact", True)
+                and r.get("burst_oracle", True) for _, r in rows)
+    for (g, s), r in rows:
+        if "burst" in r:
+            print(f"  {g}×{s}: burst of {r['burst']} samples -> quiet in {r['burst_quiet_s']:.1f} s, "
+                  f"{r['burst_runs']} runs")
+    print(f"{'PASS' if right else 'FAIL'}: at every size each drop ran exactly its chain once and "
+          "the summary equals a fresh full run" + (" (and after the burst)" if args.burst else ""))
+    return share_ok and summ_ok and right
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="e.g. 10x10,100x100 (instead of the default)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--drops", type=int, default=10)
+    ap.add_argument("--burst", type=int, default=200,
+                    help="--react: then this many new samples at once (0: none)")
     ap.add_argument("--work", type=Path, default=WORK / "scale",
                     help="where the projects and their first run are kept (reused)")
     args = ap.parse_args(argv)

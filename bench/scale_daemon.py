@@ -218,10 +218,26 @@ def start_mode(work: Path, groups: int, samples: int) -> dict[str, Any]:
     return out
 
 
-def react_mode(work: Path, groups: int, samples: int, drops: int) -> dict[str, Any]:
+def _chain(project: Path, group: Path, name: str) -> list[str]:
+    """The containers whose runs one new sample must cause, each exactly once."""
+    return sorted([str(group / name), str(group), str(project)])
+
+
+def _oracle_holds(project: Path, summary: Path) -> bool:
+    """The summary equals what a fresh full run makes of the raw data on disk now."""
+    from bench.engine_bench import expected_summary
+
+    return summary.read_text(encoding="utf-8") == expected_summary(project)
+
+
+def react_mode(work: Path, groups: int, samples: int, drops: int,
+               burst: int = 0) -> dict[str, Any]:
+    """``drops`` new samples one at a time (timed, each checked: exactly its chain ran once
+    and the summary equals the oracle), then, with ``burst``, that many at once."""
     project, home = prepare(work, groups, samples)
     summary = project / "summary" / "summary.txt"
     shares, firsts, totals = [], [], []
+    exact = oracle = True
     with daemon(home, project) as d:
         d.start()
         _time_until_loaded(d, time.perf_counter())
@@ -242,12 +258,42 @@ def react_mode(work: Path, groups: int, samples: int, drops: int) -> dict[str, A
             mine = [r for r in ran if r["container"].endswith(name)]
             if not mine:
                 raise RuntimeError(f"no run of {name}: {ran}")
+            exact &= (sorted(r["container"] for r in ran) == _chain(project, group, name)
+                      and all(r["status"] == "ok" for r in ran))
+            oracle &= _oracle_holds(project, summary)
             first = mine[0]["started"] - t_last
             firsts.append(first)
             shares.append(first - SETTLE_MS / 1000)
             shutil.rmtree(group / name)  # back to the same size
             d.wait_quiet()
-    return {"share_p50_s": statistics.median(shares), "first_p50_s": statistics.median(firsts),
-            "summary_p50_s": statistics.median(totals),
-            "summary_p95_s": sorted(totals)[max(0, int(0.95 * len(totals)) - 1)],
-            "drops": drops}
+            oracle &= _oracle_holds(project, summary)
+        out = {"share_p50_s": statistics.median(shares), "first_p50_s": statistics.median(firsts),
+               "summary_p50_s": statistics.median(totals),
+               "summary_p95_s": sorted(totals)[max(0, int(0.95 * len(totals)) - 1)],
+               "drops": drops, "exact": exact, "oracle": oracle}
+        if burst:
+            out.update(_burst(d, project, summary, burst, serial))
+    return out
+
+
+def _burst(d: Thotd, project: Path, summary: Path, n: int, serial: int) -> dict[str, Any]:
+    """``n`` new samples dropped as fast as they can be written, spread over the groups: each
+    sample's run exactly once, the summary equal to the oracle once quiet; then removed."""
+    groups = sorted(p for p in project.glob("group-*") if p.is_dir())
+    added = [(groups[i % len(groups)], f"sample-b{serial}-{i:03d}") for i in range(n)]
+    t_write = time.time()
+    for group, name in added:
+        gen.add_sample(project, group.name, name)
+    t_perf = time.perf_counter()
+    d.wait_quiet()
+    quiet_s = time.perf_counter() - t_perf
+    ran = d.runs_since(t_write)
+    samples = sorted(r["container"] for r in ran if "/sample-b" in r["container"])
+    once = samples == sorted(str(g / name) for g, name in added)
+    ok = all(r["status"] == "ok" for r in ran)
+    holds = _oracle_holds(project, summary)
+    for group, name in added:
+        shutil.rmtree(group / name)
+    d.wait_quiet()
+    return {"burst": n, "burst_quiet_s": quiet_s, "burst_runs": len(ran),
+            "burst_exact": once and ok, "burst_oracle": holds and _oracle_holds(project, summary)}
