@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -182,6 +183,8 @@ def _react_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
           f"that at {rows[0][0][0]}×{rows[0][0][1]} (within {FLAT}x)")
     print(f"{'PASS' if summ_ok else 'FAIL'}: drop -> summary p50 at {g}×{s} is "
           f"{last['summary_p50_s']:.3f} s (goal {SUMMARY_S} s)")
+    if args.snakemake:
+        _snakemake_rows(args, rows)
     right = all(r["exact"] and r["oracle"] and r.get("burst_exact", True)
                 and r.get("burst_oracle", True) for _, r in rows)
     for (g, s), r in rows:
@@ -191,6 +194,24 @@ def _react_mode(args: argparse.Namespace, sizes: list[tuple[int, int]]) -> bool:
     print(f"{'PASS' if right else 'FAIL'}: at every size each drop ran exactly its chain once and "
           "the summary equals a fresh full run" + (" (and after the burst)" if args.burst else ""))
     return share_ok and summ_ok and right
+
+
+def _snakemake_rows(args: argparse.Namespace, rows: list[tuple[tuple[int, int], dict[str, Any]]]) -> None:
+    """Snakemake's reaction to one new sample on the same sizes, in the same run: does its
+    ratio to ours grow with the project (as it should: it rebuilds its DAG every time)?"""
+    from bench.engine_bench import snakemake_reaction
+
+    print("| G×S | thotd drop -> summary p50 | Snakemake one-shot (median) | ratio |")
+    print("|---|---|---|---|")
+    for (g, s), r in rows:
+        smk = snakemake_reaction(args.work / f"smk-{g}x{s}", g, s, 3,
+                                 log=lambda m: print(f"  {m}", flush=True))
+        if not smk.get("available"):
+            print(f"| {g}×{s} | {r['summary_p50_s']:.3f} s | not measured: {smk.get('error')} | |")
+            continue
+        ok = "" if smk["all_ok"] else " (CHECK FAILED)"
+        print(f"| {g}×{s} | {r['summary_p50_s']:.3f} s | {smk['wall_s_median']:.2f} s{ok} "
+              f"| {smk['wall_s_median'] / r['summary_p50_s']:.1f}x |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="e.g. 10x10,100x100 (instead of the default)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--drops", type=int, default=10)
+    ap.add_argument("--no-snakemake", dest="snakemake", action="store_false",
+                    help="--react: skip Snakemake's reaction on the same sizes")
     ap.add_argument("--burst", type=int, default=200,
                     help="--react: then this many new samples at once (0: none)")
     ap.add_argument("--work", type=Path, default=WORK / "scale",
