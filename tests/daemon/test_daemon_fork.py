@@ -56,6 +56,22 @@ def test_daemon_forks_python_scripts(daemon: Daemon, gs: Path) -> None:
     assert {r["status"] for r in daemon.runs()} == {"ok"}
 
 
+def test_a_forked_script_is_known_as_the_daemons_own_by_the_control_socket(
+        daemon: Daemon, gs: Path) -> None:
+    """The socket keeps a script's idle connection (it may compute for hours between two
+    queries) when the peer's /proc environ names the socket; a forked script's shows the
+    fork server's start environment, which must name it too."""
+    marker = _probe_project(daemon, gs, (
+        "from thotd.service.control import _is_script_of\n"
+        "open(os.environ['MARK'], 'a').write(\n"
+        "    f\"{os.getpid()} {_is_script_of(os.getpid(), os.environ['THOTD_QUERY_SOCKET'])}\\n\")\n"))
+    daemon.start()
+    wait_for(lambda: daemon.ctl_json("status")["fork"]["ready"], 60, "the fork server")
+    assert daemon.ctl("add", str(gs)).returncode == 0
+    daemon.wait_quiet()
+    assert [f for _, f in _lines(marker)] == ["True", "True"]  # forked, and known as ours
+
+
 def test_fork_false_execs_every_script(daemon: Daemon, gs: Path) -> None:
     marker = _probe_project(daemon, gs)
     daemon.config.write_text("[daemon]\nsettle_ms = 50\n[pool]\nworkers = 2\nfork = false\n")

@@ -87,6 +87,7 @@ from thotd.executor.runstate import RunState
 if TYPE_CHECKING:
     import asyncio
     import subprocess
+    from collections.abc import Mapping
 
     from thotd.executor.forkserver.client import ForkedProcess, ForkServer
 
@@ -115,15 +116,16 @@ if TYPE_CHECKING:
     ]
 
 
-def start_forkserver() -> ForkServer:
+def start_forkserver(extra: Mapping[str, str] | None = None) -> ForkServer:
     """A fork server for this process's script runs (``thot run``'s, the daemon's).
 
     Its start environment is the one every run's is built on: ``script_env`` of this
-    process's plus ``PYTHONUNBUFFERED=1``, which ``Engine.env_for`` gives every run; the
-    rest (``THOT_*``) the server may differ in. Anything else would make it refuse runs."""
+    process's plus ``PYTHONUNBUFFERED=1``, which ``Engine.env_for`` gives every run, plus
+    ``extra`` (what all of its runs share); the rest (``THOT_*``) the server may differ in.
+    Anything else would make it refuse runs."""
     from thotd.executor.forkserver.client import ForkServer
 
-    return ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1"}))
+    return ForkServer.start(script_env(os.environ, {"PYTHONUNBUFFERED": "1", **(extra or {})}))
 
 
 # --------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ No client can starve the others (tests/faults/test_starvation.py):
 - A connection with no request in flight that has sent no complete request line for
   ``idle_timeout`` seconds is closed, unless its peer is a script this daemon runs (a
   script keeps one connection for all its queries and may compute for hours between
-  them; its process carries ``THOTD_QUERY_SOCKET`` naming this socket).
+  them; its process carries ``THOTD_QUERY_SOCKET`` naming this socket; a forked script's
+  /proc environ is its fork server's, which the daemon starts with that variable too).
 - At ``max_connections`` a newcomer is not refused while some connection is idle: the
   longest-idle one is closed for it (other clients' first, scripts' last: a script's
   library reconnects). Only when every connection is busy is the newcomer told

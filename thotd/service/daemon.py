@@ -115,7 +115,8 @@ class Daemon:
         self._cleanup = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop: asyncio.AbstractEventLoop
-        self.forks = ForkServerKeeper(lambda: self.config.pool.fork, self._in_flight)
+        self.forks = ForkServerKeeper(lambda: self.config.pool.fork, self._in_flight,
+                                      {"THOTD_QUERY_SOCKET": str(self.socket_path)})
         self.executors = Executors(lambda: LocalExecutor(self.forkserver_for_run))
         self.store: Store
         self.trust_policy: TrustPolicy = self._trust(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,9 +31,14 @@ class ForkServerKeeper:
     """Holds the current fork server. ``enabled`` and ``in_flight`` are read at each call:
     the configuration can change by a reload, and runs come and go."""
 
-    def __init__(self, enabled: Callable[[], bool], in_flight: Callable[[], int]) -> None:
+    def __init__(self, enabled: Callable[[], bool], in_flight: Callable[[], int],
+                 env: Mapping[str, str] | None = None) -> None:
         self._enabled = enabled
         self._in_flight = in_flight
+        #: Start environment the server adds to the runs' base, the same for all its runs.
+        #: The daemon's socket: a forked script's /proc environ is the server's, and the
+        #: control socket knows its own scripts by it (they keep idle connections).
+        self._env = dict(env or {})
         self.server: ForkServer | None = None
         self._started = 0.0  # monotonic
         self._worked = False  # the current server has been seen ready
@@ -61,7 +66,7 @@ class ForkServerKeeper:
                 return None
             log.warning("fork server died; starting a new one", pid=fs.server_pid)
             self._retire()
-        self.server = start_forkserver()
+        self.server = start_forkserver(self._env)
         self._started = time.monotonic()
         self._worked = False
         return self.server
