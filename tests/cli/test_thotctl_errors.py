@@ -134,3 +134,19 @@ def test_exit_codes_are_distinct() -> None:
     codes = [exits.OK, exits.FAILURE, exits.USAGE, exits.NOT_RUNNING, exits.BLOCKED,
              exits.CONFIG, exits.INTERRUPTED]
     assert len(set(codes)) == len(codes)
+
+
+def test_why_escapes_each_field_so_a_name_cannot_forge_a_line() -> None:
+    from thotd.engine.explain import render_why
+
+    odd = "/p/a\nrun evil.py in /x: ok\x1b[2J"
+    info = {"path": f"{odd}/stats", "kind": "asset", "creator_type": "script",
+            "runs": [{"script": f"{odd}/s.py", "container": odd, "status": "ok", "finished": None,
+                      "queries": [{"kind": "assets", "search": {"type": "x\ny"}, "ids": []}],
+                      "inputs": [f"{odd}/raw"], "stale": [f"input {odd}/raw changed"],
+                      "log": f"{odd}.log"}]}
+    lines = render_why(info).splitlines()
+    assert len(lines) == 6  # path, run, asked, input, stale, log: one line each, none forged
+    assert not any("\x1b" in line for line in lines)
+    assert lines[1].startswith("  run /p/a\\nrun evil.py")
+    assert render_why({"path": odd, "error": "not\nfound"}).count("\n") == 0

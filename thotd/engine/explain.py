@@ -71,22 +71,25 @@ def why_info(engine: Engine, path: str) -> dict[str, Any]:
 
 
 def render_why(info: dict[str, Any]) -> str:
-    """:func:`why_info`'s answer as text."""
+    """:func:`why_info`'s answer as text, each field escaped on its own (a folder name may
+    hold a newline or a terminal escape: printed raw it would forge a line of the answer)."""
+    from thotd.words import printable as p
+
     if "error" in info:
-        return f"{info['path']}: {info['error']}"
-    lines = [f"{info['path']} ({info['kind']}, made by {info['creator_type'] or 'user'})"]
+        return f"{p(info['path'])}: {p(info['error'])}"
+    lines = [f"{p(info['path'])} ({info['kind']}, made by {p(info['creator_type'] or 'user')})"]
     if not info["runs"]:
         lines.append("  no run produced it (a user's file, or no run recorded yet)")
     for r in info["runs"]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["finished"])) if r["finished"] else "never finished"
-        lines.append(f"  run {r['script']} in {r['container']}: {r['status']} at {when}")
+        lines.append(f"  run {p(r['script'])} in {p(r['container'])}: {r['status']} at {when}")
         for q in r["queries"]:
-            lines.append(f"    asked {q['kind']} {json.dumps(q['search'])} -> {len(q['ids'])} objects")
+            lines.append(f"    asked {p(q['kind'])} {json.dumps(q['search'])} -> {len(q['ids'])} objects")
         for i in r["inputs"]:
-            lines.append(f"    input {i}")
-        lines.append("    stale: " + ("; ".join(r["stale"]) if r["stale"] else "no, up to date"))
+            lines.append(f"    input {p(i)}")
+        lines.append("    stale: " + ("; ".join(map(p, r["stale"])) if r["stale"] else "no, up to date"))
         if r["log"]:
-            lines.append(f"    log: {r['log']}")
+            lines.append(f"    log: {p(r['log'])}")
     return "\n".join(lines)
 
 
