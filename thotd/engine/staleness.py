@@ -195,9 +195,9 @@ class Engine:
         row = self.rows.get(key)
         if row is not None and row.status in INTERRUPTED:
             return [Reason("interrupted")]
-        if row is None or row.record is None:
+        rec = row.record if row is not None else None  # decoded once: ~20 us a record
+        if rec is None:
             return [Reason("never-ran")]
-        rec = row.record
         container, script = key
         out: list[Reason] = []
         if self.hasher.changed(script, rec.get("script")):

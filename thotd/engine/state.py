@@ -103,6 +103,11 @@ class RunRow:
         return self._record
 
     @property
+    def has_record(self) -> bool:
+        """Whether a record is kept, without decoding it (a check over every run)."""
+        return self._record is not None and self._record != "null"
+
+    @property
     def key(self) -> tuple[str, str]:
         return (self.container, self.script)
 

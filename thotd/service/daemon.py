@@ -785,7 +785,7 @@ class Daemon:
             stale |= {k for k, p in proj.plan.items() if p.blocked or not engine.autorun(k)}
             # cut off by this very stop, or never run: stale whatever the queue says
             stale |= {k for k in proj.plan if (row := engine.rows.get(k)) is None
-                      or row.status in INTERRUPTED or row.record is None}
+                      or row.status in INTERRUPTED or not row.has_record}
             snapshot.save(engine.index, self.store_path.parent, engine=engine, known_stale=stale)
             proj.snapshot_mark = mark
 
